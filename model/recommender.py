@@ -1,0 +1,157 @@
+"""The recommender interface the worker scores with, and the popularity baseline.
+
+A recommender turns users' histories into top-K lists of *external* item ids. The worker calls
+``observe`` with every accepted batch of events (in time order) and ``recommend`` once per
+micro-batch for the users that batch touched. Items in ``seen`` are never returned.
+
+>>> pop = PopularityRecommender(window=4)
+>>> pop.observe(np.array([7, 7, 8, 9, 7]))
+>>> recs = pop.recommend([np.array([8])], [np.array([8])], k=3)
+>>> recs.items.tolist(), recs.models
+([[7, 9, -1]], ['popularity'])
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class Recommendations:
+    """Top-K lists for n users. Rows shorter than K are padded with item -1 and score -inf."""
+
+    items: np.ndarray  # int64 [n, k], external item ids
+    scores: np.ndarray  # float32 [n, k], higher is better
+    models: list[str]  # per row: name of the recommender that produced it
+    versions: list[str]  # per row: its version
+
+    def row(self, i: int) -> tuple[list[int], list[float]]:
+        """Item ids and scores of row ``i`` without padding."""
+        keep = self.items[i] >= 0
+        return self.items[i][keep].tolist(), self.scores[i][keep].tolist()
+
+
+class Recommender(abc.ABC):
+    """Something that ranks items for users. Implementations must be safe to call from one
+    worker thread at a time (the worker never calls concurrently)."""
+
+    name: str = "recommender"
+    version: str = "0"
+
+    def observe(self, items: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Learn from accepted events' item ids, in event-time order. Default: nothing."""
+
+    @abc.abstractmethod
+    def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
+        """Rank items for each user.
+
+        ``sequences[u]``: the user's last N item ids in event-time order (the model input).
+        ``seen[u]``: every item the user has interacted with; none of them may be returned.
+        """
+
+
+class PopularityRecommender(Recommender):
+    """Most-interacted items over the last ``window`` accepted events.
+
+    Honest baseline and the fallback for unknown users: counts are kept incrementally
+    (add on arrival, subtract on expiry), so an update costs O(batch), not O(window).
+    """
+
+    name = "popularity"
+
+    def __init__(self, window: int = 50_000, version: str = "window"):
+        self.window = window
+        self.version = f"{version}-{window}"
+        self._recent: deque[np.ndarray] = deque()
+        self._n_recent = 0
+        self._counts: dict[int, int] = {}
+        self._ranked: np.ndarray | None = None  # cache, reset by observe
+
+    def observe(self, items: np.ndarray) -> None:
+        items = np.asarray(items, dtype=np.int64)[-self.window :]
+        if len(items) == 0:
+            return
+        self._recent.append(items)
+        self._n_recent += len(items)
+        self._add(items, +1)
+        while self._n_recent > self.window:
+            excess = self._n_recent - self.window
+            oldest = self._recent[0]
+            if len(oldest) <= excess:
+                self._recent.popleft()
+                drop = oldest
+            else:
+                drop, self._recent[0] = oldest[:excess], oldest[excess:]
+            self._n_recent -= len(drop)
+            self._add(drop, -1)
+        self._ranked = None
+
+    def _add(self, items: np.ndarray, sign: int) -> None:
+        uniq, cnt = np.unique(items, return_counts=True)
+        counts = self._counts
+        for i, c in zip(uniq.tolist(), cnt.tolist()):
+            n = counts.get(i, 0) + sign * c
+            if n > 0:
+                counts[i] = n
+            else:
+                counts.pop(i, None)
+
+    def ranked(self) -> tuple[np.ndarray, np.ndarray]:
+        """All items in the window, most popular first (ties: smaller id first)."""
+        if self._ranked is None:
+            ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+            cnt = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            order = np.lexsort((ids, -cnt))
+            self._ranked = np.stack([ids[order], cnt[order].astype(np.int64)])
+        return self._ranked[0], self._ranked[1].astype(np.float32)
+
+    def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
+        ids, cnt = self.ranked()
+        n = len(seen)
+        items = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        for u, s in enumerate(seen):
+            # Only the first k + |seen| ranked items can matter: scan that prefix.
+            head = ids[: k + len(s)]
+            keep = ~np.isin(head, s, assume_unique=False) if len(s) else np.ones(len(head), bool)
+            top = np.flatnonzero(keep)[:k]
+            items[u, : len(top)] = head[top]
+            scores[u, : len(top)] = cnt[top]
+        return Recommendations(items, scores, [self.name] * n, [self.version] * n)
+
+
+class FallbackRecommender(Recommender):
+    """Use ``primary`` for users with at least ``min_history`` known events, ``fallback`` otherwise.
+
+    ``primary.can_score(sequence)`` (if defined) says whether it knows enough of a sequence.
+    """
+
+    def __init__(self, primary: Recommender, fallback: Recommender, min_history: int = 1):
+        self.primary, self.fallback, self.min_history = primary, fallback, min_history
+        self.name, self.version = primary.name, primary.version
+
+    def observe(self, items: np.ndarray) -> None:
+        self.primary.observe(items)
+        self.fallback.observe(items)
+
+    def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
+        can = getattr(self.primary, "can_score", lambda s: True)
+        use = np.array([len(s) >= self.min_history and can(s) for s in sequences], dtype=bool)
+        n = len(sequences)
+        out = Recommendations(
+            np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), [""] * n, [""] * n
+        )
+        for rec, mask in ((self.primary, use), (self.fallback, ~use)):
+            idx = np.flatnonzero(mask)
+            if len(idx) == 0:
+                continue
+            part = rec.recommend([sequences[i] for i in idx], [seen[i] for i in idx], k)
+            out.items[idx], out.scores[idx] = part.items, part.scores
+            for j, i in enumerate(idx.tolist()):
+                out.models[i], out.versions[i] = part.models[j], part.versions[j]
+        return out
