@@ -1,0 +1,76 @@
+"""All settings of the pipeline in one typed place.
+
+Every field can be set by an environment variable ``STREAMREC_<FIELD>`` (upper case) and by the
+command line (``--field-name``); the command line wins.
+
+>>> import os
+>>> os.environ["STREAMREC_TOP_K"] = "7"
+>>> Settings.from_env().top_k
+7
+>>> del os.environ["STREAMREC_TOP_K"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Settings:
+    bootstrap_servers: str = field(default="", metadata={"help": "Kafka bootstrap servers; empty = start the embedded broker where the command can"})
+    interactions_topic: str = field(default="interactions", metadata={"help": "topic of click events"})
+    dlq_topic: str = field(default="interactions.dlq", metadata={"help": "dead-letter topic for invalid events"})
+    recommendations_topic: str = field(default="recommendations", metadata={"help": "topic of published top-K lists"})
+    partitions: int = field(default=1, metadata={"help": "partitions when the pipeline creates its topics"})
+    group_id: str = field(default="streamrec-worker", metadata={"help": "consumer group (faust app id) of the workers"})
+    db: str = field(default="streamrec.duckdb", metadata={"help": "this worker's DuckDB file"})
+    seq_len: int = field(default=200, metadata={"help": "items kept in each user's rolling sequence"})
+    top_k: int = field(default=20, metadata={"help": "length of published lists"})
+    batch_size: int = field(default=5000, metadata={"help": "largest micro-batch, in events"})
+    batch_within: float = field(default=0.05, metadata={"help": "seconds to wait for a micro-batch to fill"})
+    popularity_window: int = field(default=50_000, metadata={"help": "events in the popularity model's window"})
+    checkpoint: str = field(default="", metadata={"help": "transformer checkpoint directory (empty: popularity only)"})
+    metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the /metrics endpoint"})
+    metrics_port: int = field(default=6066, metadata={"help": "port of the /metrics endpoint"})
+    session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"STREAMREC_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _convert(f, raw)
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, only: list[str] | None = None) -> None:
+        """Add ``--field`` options (default: from the environment) for the named fields."""
+        defaults = cls.from_env()
+        for f in fields(cls):
+            if only is not None and f.name not in only:
+                continue
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                type=type(getattr(defaults, f.name)),
+                default=getattr(defaults, f.name),
+                help=f"{f.metadata.get('help', '')} (env STREAMREC_{f.name.upper()}; default: %(default)r)",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Settings":
+        base = cls.from_env()
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return dataclasses.replace(base, **given)
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    kind = type(f.default)
+    try:
+        return kind(raw)
+    except ValueError as e:
+        raise ValueError(f"STREAMREC_{f.name.upper()}={raw!r}: expected {kind.__name__}") from e

@@ -1,0 +1,168 @@
+"""One micro-batch through the pipeline: decode, dead-letter, store, score, publish.
+
+This is the heavy work of the worker, run in a thread off the event loop (DuckDB, NumPy and
+PyTorch release the GIL). It knows nothing of faust: it takes raw Kafka records and returns
+when everything it produced is delivered, so the caller may then commit the batch's offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+from confluent_kafka import Producer
+
+from model.recommender import Recommender
+from storage.store import EventStore
+from streams.config import Settings
+from streams.events import decode_batch
+from streams.metrics import WorkerMetrics, reject_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RawBatch:
+    """Records of a micro-batch as taken from Kafka, in consumption order."""
+
+    topic: str
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    partitions: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    timestamps: np.ndarray  # int64 ms, Kafka record timestamps
+    received_at: float  # wall time (s) the first record reached the worker
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class Recommendation(msgspec.Struct):
+    """A published top-K list (JSON on the recommendations topic, keyed by user id)."""
+
+    user_id: int
+    items: list[int]
+    scores: list[float]
+    model: str
+    model_version: str
+    event_time: int  # ms: event time of the newest event that triggered this list
+    source_timestamp: int  # ms: Kafka timestamp of that event's message
+    published_at: int  # ms: wall time of publication
+
+
+@dataclass
+class BatchReport:
+    consumed: int
+    stored: int
+    duplicates: int
+    rejected: int
+    lists: int
+    max_event_time: int | None
+
+
+class BatchProcessor:
+    def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
+                 producer: Producer, metrics: WorkerMetrics):
+        self.settings, self.store, self.recommender = settings, store, recommender
+        self.producer, self.metrics = producer, metrics
+        self._encode = msgspec.json.Encoder().encode
+        self._delivery_errors: list[str] = []
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._delivery_errors.append(str(err))
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(30)
+        if remaining or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            # Raising keeps the batch un-acked: it will be consumed again (idempotently).
+            raise RuntimeError(f"{remaining} messages undelivered; errors: {errors[:3]}")
+
+    def process(self, raw: RawBatch) -> BatchReport:
+        m, s = self.metrics, self.settings
+        t0 = time.time()
+        m.consumed.inc(len(raw))
+        m.batch_size.observe(len(raw))
+        batch = decode_batch(raw.values)
+
+        for i, reason in batch.rejected:
+            self.producer.produce(
+                s.dlq_topic, value=raw.values[i], key=raw.keys[i], on_delivery=self._on_delivery,
+                headers=[("reason", reason.encode()), ("source_topic", raw.topic.encode()),
+                         ("source_partition", str(int(raw.partitions[i])).encode()),
+                         ("source_offset", str(int(raw.offsets[i])).encode())],
+            )
+            m.rejected.labels(reject_class(reason)).inc()
+            log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+
+        idx = batch.index
+        result = self.store.append(
+            batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
+            batch.rating, raw.partitions[idx], raw.offsets[idx],
+        )
+        t_stored = time.time()
+        m.stored.inc(result.n_new)
+        m.duplicates.inc(len(batch) - result.n_new)
+        m.stage_duration.labels("store").observe(t_stored - t0)
+        m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
+
+        if result.n_new:
+            new_items = batch.item[result.new_mask]
+            order = np.argsort(batch.event_time[result.new_mask], kind="stable")
+            self.recommender.observe(new_items[order])
+            m.last_event_time.set(float(batch.event_time[result.new_mask].max()) / 1000)
+
+        trigger_ts = self._score_and_publish(batch, raw, idx) if len(batch) else np.zeros(0)
+        t_scored = time.time()
+        self._flush()  # DLQ records and lists delivered before the caller commits offsets
+        t_done = time.time()
+        m.stage_duration.labels("publish").observe(t_done - t_scored)
+        m.stage_latency.labels("published").observe(t_done - raw.received_at)
+        for f in (t_done - trigger_ts / 1000.0).tolist():
+            m.freshness.observe(max(f, 0.0))
+        n_lists = len(trigger_ts)
+        return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected), n_lists,
+                           int(batch.event_time.max()) if len(batch) else None)
+
+    def _score_and_publish(self, batch, raw: RawBatch, idx: np.ndarray) -> np.ndarray:
+        """Score every user with a valid event in this batch once, and publish their lists.
+
+        Users whose events were all redeliveries are scored too: after a crash between storing
+        and publishing, that is how their list still gets out. Returns the Kafka timestamps (ms)
+        of the triggering events, one per list queued.
+        """
+        m, s = self.metrics, self.settings
+        t0 = time.time()
+        # Per user, the newest event of the batch triggers the list (max event time, then offset).
+        order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
+        users_sorted = batch.user[order]
+        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
+        users = users_sorted[last]
+        trigger_time = batch.event_time[order][last]
+        trigger_ts = raw.timestamps[idx][order][last]
+
+        user_list = users.tolist()
+        recs = self.recommender.recommend(self.store.sequences(user_list), self.store.seen(user_list), s.top_k)
+        t_scored = time.time()
+        m.inference_seconds.observe(t_scored - t0)
+        m.stage_duration.labels("score").observe(t_scored - t0)
+        m.stage_latency.labels("scored").observe(t_scored - raw.received_at)
+        m.users_scored.inc(len(users))
+
+        now_ms = int(time.time() * 1000)
+        encode, produce, topic = self._encode, self.producer.produce, s.recommendations_topic
+        for j, u in enumerate(user_list):
+            items, scores = recs.row(j)
+            msg = Recommendation(u, items, scores, recs.models[j], recs.versions[j],
+                                 int(trigger_time[j]), int(trigger_ts[j]), now_ms)
+            try:
+                produce(topic, value=encode(msg), key=str(u).encode(), on_delivery=self._on_delivery)
+            except BufferError:
+                self.producer.poll(1)
+                produce(topic, value=encode(msg), key=str(u).encode(), on_delivery=self._on_delivery)
+            m.lists.labels(recs.models[j]).inc()
+        return trigger_ts

@@ -1,0 +1,257 @@
+"""The faust worker: interactions in, micro-batches through the pipeline, lists out.
+
+faust's per-message machinery (a Message, an Event and a task switch for every record) caps an
+agent at roughly 13k events/s on two cores (see the README's benchmark). So the hot path hands
+faust's fetched records to this worker *in bulk*: :class:`BulkConsumer` keeps faust's consumer,
+group membership, rebalancing and offset commits, but its drain loop passes each partition's
+fetched records for the interactions topic to a :class:`RecordBuffer` in one call, and acks
+offsets in bulk once a batch is durable. Everything else (timers, web views, other topics)
+is plain faust.
+
+The agent below says what the stream does::
+
+    while True:
+        batch = await buffer.take(batch_size, within)       # micro-batch of raw records
+        await run_in_thread(processor.process, batch)        # decode, store, score, publish
+        consumer.ack_offsets(batch)                          # faust commits them later
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+import numpy as np
+from confluent_kafka import Producer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
+
+from model.recommender import FallbackRecommender, PopularityRecommender, Recommender
+from storage.store import EventStore
+from streams.config import Settings
+from streams.metrics import WorkerMetrics
+from streams.pipeline import BatchProcessor, RawBatch
+
+log = logging.getLogger(__name__)
+
+
+class RecordBuffer:
+    """Raw records of the bulk topics, between the consumer's fetch loop and the agent.
+
+    Bounded: when it holds ``maxsize`` records the fetch loop waits (back-pressure).
+    """
+
+    def __init__(self, topics: set[str], maxsize: int):
+        self.topics, self.maxsize = topics, maxsize
+        self.chunks: list[tuple[TP, list]] = []
+        self.size = 0
+        self.first_arrival = 0.0
+        self._data = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    async def put(self, tp: TP, records: list) -> None:
+        while self.size >= self.maxsize:
+            self._space.clear()
+            await self._space.wait()
+        if not self.chunks:
+            self.first_arrival = time.time()
+        self.chunks.append((tp, records))
+        self.size += len(records)
+        self._data.set()
+
+    async def take(self, n: int, within: float) -> tuple[list[tuple[TP, list]], float]:
+        """Up to ``n`` records, waiting at most ``within`` s after the first one arrives."""
+        while not self.chunks:
+            self._data.clear()
+            await self._data.wait()
+        deadline = self.first_arrival + within
+        while self.size < n and (left := deadline - time.time()) > 0:
+            self._data.clear()
+            try:
+                await asyncio.wait_for(self._data.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        taken, count, arrival = [], 0, self.first_arrival
+        while self.chunks and count < n:
+            tp, recs = self.chunks[0]
+            room = n - count
+            if len(recs) <= room:
+                self.chunks.pop(0)
+            else:
+                self.chunks[0] = (tp, recs[room:])
+                recs = recs[:room]
+            taken.append((tp, recs))
+            count += len(recs)
+        self.size -= count
+        self.first_arrival = time.time() if self.chunks else 0.0
+        self._space.set()
+        return taken, arrival
+
+    def drop(self, revoked: set[TP]) -> int:
+        """Forget buffered records of revoked partitions (their new owner will consume them)."""
+        keep = [(tp, r) for tp, r in self.chunks if tp not in revoked]
+        dropped = self.size - sum(len(r) for _, r in keep)
+        self.chunks, self.size = keep, self.size - dropped
+        self._space.set()
+        return dropped
+
+
+class BulkConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with a bulk path for the topics of ``app.record_buffer``."""
+
+    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised end to end
+        buffer: RecordBuffer = self.app.record_buffer
+        callback = self.callback
+        stopped = lambda: self._stopped.is_set() or fetcher._stopped.is_set()  # noqa: E731
+        while not stopped():
+            records, active = await self._wait_next_records(1.0)
+            if not records or self.should_stop:
+                await asyncio.sleep(0)
+                continue
+            generation = self.app.consumer_generation_id
+            for tp, recs in records.items():
+                if not recs or (active is not None and tp not in active and tp not in self._buffered_partitions):
+                    continue
+                if self.app.consumer_generation_id != generation or not self.flow_active:
+                    break  # a rebalance started: these records will be fetched again
+                read = self._read_offset[tp]
+                if read is not None:
+                    recs = [r for r in recs if r.offset > read]
+                    if not recs:
+                        continue
+                    if recs[0].offset - read > 1:
+                        await self._add_gap(tp, read + 1, recs[0].offset - 1)
+                offsets = [r.offset for r in recs]
+                for a, b in zip(offsets, offsets[1:]):  # gaps inside a fetch (compaction, markers)
+                    if b - a > 1:
+                        await self._add_gap(tp, a + 1, b - 1)
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                if tp.topic in buffer.topics:
+                    await buffer.put(tp, recs)
+                else:
+                    for r in recs:
+                        await callback(self._to_message(tp, r))
+                self._read_offset[tp] = offsets[-1]
+            if self._commit_every is not None and self._n_acked >= self._commit_every:
+                self._n_acked = 0
+                await self.commit()
+
+    def ack_offsets(self, tp: TP, offsets: list[int]) -> int:
+        """Mark offsets of ``tp`` processed, like :meth:`ack` does for one message."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index, acked = self._acked_index[tp], self._acked[tp]
+            new = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+            index.update(new)
+            acked.extend(new)
+            self._n_acked += len(new)
+            return len(new)
+
+
+class BulkTransport(faust_aiokafka.Transport):
+    Consumer = BulkConsumer
+
+
+class App(faust.App):
+    def _new_transport(self):
+        return BulkTransport(self.conf.broker_consumer, self)
+
+
+def build_recommender(settings: Settings, store: EventStore) -> Recommender:
+    popularity = PopularityRecommender(window=settings.popularity_window)
+    popularity.observe(store.recent_items(settings.popularity_window))  # warm after a restart
+    if not settings.checkpoint:
+        return popularity
+    from model.inference import TransformerRecommender
+
+    return FallbackRecommender(TransformerRecommender(settings.checkpoint), popularity)
+
+
+def create_app(settings: Settings) -> App:
+    app = App(
+        settings.group_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        web_bind=settings.metrics_host,
+        web_port=settings.metrics_port,
+        web_host=settings.metrics_host,
+        broker_session_timeout=settings.session_timeout,  # Tansu answers JoinGroup after half of it
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+    )
+    interactions = app.topic(settings.interactions_topic, value_type=bytes, key_type=bytes, acks=True)
+    app.record_buffer = RecordBuffer({settings.interactions_topic}, maxsize=4 * settings.batch_size)
+    metrics = WorkerMetrics()
+    executor = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+    state: dict = {}
+    busy = asyncio.Lock()
+
+    app.topics.add(interactions)  # subscribe it: the ingest task reads the buffer, not a stream
+
+    @app.on_partitions_revoked.connect
+    async def _on_revoked(app, revoked, **kwargs) -> None:
+        async with busy:  # let a batch in flight finish and ack before the partitions go
+            dropped = app.record_buffer.drop(set(revoked))
+        if dropped:
+            log.info("rebalance: dropped %d buffered records of revoked partitions", dropped)
+
+    def open_pipeline() -> BatchProcessor:
+        store = EventStore(settings.db, seq_len=settings.seq_len)
+        recommender = build_recommender(settings, store)
+        metrics.model_info.labels(recommender.name, recommender.version).set(1)
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
+                             "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
+        log.info("worker store %s holds %d events; recommender %s/%s",
+                 settings.db, store.count(), recommender.name, recommender.version)
+        return BatchProcessor(settings, store, recommender, producer, metrics)
+
+    @app.task
+    async def ingest() -> None:
+        loop = asyncio.get_running_loop()
+        processor = state["processor"] = await loop.run_in_executor(executor, open_pipeline)
+        buffer = app.record_buffer
+        while not app.should_stop:
+            chunks, arrival = await buffer.take(settings.batch_size, settings.batch_within)
+            async with busy:
+                raw = to_raw_batch(settings.interactions_topic, chunks, arrival)
+                await loop.run_in_executor(executor, processor.process, raw)
+                consumer = app.consumer
+                for tp, recs in chunks:
+                    consumer.ack_offsets(tp, [r.offset for r in recs])
+
+    @app.page("/metrics")
+    async def metrics_view(web, request):
+        return web.bytes(metrics.expose(), content_type="text/plain; version=0.0.4")
+
+    app.streamrec_metrics = metrics
+    return app
+
+
+def to_raw_batch(topic: str, chunks: list[tuple[TP, list]], arrival: float) -> RawBatch:
+    recs = [r for _, r_list in chunks for r in r_list]
+    return RawBatch(
+        topic=topic,
+        keys=[r.key for r in recs],
+        values=[r.value for r in recs],
+        partitions=np.fromiter((r.partition for r in recs), np.int32, len(recs)),
+        offsets=np.fromiter((r.offset for r in recs), np.int64, len(recs)),
+        timestamps=np.fromiter((r.timestamp for r in recs), np.int64, len(recs)),
+        received_at=arrival,
+    )
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run a worker until interrupted (SIGINT/SIGTERM)."""
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel)
+    worker.execute_from_commandline()
