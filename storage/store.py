@@ -79,6 +79,7 @@ class EventStore:
         if not read_only:
             self.con.execute(SCHEMA)
         self._state: dict[int, UserState] = {}
+        self.n_events = self.count()  # events in the log, kept current by append
         # Users with stored events; anyone else is new and needs no read.
         self._known: set[int] = set(self.con.execute("SELECT user_id FROM sequences").fetchnumpy()["user_id"].tolist())
 
@@ -125,6 +126,7 @@ class EventStore:
             self._state.clear()  # the cache may hold uncommitted merges; reload on demand
             self._known = set(con.execute("SELECT user_id FROM sequences").fetchnumpy()["user_id"].tolist())
             raise
+        self.n_events += int(new_mask.sum())
         return AppendResult(int(new_mask.sum()), new_mask, users)
 
     def _update_sequences(self, new_mask, user, item, event_time, offset) -> np.ndarray:

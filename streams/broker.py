@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def wait_for_metadata(bootstrap: str, timeout: float = 30.0) -> None:
     """Block until the cluster answers a Kafka Metadata request."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    # log_level 0: no "connection refused" noise while the broker is still starting.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:

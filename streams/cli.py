@@ -72,8 +72,8 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def _add_replay_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--speedup", type=float, default=0.0,
+def _add_replay_options(p: argparse.ArgumentParser, default_speedup: float | None = 0.0) -> None:
+    p.add_argument("--speedup", type=float, default=default_speedup,
                    help="divide event-time gaps by this factor (0: as fast as possible; default %(default)s)")
     p.add_argument("--min-rating", type=float, default=None, help="only ratings >= this value")
     p.add_argument("--start", type=int, default=0, help="first event (in time order) to replay")
@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-users", type=int, default=3, help="users whose lists are printed as they update")
     p.add_argument("--workers", type=int, default=1, help="workers in the consumer group")
     Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
-    _add_replay_options(p)
+    _add_replay_options(p, default_speedup=None)
+    p.add_argument("--duration", type=float, default=20.0,
+                   help="without --speedup, replay the whole file in about this many seconds (default %(default)s)")
     p.set_defaults(func=cmd_demo)
 
     # Commands of the model package, when present: (configure, run, help).

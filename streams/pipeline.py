@@ -50,6 +50,8 @@ class Recommendation(msgspec.Struct):
     model_version: str
     event_time: int  # ms: event time of the newest event that triggered this list
     source_timestamp: int  # ms: Kafka timestamp of that event's message
+    source_partition: int  # Kafka partition and offset of that event's message: the list
+    source_offset: int  # reflects every event of the user up to and including it
     published_at: int  # ms: wall time of publication
 
 
@@ -106,6 +108,7 @@ class BatchProcessor:
         )
         t_stored = time.time()
         m.stored.inc(result.n_new)
+        m.store_events.set(self.store.n_events)
         m.duplicates.inc(len(batch) - result.n_new)
         m.stage_duration.labels("store").observe(t_stored - t0)
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
@@ -144,6 +147,8 @@ class BatchProcessor:
         users = users_sorted[last]
         trigger_time = batch.event_time[order][last]
         trigger_ts = raw.timestamps[idx][order][last]
+        trigger_part = raw.partitions[idx][order][last]
+        trigger_off = raw.offsets[idx][order][last]
 
         user_list = users.tolist()
         recs = self.recommender.recommend(self.store.sequences(user_list), self.store.seen(user_list), s.top_k)
@@ -158,7 +163,8 @@ class BatchProcessor:
         for j, u in enumerate(user_list):
             items, scores = recs.row(j)
             msg = Recommendation(u, items, scores, recs.models[j], recs.versions[j],
-                                 int(trigger_time[j]), int(trigger_ts[j]), now_ms)
+                                 int(trigger_time[j]), int(trigger_ts[j]), int(trigger_part[j]),
+                                 int(trigger_off[j]), now_ms)
             try:
                 produce(topic, value=encode(msg), key=str(u).encode(), on_delivery=self._on_delivery)
             except BufferError:

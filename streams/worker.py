@@ -209,6 +209,7 @@ def create_app(settings: Settings) -> App:
         store = EventStore(settings.db, seq_len=settings.seq_len)
         recommender = build_recommender(settings, store)
         metrics.model_info.labels(recommender.name, recommender.version).set(1)
+        metrics.store_events.set(store.n_events)
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
                              "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
         log.info("worker store %s holds %d events; recommender %s/%s",
@@ -232,6 +233,13 @@ def create_app(settings: Settings) -> App:
     @app.page("/metrics")
     async def metrics_view(web, request):
         return web.bytes(metrics.expose(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/ready")
+    async def ready_view(web, request):
+        # Ready once the pipeline is open and this worker owns partitions of the topic.
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.interactions_topic]
+        ok = "processor" in state and bool(assigned)
+        return web.json({"ready": ok, "partitions": sorted(tp.partition for tp in assigned)}, status=200 if ok else 503)
 
     app.streamrec_metrics = metrics
     return app

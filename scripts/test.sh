@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the whole test suite against a real embedded broker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,61 @@
+"""Shared fixtures: one embedded Tansu broker for the session, helpers to read topics back."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streams.broker import EmbeddedBroker
+from streams.config import Settings
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    b = EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "tansu.log")
+    b.start()
+    yield b
+    b.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def settings(broker, tmp_path) -> Settings:
+    """Fresh topics and group per test, on the shared broker."""
+    tag = f"{next(_names)}-{uuid.uuid4().hex[:6]}"
+    return Settings(
+        bootstrap_servers=broker.bootstrap,
+        interactions_topic=f"interactions-{tag}",
+        dlq_topic=f"interactions-{tag}.dlq",
+        recommendations_topic=f"recommendations-{tag}",
+        group_id=f"worker-{tag}",
+        db=str(tmp_path / "worker.duckdb"),
+    )
+
+
+def read_topic(bootstrap: str, topic: str, min_count: int = 0, idle: float = 2.0, timeout: float = 60.0) -> list:
+    """Every message of ``topic`` from the beginning.
+
+    Tansu's ListOffsets end offset is wrong, so instead of asking for it we read until at least
+    ``min_count`` messages arrived and nothing new came for ``idle`` seconds.
+    """
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    out, last, deadline = [], time.time(), time.time() + timeout
+    try:
+        while time.time() < deadline:
+            batch = [m for m in c.consume(5000, timeout=0.2) if not m.error()]
+            if batch:
+                out.extend(batch)
+                last = time.time()
+            elif len(out) >= min_count and time.time() - last > idle:
+                break
+    finally:
+        c.close()
+    return out

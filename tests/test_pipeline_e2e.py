@@ -1,0 +1,177 @@
+"""End to end on the embedded broker, no mocks: MovieLens through a real worker process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+import msgspec
+import numpy as np
+import pytest
+
+from storage.movielens import load_ratings
+from streams.pipeline import Recommendation
+from streams.processes import WorkerProcess, metric_sum
+from streams.replay import make_producer, replay
+from streams.topics import ensure_topics
+
+from tests.conftest import read_topic
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent / "data"
+
+BAD = [
+    (b'{"user_id": 1, "item_id": ', "malformed JSON"),
+    (b'{"user_id": 1, "event_time": 5, "event_type": "click"}', "missing required field `item_id`"),
+    (b'{"user_id": "abc", "item_id": 2, "event_time": 5, "event_type": "click"}', "Expected `int`, got `str` - at `$.user_id`"),
+    (b'{"user_id": 1, "item_id": 2.5, "event_time": 5, "event_type": "click"}', "Expected `int`, got `float` - at `$.item_id`"),
+    (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "rating", "rating": NaN}', "ratings must be finite"),
+    (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "rating", "rating": 1e999}', "Number out of range - at `$.rating`"),
+    (b'{"user_id": 123456789012345678901234567890, "item_id": 2, "event_time": 5, "event_type": "click"}',
+     "Expected `int` <= 9223372036854775807 - at `$.user_id`"),
+    (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "teleport"}', "Invalid enum value 'teleport'"),
+    (None, "empty message"),
+]
+
+
+def wait_stored(worker: WorkerProcess, n: int, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert worker.alive(), f"worker died; see {worker.log}"
+        m = worker.metrics()
+        if m.get("streamrec_store_events", 0) >= n:
+            return m
+        time.sleep(0.3)
+    raise TimeoutError(f"worker stored {m.get('streamrec_store_events')} of {n} events; see {worker.log}")
+
+
+def db_contents(path: str) -> tuple[list, dict[int, list[int]], dict]:
+    con = duckdb.connect(path, read_only=True)
+    ev = con.execute("SELECT key, user_id, item_id, event_time, event_type, rating FROM events ORDER BY key").fetchall()
+    seqs = dict(con.execute("SELECT user_id, items FROM sequences").fetchall())
+    offsets = con.execute("SELECT user_id, item_id, event_time, kafka_offset FROM events").fetchnumpy()
+    con.close()
+    return ev, seqs, offsets
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    return load_ratings(DATA / "ratings.csv")
+
+
+@pytest.fixture(scope="module")
+def clean_run(broker, ratings, tmp_path_factory):
+    """Replay ml-latest-small with bad messages in the middle through one worker."""
+    from streams.config import Settings
+
+    tmp = tmp_path_factory.mktemp("clean")
+    s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="clean-interactions",
+                 dlq_topic="clean-interactions.dlq", recommendations_topic="clean-recommendations",
+                 group_id="clean-worker", db=str(tmp / "w.duckdb"))
+    ensure_topics(s)
+    worker = WorkerProcess(s.bootstrap_servers, s.db, tmp / "worker.log", group_id=s.group_id,
+                           interactions_topic=s.interactions_topic, dlq_topic=s.dlq_topic,
+                           recommendations_topic=s.recommendations_topic).start()
+    try:
+        worker.wait_ready()
+        producer = make_producer(s.bootstrap_servers)
+        half = len(ratings) // 2
+        replay(ratings.slice(0, half), s.bootstrap_servers, s.interactions_topic, progress=False, producer=producer)
+        for value, _ in BAD:
+            producer.produce(s.interactions_topic, value=value, key=b"1")
+        producer.flush(10)
+        replay(ratings.slice(half), s.bootstrap_servers, s.interactions_topic, progress=False, producer=producer)
+        m = wait_stored(worker, len(ratings))
+        deadline = time.time() + 30  # the last batch's lists are flushed before its offsets are acked
+        while metric_sum(m, "streamrec_events_consumed_total") < len(ratings) + len(BAD) and time.time() < deadline:
+            time.sleep(0.2)
+            m = worker.metrics()
+        alive_after_bad = worker.alive()
+        n_lists = int(metric_sum(m, "streamrec_lists_published_total"))
+        lists = read_topic(s.bootstrap_servers, s.recommendations_topic, min_count=n_lists)
+        dlq = read_topic(s.bootstrap_servers, s.dlq_topic, min_count=len(BAD))
+    finally:
+        worker.stop()
+    return dict(settings=s, metrics=m, lists=lists, dlq=dlq, alive=alive_after_bad, db=db_contents(s.db),
+                log=worker.log)
+
+
+def test_every_valid_event_stored_exactly_once(clean_run, ratings):
+    events, _, _ = clean_run["db"]
+    assert len(events) == len(ratings)
+    assert len({e[0] for e in events}) == len(events)
+    stored = sorted((u, i, t) for _, u, i, t, _, _ in events)
+    source = sorted(zip(ratings.user.tolist(), ratings.item.tolist(), (ratings.timestamp * 1000).tolist()))
+    assert stored == source
+    rated = {(u, i, t): r for _, u, i, t, _, r in events}
+    u, i, t, r = int(ratings.user[0]), int(ratings.item[0]), int(ratings.timestamp[0]) * 1000, float(ratings.rating[0])
+    assert rated[(u, i, t)] == pytest.approx(r)
+
+
+def test_sequences_are_last_n_in_time_order(clean_run, ratings):
+    _, seqs, _ = clean_run["db"]
+    users = np.unique(ratings.user)
+    assert set(seqs) == set(users.tolist())
+    for u in users.tolist():
+        expected = ratings.item[ratings.user == u][-200:].tolist()  # ratings are stably time-sorted
+        assert seqs[u] == expected, f"user {u}"
+
+
+def test_every_user_gets_lists_without_seen_items(clean_run, ratings):
+    dec = msgspec.json.Decoder(Recommendation)
+    recs = [dec.decode(m.value()) for m in clean_run["lists"]]
+    assert {r.user_id for r in recs} == set(np.unique(ratings.user).tolist())
+    assert all(m.key() == str(r.user_id).encode() for m, r in zip(clean_run["lists"], recs))
+    log = clean_run["db"][2]  # the event log with Kafka offsets (one partition)
+    for r in recs:
+        mine = log["user_id"] == r.user_id
+        # Seen before the list: every event of the user consumed up to its triggering event,
+        # which includes all events earlier in time (the replay is time-ordered).
+        seen_before = set(log["item_id"][mine & (log["kafka_offset"] <= r.source_offset)].tolist())
+        earlier = set(log["item_id"][mine & (log["event_time"] < r.event_time)].tolist())
+        assert earlier <= seen_before and r.event_time in log["event_time"][mine]
+        assert not seen_before & set(r.items), f"user {r.user_id} was shown an item already seen"
+        assert len(r.items) == 20 and len(set(r.items)) == 20
+        assert r.scores == sorted(r.scores, reverse=True)
+        assert r.model == "popularity" and r.model_version
+
+
+def test_bad_messages_go_to_the_dlq_with_reasons(clean_run):
+    dlq = clean_run["dlq"]
+    assert clean_run["alive"], "the worker must keep running after bad input"
+    assert len(dlq) == len(BAD)
+    by_value = {m.value(): dict(m.headers()) for m in dlq}
+    for value, reason in BAD:
+        headers = by_value[value]
+        assert reason in headers["reason"].decode(), (value, headers["reason"])
+        assert headers["source_topic"].decode() == clean_run["settings"].interactions_topic
+        assert int(headers["source_offset"]) >= 0 and headers["source_partition"] == b"0"
+    m = clean_run["metrics"]
+    assert metric_sum(m, "streamrec_events_rejected_total") == len(BAD)
+    assert m['streamrec_events_rejected_total{reason="malformed_json"}'] == 2
+
+
+def test_sigkill_mid_replay_recovers_to_clean_state(broker, settings, ratings, clean_run, tmp_path):
+    """Kill the worker twice while it ingests; the restarted worker ends with the clean run's data."""
+    ensure_topics(settings)
+    kw = dict(group_id=settings.group_id, interactions_topic=settings.interactions_topic,
+              dlq_topic=settings.dlq_topic, recommendations_topic=settings.recommendations_topic,
+              batch_size=1000)
+    replay(ratings, settings.bootstrap_servers, settings.interactions_topic, progress=False)
+    for i, fraction in enumerate([0.25, 0.6]):
+        worker = WorkerProcess(settings.bootstrap_servers, settings.db, tmp_path / f"worker{i}.log", **kw).start()
+        worker.wait_ready()
+        wait_stored(worker, int(fraction * len(ratings)))
+        worker.kill()
+    worker = WorkerProcess(settings.bootstrap_servers, settings.db, tmp_path / "worker-final.log", **kw).start()
+    try:
+        worker.wait_ready()
+        wait_stored(worker, len(ratings))
+        time.sleep(1.0)  # nothing more may arrive: a duplicate would be a second row
+    finally:
+        worker.stop()
+    events, seqs, _ = db_contents(settings.db)
+    clean_events, clean_seqs, _ = clean_run["db"]
+    assert events == clean_events
+    assert seqs == clean_seqs
