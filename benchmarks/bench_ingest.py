@@ -28,6 +28,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from storage.movielens import load_ratings  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.config import Settings  # noqa: E402
 from streams.events import Event, encode  # noqa: E402
@@ -36,14 +37,32 @@ from streams.replay import make_producer  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
 
-def produce(bootstrap: str, topic: str, n: int, users: int, items: int) -> None:
-    rng = np.random.default_rng(0)
-    u = rng.integers(1, users + 1, n)
-    i = rng.zipf(1.3, n) % items + 1
+def workload(kind: str, n: int, users: int, items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, event time ms) of ``n`` events.
+
+    movielens: ml-latest-small repeated with fresh user ids and later times, so that users come
+    in bursts as in real logs (~150 distinct users per 5,000 events). uniform: every event from
+    a random one of ``users`` users (~4,400 distinct per 5,000 events): the worst case for
+    per-user work, since almost every event then produces a list of its own.
+    """
+    if kind == "uniform":
+        rng = np.random.default_rng(0)
+        return (rng.integers(1, users + 1, n), rng.zipf(1.3, n) % items + 1,
+                1_500_000_000_000 + np.arange(n))
+    r = load_ratings(Path(__file__).resolve().parent.parent / "tests" / "data" / "ratings.csv")
+    reps = -(-n // len(r))
+    span = int(r.timestamp[-1] - r.timestamp[0]) + 1
+    u = np.concatenate([r.user + k * 1_000_000 for k in range(reps)])[:n]
+    i = np.concatenate([r.item for _ in range(reps)])[:n]
+    t = np.concatenate([(r.timestamp + k * span) * 1000 for k in range(reps)])[:n]
+    return u, i, t
+
+
+def produce(bootstrap: str, topic: str, events) -> None:
+    u, i, t = events
     p = make_producer(bootstrap)
-    t0 = 1_500_000_000_000
-    for k in range(n):
-        p.produce(topic, value=encode(Event(int(u[k]), int(i[k]), t0 + k, "click")), key=str(u[k]).encode())
+    for k, (uu, ii, tt) in enumerate(zip(u.tolist(), i.tolist(), t.tolist())):
+        p.produce(topic, value=encode(Event(uu, ii, tt, "click")), key=str(uu).encode())
         if k % 10000 == 0:
             p.poll(0)
     p.flush(60)
@@ -127,7 +146,9 @@ def faust_baseline(bootstrap: str, topic: str, n: int, tmp: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=300_000)
-    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--workload", choices=["movielens", "uniform"], default="movielens",
+                    help="movielens: bursty real users; uniform: a random user per event (worst case)")
+    ap.add_argument("--users", type=int, default=20_000, help="users of the uniform workload")
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--faust-baseline", action="store_true", help="also time a plain faust agent (slow)")
@@ -138,8 +159,10 @@ def main() -> None:
                      recommendations_topic="bench-recommendations", dlq_topic="bench-dlq")
         ensure_topics(s)
         t = time.perf_counter()
-        produce(broker.bootstrap, s.interactions_topic, args.events, args.users, args.items)
-        print(f"produced {args.events:,} events in {time.perf_counter() - t:.1f}s")
+        events = workload(args.workload, args.events, args.users, args.items)
+        produce(broker.bootstrap, s.interactions_topic, events)
+        print(f"produced {args.events:,} {args.workload} events ({len(np.unique(events[0])):,} users) "
+              f"in {time.perf_counter() - t:.1f}s")
         raw = raw_consume(broker.bootstrap, s.interactions_topic, args.events)
         print(f"raw confluent-kafka consume + json.loads: {raw:,.0f} events/s")
         rate, m = worker_ingest(broker.bootstrap, s, args.events, tmp, args.batch_size)

@@ -115,13 +115,27 @@ class PopularityRecommender(Recommender):
         n = len(seen)
         items = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
-        for u, s in enumerate(seen):
-            # Only the first k + |seen| ranked items can matter: scan that prefix.
-            head = ids[: k + len(s)]
-            keep = ~np.isin(head, s, assume_unique=False) if len(s) else np.ones(len(head), bool)
-            top = np.flatnonzero(keep)[:k]
-            items[u, : len(top)] = head[top]
-            scores[u, : len(top)] = cnt[top]
+        if n == 0 or len(ids) == 0:
+            return Recommendations(items, scores, [self.name] * n, [self.version] * n)
+        # Vectorised over users: only the first k + |seen| ranked items can matter, so mark
+        # which of the first H positions each user has seen, then take the first k unmarked.
+        lengths = np.fromiter((len(s) for s in seen), np.int64, n)
+        h = int(min(len(ids), k + lengths.max()))
+        flat = np.concatenate(seen) if lengths.sum() else np.zeros(0, np.int64)
+        row = np.repeat(np.arange(n), lengths)
+        by_id = np.argsort(ids)
+        pos = np.searchsorted(ids, flat, sorter=by_id)
+        pos = np.minimum(pos, len(ids) - 1)
+        rank = by_id[pos]
+        hit = (ids[rank] == flat) & (rank < h)
+        blocked = np.zeros((n, h), dtype=bool)
+        blocked[row[hit], rank[hit]] = True
+        free = ~blocked
+        take = free & (np.cumsum(free, axis=1) <= k)
+        r, c = np.nonzero(take)  # row-major: per user, ranks in ascending order
+        col = np.cumsum(take, axis=1)[r, c] - 1
+        items[r, col] = ids[c]
+        scores[r, col] = cnt[c]
         return Recommendations(items, scores, [self.name] * n, [self.version] * n)
 
 

@@ -3,13 +3,19 @@
 Tables (one database file per worker; DuckDB allows one writing process per file):
 
 * ``events``: every accepted event once, keyed by ``key`` (64-bit hash of the event id).
-* ``sequences``: per user, the last ``seq_len`` item ids and event times in event-time order
-  (ties broken by Kafka offset, i.e. arrival order within the user's partition).
+* ``sequences``: a view, per user, of the last ``seq_len`` item ids and event times in
+  event-time order (ties broken by Kafka partition and offset: arrival order within the user's
+  partition), with the user's total event count.
+
+``sequences`` is a view over the log rather than a second table, so it can never disagree with
+the log (a crash between two writes cannot leave it behind) and a micro-batch costs one insert:
+rewriting thousands of users' list rows per batch cost more than everything else the worker
+does (measured: ~80-180 ms per 5,000-event batch over 20k users). The worker keeps the same
+sequences in memory, updated per batch, and reloads a user from the log after a restart.
 
 Writes are one transaction per micro-batch: new events are inserted with
-``ON CONFLICT DO NOTHING`` (a redelivered event changes nothing), and only users with genuinely
-new events get their sequence rewritten. A late event lands at its place in time.
-Sequences are also cached in memory, so a batch costs no reads for users the worker knows.
+``ON CONFLICT DO NOTHING`` (a redelivered event changes nothing), and a late event lands at its
+place in time.
 
 >>> import tempfile, os, numpy as np
 >>> store = EventStore(os.path.join(tempfile.mkdtemp(), "w.duckdb"), seq_len=2)
@@ -45,23 +51,36 @@ CREATE TABLE IF NOT EXISTS events (
     kafka_partition INTEGER NOT NULL,
     kafka_offset BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sequences (
-    user_id BIGINT PRIMARY KEY,
-    items BIGINT[] NOT NULL,          -- last seq_len item ids, oldest first
-    event_times BIGINT[] NOT NULL,
-    n_events BIGINT NOT NULL          -- all of the user's events, not only the last seq_len
-);
+"""
+
+# The last {n} events per user, oldest first; n_events counts all of the user's events.
+SEQUENCES_VIEW = """
+CREATE OR REPLACE VIEW sequences AS
+SELECT user_id,
+       list(item_id ORDER BY event_time, kafka_partition, kafka_offset) AS items,
+       list(event_time ORDER BY event_time, kafka_partition, kafka_offset) AS event_times,
+       any_value(n_events) AS n_events
+FROM (SELECT user_id, item_id, event_time, kafka_partition, kafka_offset,
+             row_number() OVER w AS newest, count(*) OVER (PARTITION BY user_id) AS n_events
+      FROM events
+      WINDOW w AS (PARTITION BY user_id ORDER BY event_time DESC, kafka_partition DESC, kafka_offset DESC))
+WHERE newest <= {n}
+GROUP BY user_id
 """
 
 
 @dataclass
 class UserState:
-    """In-memory view of one user: last N events (sorted) and every item ever seen."""
+    """In-memory view of one user: last N events (sorted) and every item ever seen.
 
-    times: np.ndarray  # int64 event times of the last N events
-    order: np.ndarray  # int64 tie-breaker (Kafka offset)
-    items: np.ndarray  # int64 item ids of the last N events
-    seen: np.ndarray  # int64 sorted unique item ids of all events
+    Plain lists and a set, not arrays: a micro-batch touches thousands of users with a few
+    events each, and small-array NumPy calls would cost more than the work itself.
+    """
+
+    times: list[int]  # event times of the last N events, ascending
+    order: list[int]  # tie-breaker (Kafka offset)
+    items: list[int]  # item ids of the last N events
+    seen: set[int]  # item ids of all events
     n_events: int
 
 
@@ -78,10 +97,11 @@ class EventStore:
         self.con = duckdb.connect(self.path, read_only=read_only)
         if not read_only:
             self.con.execute(SCHEMA)
+            self.con.execute(SEQUENCES_VIEW.format(n=int(seq_len)))
         self._state: dict[int, UserState] = {}
         self.n_events = self.count()  # events in the log, kept current by append
         # Users with stored events; anyone else is new and needs no read.
-        self._known: set[int] = set(self.con.execute("SELECT user_id FROM sequences").fetchnumpy()["user_id"].tolist())
+        self._known: set[int] = self._stored_users()
 
     def close(self) -> None:
         self.con.close()
@@ -124,7 +144,7 @@ class EventStore:
         except BaseException:
             con.execute("ROLLBACK")
             self._state.clear()  # the cache may hold uncommitted merges; reload on demand
-            self._known = set(con.execute("SELECT user_id FROM sequences").fetchnumpy()["user_id"].tolist())
+            self._known = self._stored_users()
             raise
         self.n_events += int(new_mask.sum())
         return AppendResult(int(new_mask.sum()), new_mask, users)
@@ -133,70 +153,54 @@ class EventStore:
         user = np.asarray(user, np.int64)[new_mask]
         if len(user) == 0:
             return np.zeros(0, np.int64)
-        item = np.asarray(item, np.int64)[new_mask]
-        times = np.asarray(event_time, np.int64)[new_mask]
-        order = np.asarray(offset, np.int64)[new_mask]
-        by_user = np.argsort(user, kind="stable")
-        users, starts = np.unique(user[by_user], return_index=True)
+        by_user = np.lexsort((np.asarray(offset, np.int64)[new_mask], np.asarray(event_time, np.int64)[new_mask], user))
+        u_sorted = user[by_user]
+        users, starts = np.unique(u_sorted, return_index=True)
         self._load(users)
-        bounds = np.append(starts, len(by_user))
-        n_users = len(users)
-        lengths = np.empty(n_users, np.int64)
-        out_items, out_times, n_events = [], [], np.empty(n_users, np.int64)
+        bounds = np.append(starts, len(by_user)).tolist()
+        item = np.asarray(item, np.int64)[new_mask][by_user].tolist()
+        times = np.asarray(event_time, np.int64)[new_mask][by_user].tolist()
+        order = np.asarray(offset, np.int64)[new_mask][by_user].tolist()
+        n, state = self.seq_len, self._state
         for j, u in enumerate(users.tolist()):
-            idx = by_user[bounds[j] : bounds[j + 1]]
-            st = self._state.get(u)
+            a, b = bounds[j], bounds[j + 1]
+            st = state.get(u)
             if st is None:
-                t, o, it, seen, n_ev = times[idx], order[idx], item[idx], np.zeros(0, np.int64), 0
+                st = state[u] = UserState([], [], [], set(), 0)
+            if st.times and (times[a], order[a]) < (st.times[-1], st.order[-1]):
+                # A late event: merge in time order (rare, so a plain sort is fine).
+                merged = sorted(zip(st.times + times[a:b], st.order + order[a:b], st.items + item[a:b]))
+                st.times, st.order, st.items = (list(c) for c in zip(*merged))
             else:
-                t = np.concatenate([st.times, times[idx]])
-                o = np.concatenate([st.order, order[idx]])
-                it = np.concatenate([st.items, item[idx]])
-                seen, n_ev = st.seen, st.n_events
-            srt = np.lexsort((o, t))[-self.seq_len :]
-            st = UserState(t[srt], o[srt], it[srt], np.union1d(seen, item[idx]), n_ev + len(idx))
-            self._state[u] = st
-            lengths[j] = len(st.items)
-            out_items.append(st.items)
-            out_times.append(st.times)
-            n_events[j] = st.n_events
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        table = pa.table({
-            "user_id": users,
-            "items": pa.ListArray.from_arrays(offsets, np.concatenate(out_items)),
-            "event_times": pa.ListArray.from_arrays(offsets, np.concatenate(out_times)),
-            "n_events": n_events,
-        })
-        self.con.register("seqs", table)
-        self.con.execute("INSERT OR REPLACE INTO sequences SELECT * FROM seqs")
-        self.con.unregister("seqs")
+                st.times += times[a:b]
+                st.order += order[a:b]
+                st.items += item[a:b]
+            if len(st.items) > n:
+                del st.times[:-n], st.order[:-n], st.items[:-n]
+            st.seen.update(item[a:b])
+            st.n_events += b - a
         self._known.update(users.tolist())
         return users
 
+    def _stored_users(self) -> set[int]:
+        return set(self.con.execute("SELECT DISTINCT user_id FROM events").fetchnumpy()["user_id"].tolist())
+
     def _load(self, users: np.ndarray) -> None:
-        """Fill the cache for known users that are not in it (after a restart)."""
+        """Fill the cache from the log for known users that are not in it (after a restart)."""
         missing = [u for u in users.tolist() if u not in self._state and u in self._known]
         if not missing:
             return
         self.con.register("missing", pa.table({"user_id": np.asarray(missing, np.int64)}))
-        seq = self.con.execute(
-            "SELECT s.user_id, s.items, s.event_times, s.n_events FROM sequences s JOIN missing USING (user_id)"
+        rows = self.con.execute(
+            "SELECT user_id, list(item_id ORDER BY event_time, kafka_partition, kafka_offset),"
+            " list(event_time ORDER BY event_time, kafka_partition, kafka_offset),"
+            " list(kafka_offset ORDER BY event_time, kafka_partition, kafka_offset)"
+            " FROM events JOIN missing USING (user_id) GROUP BY user_id"
         ).fetchall()
-        seen = dict(self.con.execute(
-            "SELECT e.user_id, list(DISTINCT e.item_id) FROM events e JOIN missing USING (user_id) GROUP BY e.user_id"
-        ).fetchall())
-        offsets = dict(self.con.execute(
-            "SELECT e.user_id, list(e.kafka_offset ORDER BY e.event_time, e.kafka_offset) FROM events e"
-            " JOIN missing USING (user_id) GROUP BY e.user_id"
-        ).fetchall())
         self.con.unregister("missing")
-        for u, items, times, n_ev in seq:
-            # The tie-breakers of the last N events are the last N offsets in time order.
-            order = np.asarray(offsets[u][-len(items) :], np.int64)
-            self._state[u] = UserState(
-                np.asarray(times, np.int64), order, np.asarray(items, np.int64),
-                np.unique(np.asarray(seen[u], np.int64)), int(n_ev),
-            )
+        n = self.seq_len
+        for u, items, times, offsets in rows:
+            self._state[u] = UserState(times[-n:], offsets[-n:], items[-n:], set(items), len(items))
 
     # -- reads -------------------------------------------------------------------------------
     def sequence(self, user: int) -> np.ndarray:
@@ -205,14 +209,14 @@ class EventStore:
 
     def sequences(self, users: Sequence[int]) -> list[np.ndarray]:
         self._load(np.asarray(users, np.int64))
-        empty = np.zeros(0, np.int64)
-        return [self._state[u].items if u in self._state else empty for u in users]
+        state, empty = self._state, np.zeros(0, np.int64)
+        return [np.array(state[u].items, np.int64) if u in state else empty for u in users]
 
     def seen(self, users: Sequence[int]) -> list[np.ndarray]:
-        """Every item each user has interacted with (sorted unique)."""
+        """Every item each user has interacted with (unique, in no particular order)."""
         self._load(np.asarray(users, np.int64))
-        empty = np.zeros(0, np.int64)
-        return [self._state[u].seen if u in self._state else empty for u in users]
+        state, empty = self._state, np.zeros(0, np.int64)
+        return [np.fromiter(state[u].seen, np.int64, len(state[u].seen)) if u in state else empty for u in users]
 
     def count(self) -> int:
         return self.con.execute("SELECT count(*) FROM events").fetchone()[0]

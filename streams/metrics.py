@@ -6,6 +6,7 @@ Names follow Prometheus conventions: ``streamrec_`` prefix, ``_total`` for count
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -13,6 +14,35 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
 # DLQ reasons are free text; the label is one of these classes (bounded cardinality).
 REJECT_CLASSES = ("malformed_json", "missing_field", "wrong_type", "out_of_range", "invalid_value", "empty")
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, in one vectorised step.
+
+    prometheus_client has no batch observe, and a call per published list costs more than
+    publishing it; this adds the same bucket counts and sum through the histogram's fields.
+
+    >>> h = Histogram("h_seconds", "doc", buckets=(1, 2), registry=CollectorRegistry())
+    >>> observe_many(h, np.array([0.5, 1.5, 1.0, 3.0]))
+    >>> [s.value for s in h.collect()[0].samples if s.name == "h_seconds_bucket"]
+    [2.0, 3.0, 4.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    if bounds is None or buckets is None:  # a prometheus_client without these fields
+        for v in values.tolist():
+            histogram.observe(v)
+        return
+    # Bucket i counts values <= bounds[i] that fall above bounds[i-1] (le is inclusive).
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    counts = np.bincount(idx, minlength=len(bounds))
+    for i, c in enumerate(counts.tolist()):
+        if c:
+            buckets[i].inc(c)
+    histogram._sum.inc(float(values.sum()))
 
 
 def reject_class(reason: str) -> str:

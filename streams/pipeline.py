@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import msgspec
@@ -18,8 +19,8 @@ from confluent_kafka import Producer
 from model.recommender import Recommender
 from storage.store import EventStore
 from streams.config import Settings
-from streams.events import decode_batch
-from streams.metrics import WorkerMetrics, reject_class
+from streams.events import EventBatch, decode_batch
+from streams.metrics import WorkerMetrics, observe_many, reject_class
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ class BatchProcessor:
             raise RuntimeError(f"{remaining} messages undelivered; errors: {errors[:3]}")
 
     def process(self, raw: RawBatch) -> BatchReport:
+        """The whole micro-batch; returns once its outputs are delivered."""
+        return self.apply(raw, self.decode(raw))
+
+    def decode(self, raw: RawBatch) -> EventBatch:
+        """Stage 1 (pure Python): validate, and dead-letter what is invalid.
+
+        Split from :meth:`apply` so the worker can decode batch n+1 while batch n is in DuckDB
+        (which releases the GIL). Dead letters are delivered by the ``apply`` of this batch.
+        """
         m, s = self.metrics, self.settings
         t0 = time.time()
         m.consumed.inc(len(raw))
@@ -100,7 +110,13 @@ class BatchProcessor:
             )
             m.rejected.labels(reject_class(reason)).inc()
             log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+        m.stage_duration.labels("decode").observe(time.time() - t0)
+        return batch
 
+    def apply(self, raw: RawBatch, batch: EventBatch) -> BatchReport:
+        """Stage 2: store, score, publish; returns when every output of the batch is delivered."""
+        m = self.metrics
+        t0 = time.time()
         idx = batch.index
         result = self.store.append(
             batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
@@ -125,8 +141,7 @@ class BatchProcessor:
         t_done = time.time()
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
-        for f in (t_done - trigger_ts / 1000.0).tolist():
-            m.freshness.observe(max(f, 0.0))
+        observe_many(m.freshness, np.maximum(t_done - trigger_ts / 1000.0, 0.0))
         n_lists = len(trigger_ts)
         return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected), n_lists,
                            int(batch.event_time.max()) if len(batch) else None)
@@ -160,15 +175,16 @@ class BatchProcessor:
 
         now_ms = int(time.time() * 1000)
         encode, produce, topic = self._encode, self.producer.produce, s.recommendations_topic
-        for j, u in enumerate(user_list):
-            items, scores = recs.row(j)
-            msg = Recommendation(u, items, scores, recs.models[j], recs.versions[j],
-                                 int(trigger_time[j]), int(trigger_ts[j]), int(trigger_part[j]),
-                                 int(trigger_off[j]), now_ms)
+        n_valid = (recs.items >= 0).sum(axis=1).tolist()
+        rows = zip(user_list, recs.items.tolist(), recs.scores.tolist(), n_valid, recs.models, recs.versions,
+                   trigger_time.tolist(), trigger_ts.tolist(), trigger_part.tolist(), trigger_off.tolist())
+        for u, items, scores, nv, model, version, t_time, t_ts, t_part, t_off in rows:
+            value = encode(Recommendation(u, items[:nv], scores[:nv], model, version, t_time, t_ts, t_part, t_off, now_ms))
             try:
-                produce(topic, value=encode(msg), key=str(u).encode(), on_delivery=self._on_delivery)
-            except BufferError:
+                produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
+            except BufferError:  # local queue full: wait for deliveries, then retry once
                 self.producer.poll(1)
-                produce(topic, value=encode(msg), key=str(u).encode(), on_delivery=self._on_delivery)
-            m.lists.labels(recs.models[j]).inc()
+                produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
+        for model, count in Counter(recs.models).items():
+            m.lists.labels(model).inc(count)
         return trigger_ts

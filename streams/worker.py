@@ -192,7 +192,8 @@ def create_app(settings: Settings) -> App:
     interactions = app.topic(settings.interactions_topic, value_type=bytes, key_type=bytes, acks=True)
     app.record_buffer = RecordBuffer({settings.interactions_topic}, maxsize=4 * settings.batch_size)
     metrics = WorkerMetrics()
-    executor = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+    executor = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # DuckDB, model, producer
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
     state: dict = {}
     busy = asyncio.Lock()
 
@@ -201,6 +202,8 @@ def create_app(settings: Settings) -> App:
     @app.on_partitions_revoked.connect
     async def _on_revoked(app, revoked, **kwargs) -> None:
         async with busy:  # let a batch in flight finish and ack before the partitions go
+            if state.get("in_flight") is not None:
+                await state["in_flight"]
             dropped = app.record_buffer.drop(set(revoked))
         if dropped:
             log.info("rebalance: dropped %d buffered records of revoked partitions", dropped)
@@ -218,17 +221,25 @@ def create_app(settings: Settings) -> App:
 
     @app.task
     async def ingest() -> None:
+        """Micro-batches in order; decoding batch n+1 overlaps storing and publishing batch n."""
         loop = asyncio.get_running_loop()
         processor = state["processor"] = await loop.run_in_executor(executor, open_pipeline)
         buffer = app.record_buffer
+        in_flight: asyncio.Future | None = None
         while not app.should_stop:
             chunks, arrival = await buffer.take(settings.batch_size, settings.batch_within)
+            raw = to_raw_batch(settings.interactions_topic, chunks, arrival)
+            decoded = await loop.run_in_executor(decoder, processor.decode, raw)
             async with busy:
-                raw = to_raw_batch(settings.interactions_topic, chunks, arrival)
-                await loop.run_in_executor(executor, processor.process, raw)
-                consumer = app.consumer
-                for tp, recs in chunks:
-                    consumer.ack_offsets(tp, [r.offset for r in recs])
+                if in_flight is not None:
+                    await in_flight
+                state["in_flight"] = in_flight = asyncio.ensure_future(apply_and_ack(processor, raw, decoded, chunks))
+
+    async def apply_and_ack(processor: BatchProcessor, raw: RawBatch, decoded, chunks) -> None:
+        await asyncio.get_running_loop().run_in_executor(executor, processor.apply, raw, decoded)
+        consumer = app.consumer
+        for tp, recs in chunks:  # durable and published: faust may commit these offsets now
+            consumer.ack_offsets(tp, [r.offset for r in recs])
 
     @app.page("/metrics")
     async def metrics_view(web, request):
