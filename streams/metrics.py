@@ -56,6 +56,8 @@ def reject_class(reason: str) -> str:
         return "malformed_json"
     if "missing required field" in r:
         return "missing_field"
+    if "invalid enum" in r:
+        return "invalid_value"
     if "<=" in r or ">=" in r or "out of range" in r or "length" in r:
         return "out_of_range"
     if "expected `" in r:
