@@ -33,6 +33,7 @@ class Settings:
     batch_within: float = field(default=0.05, metadata={"help": "seconds to wait for a micro-batch to fill"})
     popularity_window: int = field(default=50_000, metadata={"help": "events in the popularity model's window"})
     checkpoint: str = field(default="", metadata={"help": "transformer checkpoint directory (empty: popularity only)"})
+    eval_snapshot_seconds: float = field(default=5.0, metadata={"help": "seconds between online-evaluation snapshots (gauges, DuckDB)"})
     metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the /metrics endpoint"})
     metrics_port: int = field(default=6066, metadata={"help": "port of the /metrics endpoint"})
     session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})

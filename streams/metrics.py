@@ -100,5 +100,20 @@ class WorkerMetrics:
         self.store_events = Gauge("streamrec_store_events", "Events in this worker's DuckDB event log", registry=r)
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
 
+        # Online (prequential) evaluation, set from the evaluator's snapshots.
+        from model.online import PROMETHEUS_GAUGES
+
+        self.online = {
+            metric: Gauge(name, doc, ["model", "version", "k", "window"], registry=r)
+            for metric, (name, doc) in PROMETHEUS_GAUGES.items()
+        }
+
+    def set_online(self, rows) -> None:
+        """Publish evaluator snapshot rows ``(model, version, k, window, metric, value, n)``."""
+        for row in rows:
+            gauge = self.online.get(row.metric)
+            if gauge is not None:
+                gauge.labels(row.model, row.version, str(row.k), row.window).set(row.value)
+
     def expose(self) -> bytes:
         return generate_latest(self.registry)

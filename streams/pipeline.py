@@ -16,7 +16,10 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
+from model.metrics import NO_LIST
+from model.online import OnlineEvaluator
 from model.recommender import Recommender
+from storage.evaluation_log import write_snapshot
 from storage.store import EventStore
 from streams.config import Settings
 from streams.events import EventBatch, decode_batch
@@ -72,6 +75,9 @@ class BatchProcessor:
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
+        # Grades every stored event against the list its user was shown before it.
+        self.evaluator = OnlineEvaluator(time_scale=1000)  # event times are in ms
+        self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._delivery_errors: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:
@@ -130,12 +136,19 @@ class BatchProcessor:
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
 
         if result.n_new:
-            new_items = batch.item[result.new_mask]
-            order = np.argsort(batch.event_time[result.new_mask], kind="stable")
-            self.recommender.observe(new_items[order])
-            m.last_event_time.set(float(batch.event_time[result.new_mask].max()) / 1000)
+            new = result.new_mask
+            order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
+            self.recommender.observe(batch.item[new][order])
+            # Prequential: graded against lists of earlier batches, before this batch's lists exist.
+            self.evaluator.score_events(batch.user[new][order], batch.item[new][order], batch.event_time[new][order])
+            m.last_event_time.set(float(batch.event_time[new].max()) / 1000)
 
-        trigger_ts = self._score_and_publish(batch, raw, idx) if len(batch) else np.zeros(0)
+        trigger_ts = np.zeros(0)
+        if len(batch):
+            users, recs, trigger_time, trigger_ts = self._score_and_publish(batch, raw, idx)
+            self.evaluator.record_lists(users, recs.items, trigger_time, recs.models, recs.versions)
+        if time.time() >= self._next_snapshot:
+            self.snapshot_evaluation()
         t_scored = time.time()
         self._flush()  # DLQ records and lists delivered before the caller commits offsets
         t_done = time.time()
@@ -146,12 +159,20 @@ class BatchProcessor:
         return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected), n_lists,
                            int(batch.event_time.max()) if len(batch) else None)
 
-    def _score_and_publish(self, batch, raw: RawBatch, idx: np.ndarray) -> np.ndarray:
+    def snapshot_evaluation(self) -> None:
+        """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table."""
+        rows = self.evaluator.snapshot()
+        self.metrics.set_online(rows)
+        if self.evaluator.watermark != NO_LIST and rows:  # NO_LIST: nothing scored yet
+            write_snapshot(self.store.con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)
+        self._next_snapshot = time.time() + self.settings.eval_snapshot_seconds
+
+    def _score_and_publish(self, batch, raw: RawBatch, idx: np.ndarray):
         """Score every user with a valid event in this batch once, and publish their lists.
 
         Users whose events were all redeliveries are scored too: after a crash between storing
-        and publishing, that is how their list still gets out. Returns the Kafka timestamps (ms)
-        of the triggering events, one per list queued.
+        and publishing, that is how their list still gets out. Returns the users, their lists,
+        and per list the triggering event's time and Kafka timestamp (ms).
         """
         m, s = self.metrics, self.settings
         t0 = time.time()
@@ -187,4 +208,4 @@ class BatchProcessor:
                 produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
         for model, count in Counter(recs.models).items():
             m.lists.labels(model).inc(count)
-        return trigger_ts
+        return users, recs, trigger_time, trigger_ts

@@ -19,8 +19,9 @@ from streams.broker import free_port
 class WorkerProcess:
     """``streamrec worker`` in a child process, with its own DuckDB file and metrics port."""
 
-    def __init__(self, bootstrap: str, db: str | Path, log: str | Path, port: int | None = None, **settings):
-        self.bootstrap, self.db, self.log = bootstrap, str(db), str(log)
+    def __init__(self, bootstrap: str, db: str | Path, log: str | Path, port: int | None = None,
+                 loglevel: str = "info", **settings):
+        self.bootstrap, self.db, self.log, self.loglevel = bootstrap, str(db), str(log), loglevel
         self.port = port or free_port()
         self.settings = settings
         self.proc: subprocess.Popen | None = None
@@ -31,7 +32,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--bootstrap-servers", self.bootstrap,
-               "--db", self.db, "--metrics-port", str(self.port), "--loglevel", "warning"]
+               "--db", self.db, "--metrics-port", str(self.port), "--loglevel", self.loglevel]
         for k, v in self.settings.items():
             cmd += ["--" + k.replace("_", "-"), str(v)]
         log = open(self.log, "ab")

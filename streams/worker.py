@@ -241,6 +241,12 @@ def create_app(settings: Settings) -> App:
         for tp, recs in chunks:  # durable and published: faust may commit these offsets now
             consumer.ack_offsets(tp, [r.offset for r in recs])
 
+    @app.timer(interval=settings.eval_snapshot_seconds)
+    async def snapshot_evaluation() -> None:
+        """Export online metrics even when the stream is idle (same thread as the batches)."""
+        if "processor" in state:
+            await asyncio.get_running_loop().run_in_executor(executor, state["processor"].snapshot_evaluation)
+
     @app.page("/metrics")
     async def metrics_view(web, request):
         return web.bytes(metrics.expose(), content_type="text/plain; version=0.0.4")

@@ -72,7 +72,7 @@ def clean_run(broker, ratings, tmp_path_factory):
     ensure_topics(s)
     worker = WorkerProcess(s.bootstrap_servers, s.db, tmp / "worker.log", group_id=s.group_id,
                            interactions_topic=s.interactions_topic, dlq_topic=s.dlq_topic,
-                           recommendations_topic=s.recommendations_topic).start()
+                           recommendations_topic=s.recommendations_topic, eval_snapshot_seconds=1.0).start()
     try:
         worker.wait_ready()
         producer = make_producer(s.bootstrap_servers)
@@ -86,6 +86,12 @@ def clean_run(broker, ratings, tmp_path_factory):
         deadline = time.time() + 30  # the last batch's lists are flushed before its offsets are acked
         while metric_sum(m, "streamrec_events_consumed_total") < len(ratings) + len(BAD) and time.time() < deadline:
             time.sleep(0.2)
+            m = worker.metrics()
+        deadline = time.time() + 15  # the next evaluation snapshot covers every event
+        while m.get("streamrec_online_events_warm{k=\"0\",model=\"all\",version=\"all\",window=\"all\"}", 0) \
+                + m.get("streamrec_online_events_cold{k=\"0\",model=\"all\",version=\"all\",window=\"all\"}", 0) \
+                < len(ratings) and time.time() < deadline:
+            time.sleep(0.5)
             m = worker.metrics()
         alive_after_bad = worker.alive()
         n_lists = int(metric_sum(m, "streamrec_lists_published_total"))
@@ -150,6 +156,23 @@ def test_bad_messages_go_to_the_dlq_with_reasons(clean_run):
     m = clean_run["metrics"]
     assert metric_sum(m, "streamrec_events_rejected_total") == len(BAD)
     assert m['streamrec_events_rejected_total{reason="malformed_json"}'] == 2
+
+
+def test_online_evaluation_on_metrics_and_in_duckdb(clean_run, ratings):
+    m = clean_run["metrics"]
+    label = 'model="popularity",version="window-50000",window="all"'
+    key = lambda name, k: f'{name}{{k="{k}",{label}}}'  # noqa: E731 - labels sorted as exposed
+    ndcg10, hit10 = m[key("streamrec_online_ndcg", 10)], m[key("streamrec_online_hit_rate", 10)]
+    assert 0.005 < ndcg10 < hit10 < 1, (ndcg10, hit10)  # non-trivial, and NDCG <= HitRate
+    assert m[key("streamrec_online_hit_rate", 5)] <= hit10 <= m[key("streamrec_online_hit_rate", 20)]
+    all_ = 'k="0",model="all",version="all",window="all"'
+    warm, cold = m[f"streamrec_online_events_warm{{{all_}}}"], m[f"streamrec_online_events_cold{{{all_}}}"]
+    # Every user's first event is cold; a burst replayed into one batch is cold too (no list yet).
+    assert warm + cold == len(ratings) and cold >= 671 and warm > 10_000
+    con = duckdb.connect(clean_run["settings"].db, read_only=True)
+    n, metrics = con.execute("SELECT count(*), count(DISTINCT metric) FROM evaluation").fetchone()
+    con.close()
+    assert n > 0 and metrics >= 5
 
 
 def test_sigkill_mid_replay_recovers_to_clean_state(broker, settings, ratings, clean_run, tmp_path):
