@@ -97,6 +97,11 @@ class WorkerMetrics:
             "streamrec_inference_seconds", "Model time per micro-batch", buckets=LATENCY_BUCKETS, registry=r
         )
         self.model_info = Gauge("streamrec_model_info", "The serving model (value 1)", ["model", "version"], registry=r)
+        self.model_loads = Counter("streamrec_model_loads_total", "Model loads after an announcement",
+                                   ["outcome"], registry=r)
+        for outcome in ("ok", "failed"):
+            self.model_loads.labels(outcome)
+        self.exported = Counter("streamrec_events_exported_total", "Events written to Parquet export segments", registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events in this worker's DuckDB event log", registry=r)
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
 

@@ -34,7 +34,9 @@ from faust.types.tuples import ack_lock
 from model.recommender import FallbackRecommender, PopularityRecommender, Recommender
 from storage.store import EventStore
 from streams.config import Settings
+from storage.export import export_new_events
 from streams.metrics import WorkerMetrics
+from streams.model_updates import UpdateFollower
 from streams.pipeline import BatchProcessor, RawBatch
 
 log = logging.getLogger(__name__)
@@ -163,14 +165,35 @@ class App(faust.App):
         return BulkTransport(self.conf.broker_consumer, self)
 
 
+def champion_path(registry: str) -> str | None:
+    """Checkpoint directory of the registry's champion, if it has one."""
+    from model.registry import Registry
+
+    reg = Registry(registry)
+    champion = reg.champion()
+    return None if champion is None else str(reg.path(champion))
+
+
 def build_recommender(settings: Settings, store: EventStore) -> Recommender:
     popularity = PopularityRecommender(window=settings.popularity_window)
     popularity.observe(store.recent_items(settings.popularity_window))  # warm after a restart
-    if not settings.checkpoint:
+    checkpoint = settings.checkpoint
+    if settings.registry:
+        checkpoint = champion_path(settings.registry) or checkpoint
+    if not checkpoint:
         return popularity
+    return with_model(checkpoint, popularity)
+
+
+def with_model(checkpoint: str, popularity: PopularityRecommender) -> FallbackRecommender:
+    """The transformer of ``checkpoint`` with ``popularity`` for users it cannot score."""
     from model.inference import TransformerRecommender
 
-    return FallbackRecommender(TransformerRecommender(settings.checkpoint), popularity)
+    return FallbackRecommender(TransformerRecommender(checkpoint), popularity)
+
+
+def popularity_of(rec: Recommender) -> PopularityRecommender:
+    return rec if isinstance(rec, PopularityRecommender) else rec.fallback
 
 
 def create_app(settings: Settings) -> App:
@@ -210,6 +233,7 @@ def create_app(settings: Settings) -> App:
 
     def open_pipeline() -> BatchProcessor:
         store = EventStore(settings.db, seq_len=settings.seq_len)
+        state["model_loaded_at"] = int(time.time() * 1000)  # announcements before this are in the registry
         recommender = build_recommender(settings, store)
         metrics.model_info.labels(recommender.name, recommender.version).set(1)
         metrics.store_events.set(store.n_events)
@@ -246,6 +270,48 @@ def create_app(settings: Settings) -> App:
         """Export online metrics even when the stream is idle (same thread as the batches)."""
         if "processor" in state:
             await asyncio.get_running_loop().run_in_executor(executor, state["processor"].snapshot_evaluation)
+
+    if settings.export_dir:
+        @app.timer(interval=settings.export_every)
+        async def export_events() -> None:
+            """Parquet segments of the log for the retraining job (it never opens our database)."""
+            if "processor" in state:
+                n = await asyncio.get_running_loop().run_in_executor(
+                    executor, export_new_events, state["processor"].store.con, settings.export_dir)
+                metrics.exported.inc(n)
+
+    loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
+
+    @app.timer(interval=1.0)
+    async def follow_model_updates() -> None:
+        """Load announced models in the background; swap between two micro-batches."""
+        if "processor" not in state:
+            return
+        if "updates" not in state:
+            state["updates"] = await asyncio.get_running_loop().run_in_executor(
+                loader, lambda: UpdateFollower(settings.bootstrap_servers, settings.model_updates_topic,
+                                               state["model_loaded_at"]))
+        for update in state["updates"].poll():
+            processor = state["processor"]
+            if update.version == processor.recommender.version:
+                continue
+            popularity = popularity_of(processor.recommender)
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(loader, with_model, update.path, popularity)
+            except Exception as e:  # missing or corrupt checkpoint: keep serving the old model
+                metrics.model_loads.labels("failed").inc()
+                log.error("model %s (%s) failed to load, still serving %s/%s: %s",
+                          update.version, update.path, processor.recommender.name, processor.recommender.version, e)
+                continue
+            async with busy:  # between micro-batches: none is being applied now
+                if state.get("in_flight") is not None:
+                    await state["in_flight"]
+                old = processor.recommender
+                processor.recommender = new
+            metrics.model_loads.labels("ok").inc()
+            metrics.model_info.labels(old.name, old.version).set(0)
+            metrics.model_info.labels(new.name, new.version).set(1)
+            log.info("%s: now serving %s/%s (was %s/%s)", update.action, new.name, new.version, old.name, old.version)
 
     @app.page("/metrics")
     async def metrics_view(web, request):

@@ -1,0 +1,224 @@
+"""CLI commands of the model: ``streamrec train``, ``streamrec evaluate``, ``streamrec recommend``.
+
+Each command is a ``configure_X(parser)`` / ``run_X(args) -> exit code`` pair, collected in
+``COMMANDS`` for the ``streamrec`` entry point to turn into argparse subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.config import ModelConfig, TrainConfig
+
+
+def _add_data_args(p: argparse.ArgumentParser, filter_defaults: bool = True) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ratings", type=Path, metavar="FILE",
+                     help="interactions file: ratings.csv (ML-20M/ml-latest), ratings.dat (ML-1M) or a RecBole .inter")
+    src.add_argument("--db", type=Path, metavar="PATH", help="the DuckDB event log written by the worker pipeline")
+    d = TrainConfig()
+    p.add_argument("--min-rating", type=float, default=d.min_rating if filter_defaults else None,
+                   help="drop interactions rated below this (default: keep all)")
+    p.add_argument("--min-user-events", type=int, default=d.min_user_events if filter_defaults else None,
+                   help=f"drop users with fewer events (default: {d.min_user_events}"
+                   + ("" if filter_defaults else ", or the checkpoint's training value") + ")")
+
+
+def _load(args):
+    if args.db is not None:
+        from storage.store import read_ratings  # the event log's reader (storage issue)
+
+        return read_ratings(args.db), f"duckdb:{args.db}"
+    from storage.movielens import load_ratings
+
+    return load_ratings(args.ratings), str(args.ratings)
+
+
+def _print_metrics(results: dict[str, dict[str, float]], out=sys.stdout) -> None:
+    cols = ["NDCG@10", "Recall@10", "MRR@10", "HitRate@10", "NDCG@20", "Recall@20", "MRR@20"]
+    print(f"{'':24s}" + "".join(f"{c:>11s}" for c in cols), file=out)
+    for name, m in results.items():
+        for prefix in ("", "uniform100/", "popular100/"):
+            if prefix + "NDCG@10" in m:
+                label = name + (f" [{prefix[:-1]}]" if prefix else " [full]")
+                print(f"{label:24s}" + "".join(f"{m[prefix + c]:11.4f}" for c in cols), file=out)
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+def configure_train(p: argparse.ArgumentParser) -> None:
+    m, t = ModelConfig(), TrainConfig()
+    _add_data_args(p)
+    p.add_argument("--model", choices=["bert4rec", "sasrec"], default="sasrec", help="architecture (default: sasrec)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="checkpoint directory to write (model.safetensors + card.json)")
+    g = p.add_argument_group("model")
+    g.add_argument("--max-len", type=int, default=m.max_len, help=f"longest input sequence (default: {m.max_len})")
+    g.add_argument("--d-model", type=int, default=m.d_model, help=f"hidden size (default: {m.d_model})")
+    g.add_argument("--heads", type=int, default=m.n_heads, help=f"attention heads (default: {m.n_heads})")
+    g.add_argument("--layers", type=int, default=m.n_layers, help=f"transformer blocks (default: {m.n_layers})")
+    g.add_argument("--dropout", type=float, default=m.dropout, help=f"dropout (default: {m.dropout})")
+    g.add_argument("--post-ln", action="store_true", help="post-LN blocks as in the papers (default: pre-LN)")
+    g.add_argument("--mask-prob", type=float, default=m.mask_prob,
+                   help=f"BERT4Rec: fraction of positions masked for the cloze task (default: {m.mask_prob})")
+    g.add_argument("--negatives", type=int, default=m.negatives,
+                   help="SASRec: sampled-softmax negatives per batch; 0 = full softmax (default: 0)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=t.epochs, help=f"maximum epochs (default: {t.epochs})")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"sequences per step (default: {t.batch_size})")
+    g.add_argument("--lr", type=float, default=t.lr, help=f"peak AdamW learning rate (default: {t.lr})")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"(default: {t.weight_decay})")
+    g.add_argument("--warmup-steps", type=int, default=t.warmup_steps, help=f"linear warm-up steps (default: {t.warmup_steps})")
+    g.add_argument("--patience", type=int, default=t.patience,
+                   help=f"early stopping: evaluations without a better validation NDCG@10 (default: {t.patience})")
+    g.add_argument("--eval-every", type=int, default=t.eval_every, help="epochs between validation runs (default: 1)")
+    g.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops after the epoch that exceeds it")
+    g.add_argument("--seed", type=int, default=t.seed, help=f"random seed (default: {t.seed})")
+    g.add_argument("--device", default=t.device, help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
+
+
+def run_train(args) -> int:
+    from model.checkpoint import save_checkpoint
+    from model.data import build_sequences, leave_one_out
+    from model.evaluate import evaluate_split, model_scorer
+    from model.train import train
+
+    tcfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, patience=args.patience, eval_every=args.eval_every, seed=args.seed,
+        min_rating=args.min_rating, min_user_events=args.min_user_events, device=args.device,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+    )
+    ratings, source = _load(args)
+    seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
+    split = leave_one_out(seqs)
+    if len(split.users) == 0:
+        print("error: no user has enough events to train on", file=sys.stderr)
+        return 2
+    mcfg = ModelConfig(
+        kind=args.model, n_items=len(vocab), max_len=args.max_len, d_model=args.d_model, n_heads=args.heads,
+        n_layers=args.layers, dropout=args.dropout, pre_ln=not args.post_ln, mask_prob=args.mask_prob,
+        negatives=args.negatives,
+    )
+    print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
+          file=sys.stderr)
+    res = train(split, mcfg, tcfg, progress=not args.no_progress)
+    metrics = {"valid": res.valid, "best_epoch": res.best_epoch}
+    if not args.no_test:
+        t0 = time.perf_counter()
+        test = evaluate_split({mcfg.kind: model_scorer(res.model)}, split, len(vocab))
+        metrics["test"] = test
+        _print_metrics(test, out=sys.stderr)
+        print(f"test evaluation {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    data = {
+        "source": source,
+        "cutoff_time": int(ratings.timestamp.max()) if len(ratings) else None,  # newest event used, Unix s
+        "n_events": int(len(seqs.items)),
+        "n_users": int(len(split.users)),
+        "n_items": len(vocab),
+    }
+    out = save_checkpoint(args.out, res.model, vocab, train=tcfg.to_dict(), data=data, metrics=metrics,
+                          training_seconds=round(res.seconds, 2), history=res.history)
+    print(f"trained in {res.seconds:.1f}s (best epoch {res.best_epoch}); checkpoint written to {out}", file=sys.stderr)
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+def configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR", help="directory written by `streamrec train`")
+    _add_data_args(p, filter_defaults=False)
+    p.add_argument("--part", choices=["test", "valid"], default="test",
+                   help="leave-one-out target: newest item (test) or the one before (valid); default test")
+    p.add_argument("--no-sampled", action="store_true", help="full ranking only (skip 100-negative sampled metrics)")
+    p.add_argument("--batch-size", type=int, default=256, help="users per scoring batch (default: 256)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda ...")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+
+
+def run_evaluate(args) -> int:
+    from model.checkpoint import load_checkpoint
+    from model.data import build_sequences, leave_one_out
+    from model.evaluate import evaluate_split, model_scorer
+    from model.train import resolve_device
+
+    ck = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    trained = TrainConfig.from_dict(ck.card.get("train", {}))
+    min_rating = args.min_rating if args.min_rating is not None else trained.min_rating
+    min_events = args.min_user_events if args.min_user_events is not None else trained.min_user_events
+    ratings, source = _load(args)
+    # The checkpoint's vocabulary: items it has never seen are dropped from histories and targets.
+    seqs, vocab = build_sequences(ratings, min_rating, min_events, vocab=ck.vocab)
+    split = leave_one_out(seqs)
+    res = evaluate_split({ck.model.cfg.kind: model_scorer(ck.model)}, split, len(vocab), part=args.part,
+                         sampled=not args.no_sampled, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "version": ck.version, "data": source,
+                          "users": len(split.users), "metrics": res}, indent=1))
+    else:
+        print(f"{source}: {len(split.users)} users, {ck.model.cfg.kind} {ck.version}, {args.part} targets")
+        _print_metrics(res)
+    return 0
+
+
+# --- recommend --------------------------------------------------------------------------------
+
+
+def configure_recommend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR", help="directory written by `streamrec train`")
+    p.add_argument("--movies", type=Path, required=True, metavar="FILE", help="movies.csv with movieId,title")
+    p.add_argument("--titles", nargs="+", required=True, metavar="TITLE",
+                   help='watched movies in order, oldest first, exactly as in movies.csv, e.g. "Toy Story (1995)"')
+    p.add_argument("-k", type=int, default=10, help="how many recommendations (default: 10)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda ...")
+
+
+def run_recommend(args) -> int:
+    from model.inference import TransformerRecommender
+    from storage.movielens import load_titles
+
+    titles = load_titles(args.movies)
+    by_title: dict[str, int] = {}
+    for mid, t in titles.items():
+        by_title.setdefault(t, mid)
+    lower = {t.lower(): mid for t, mid in by_title.items()}
+    ids = []
+    for t in args.titles:
+        mid = by_title.get(t, lower.get(t.lower()))
+        if mid is None:
+            close = difflib.get_close_matches(t, by_title.keys(), n=3)
+            print(f"error: unknown title {t!r}" + (f"; did you mean {close}?" if close else ""), file=sys.stderr)
+            return 2
+        ids.append(mid)
+    rec = TransformerRecommender(args.checkpoint, device=args.device)
+    seq = np.array(ids, dtype=np.int64)
+    if not rec.can_score(seq):
+        print("error: the model knows none of these movies", file=sys.stderr)
+        return 2
+    out = rec.recommend([seq], [seq], args.k)
+    items, scores = out.row(0)
+    print(f"{rec.name} {rec.version}: top {len(items)} after {len(ids)} movies")
+    for rank, (i, s) in enumerate(zip(items, scores), 1):
+        print(f"{rank:3d}. {titles.get(i, f'movieId {i}')}  ({s:.2f})")
+    return 0
+
+
+COMMANDS = {
+    "train": (configure_train, run_train,
+              "train BERT4Rec or SASRec on a ratings file or the DuckDB event log; writes a checkpoint"),
+    "evaluate": (configure_evaluate, run_evaluate,
+                 "leave-one-out evaluation of a checkpoint: full-ranking and sampled NDCG/Recall/MRR/HitRate@10,20"),
+    "recommend": (configure_recommend, run_recommend,
+                  "print a checkpoint's top-K movie titles for a sequence of watched titles"),
+}

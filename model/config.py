@@ -1,0 +1,70 @@
+"""Configuration of the sequential transformers (one dataclass for both models) and of training.
+
+Item indices: 0 is padding, 1..n_items are real items, n_items + 1 is BERT4Rec's mask token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "sasrec"  # "bert4rec" (bidirectional, cloze) or "sasrec" (causal, next item)
+    n_items: int = 0  # number of real items in the vocabulary
+    max_len: int = 200  # longest input sequence (BERT4Rec: including the appended mask token)
+    d_model: int = 64
+    n_heads: int = 2
+    n_layers: int = 2
+    dropout: float = 0.2
+    pre_ln: bool = True  # pre-LN (GPT-2) trains stably without warm-up tricks; False = original post-LN
+    mask_prob: float = 0.15  # BERT4Rec: fraction of positions to predict
+    negatives: int = 0  # SASRec: 0 = full softmax ("SASRec+"); N > 0 = sampled softmax with N negatives
+
+    def __post_init__(self):
+        if self.kind not in ("bert4rec", "sasrec"):
+            raise ValueError(f"kind must be 'bert4rec' or 'sasrec', not {self.kind!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    @property
+    def vocab_size(self) -> int:  # pad + items + mask
+        return self.n_items + 2
+
+    @property
+    def mask_id(self) -> int:
+        return self.n_items + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # AdamW; not applied to embeddings, norms and biases
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    patience: int = 5  # stop after this many evaluations without a better validation NDCG@10
+    eval_every: int = 1  # epochs between validation runs
+    grad_clip: float = 1.0
+    seed: int = 0
+    min_rating: float | None = None  # drop interactions rated below this
+    min_user_events: int = 5  # drop users with fewer events (after the rating filter)
+    device: str = "auto"  # "auto" = CUDA if available, else CPU
+    max_seconds: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

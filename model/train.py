@@ -1,0 +1,128 @@
+"""Training loop: AdamW, linear warm-up then cosine decay, early stopping on validation NDCG@10.
+
+The loop is the same for both models; only the batch differs (BERT4Rec: cloze-masked windows;
+SASRec: windows shifted by one item, every position predicting its successor).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model.config import ModelConfig, TrainConfig
+from model.data import Split, pad_left, windows
+from model.evaluate import evaluate_histories, model_scorer
+from model.transformer import BERT4Rec, SequentialTransformer, build_model
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainResult:
+    model: SequentialTransformer  # with the weights of the best validation epoch
+    best_epoch: int
+    valid: dict[str, float]  # validation metrics of the best epoch
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # per evaluation: epoch, loss, metrics
+
+
+def training_windows(model: SequentialTransformer, split: Split) -> list[np.ndarray]:
+    cfg = model.cfg
+    if isinstance(model, BERT4Rec):
+        return windows(split.train, cfg.max_len, min_len=1)
+    return windows(split.train, cfg.max_len + 1, min_len=2)  # input = w[:-1], targets = w[1:]
+
+
+def make_batch(model: SequentialTransformer, ws: list[np.ndarray], gen: torch.Generator):
+    """(inputs, labels) tensors, trimmed to the longest window of the batch."""
+    if isinstance(model, BERT4Rec):
+        return model.cloze(torch.from_numpy(pad_left(ws)), generator=gen)
+    return torch.from_numpy(pad_left([w[:-1] for w in ws])), torch.from_numpy(pad_left([w[1:] for w in ws]))
+
+
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # nanoGPT: weight decay on matrices only; embeddings, norms and biases are left alone.
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = True) -> TrainResult:
+    torch.manual_seed(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    device = resolve_device(tcfg.device)
+    model = build_model(mcfg).to(device)
+    opt = configure_optimizer(model, tcfg)
+    ws = training_windows(model, split)
+    if not ws:
+        raise ValueError("no training sequences: every user needs at least 3 events")
+    steps_per_epoch = math.ceil(len(ws) / tcfg.batch_size)
+    total = tcfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, tcfg.warmup_steps, total, tcfg.min_lr_ratio)
+    )
+    valid_hist, valid_targets = split.train.as_list(), split.valid_targets
+    use_bf16 = device.type == "cuda"  # bf16 autocast only where it is fast; CPU stays fp32
+
+    best, best_state, best_epoch, bad = -1.0, None, -1, 0
+    history: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=mcfg.kind, disable=not progress, unit="step", dynamic_ncols=True)
+    for epoch in range(tcfg.epochs):
+        model.train()
+        losses = []
+        perm = rng.permutation(len(ws))
+        for i in range(0, len(ws), tcfg.batch_size):
+            inputs, labels = make_batch(model, [ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = model(inputs.to(device), labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}", best_ndcg10=f"{max(best, 0):.4f}")
+        out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
+        last = epoch == tcfg.epochs - 1 or out_of_time
+        if (epoch + 1) % tcfg.eval_every == 0 or last:
+            model.eval()
+            m = evaluate_histories(model_scorer(model), valid_hist, valid_targets, ks=(10, 20))
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
+            if m["NDCG@10"] > best:
+                best, best_epoch, bad = m["NDCG@10"], epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= tcfg.patience:
+                    break
+        if out_of_time:
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    valid = next((h for h in history if h["epoch"] == best_epoch), {})
+    return TrainResult(model, best_epoch, valid, seconds, history)

@@ -1,0 +1,80 @@
+"""Model announcements on the ``model-updates`` topic, and the worker's follower of them.
+
+Promotion (or rollback) writes one small JSON message naming the version and where its
+checkpoint lies. Every worker must see every announcement, so workers do not read this topic in
+their consumer group (a group would hand each message to one member): each assigns itself the
+topic's partitions and reads it from the beginning, skipping announcements made before it loaded
+its model from the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+
+class ModelUpdate(msgspec.Struct):
+    version: str
+    path: str  # checkpoint directory, readable by every worker
+    action: str  # "promote" or "rollback"
+    announced_at: int  # ms since the epoch
+
+
+def ensure_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if topic in admin.list_topics(timeout=10).topics:
+        return
+    for fut in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        try:
+            fut.result(10)
+        except Exception as e:  # created meanwhile by another process
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+
+
+def announce(bootstrap: str, topic: str, version: str, path: str, action: str = "promote") -> ModelUpdate:
+    """Publish an announcement and wait until the broker has it."""
+    ensure_topic(bootstrap, topic)
+    update = ModelUpdate(version, str(path), action, int(time.time() * 1000))
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topic, key=b"model", value=msgspec.json.encode(update))
+    if producer.flush(30):
+        raise RuntimeError(f"announcement of {version} not delivered to {topic}")
+    log.info("announced %s %s on %s", action, version, topic)
+    return update
+
+
+class UpdateFollower:
+    """Non-blocking reader of announcements newer than ``since_ms``."""
+
+    def __init__(self, bootstrap: str, topic: str, since_ms: int):
+        ensure_topic(bootstrap, topic)
+        self.since_ms = since_ms
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamrec-model-follower",
+                                  "enable.auto.commit": False})
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        self.decode = msgspec.json.Decoder(ModelUpdate).decode
+
+    def poll(self) -> list[ModelUpdate]:
+        out = []
+        for msg in self.consumer.consume(100, timeout=0):
+            if msg.error():
+                continue
+            try:
+                update = self.decode(msg.value())
+            except msgspec.DecodeError as e:
+                log.error("ignoring malformed model update at offset %d: %s", msg.offset(), e)
+                continue
+            if update.announced_at > self.since_ms:
+                out.append(update)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,103 @@
+"""`streamrec train / evaluate / recommend` through their argparse definitions, on tiny data."""
+
+import argparse
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from model.commands import COMMANDS
+from storage.movielens import Ratings, load_titles
+
+torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
+
+MOVIES = "tests/data/movies.csv"
+
+
+def parse(name, argv):
+    configure, run, help_text = COMMANDS[name]
+    p = argparse.ArgumentParser(prog=f"streamrec {name}", description=help_text)
+    configure(p)
+    return p.parse_args(argv), run
+
+
+@pytest.fixture(scope="module")
+def chain_csv(tmp_path_factory):
+    """Users walk a fixed cycle of 30 movies from random starts (so the model has something to learn)."""
+    rng = np.random.default_rng(0)
+    movie_ids = sorted(load_titles(MOVIES))[:30]
+    path = tmp_path_factory.mktemp("data") / "ratings.csv"
+    rows, t = [], 1_000_000
+    for user in range(1, 121):
+        start = rng.integers(0, 30)
+        for step in range(8):
+            rows.append(f"{user},{movie_ids[(start + step) % 30]},4.0,{t}")
+            t += 1
+    path.write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    return path, movie_ids
+
+
+def test_every_command_has_help(capsys):
+    assert set(COMMANDS) == {"train", "evaluate", "recommend"}
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            parse(name, ["--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert "--checkpoint" in out or "--out" in out
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+def test_train_evaluate_recommend(kind, chain_csv, tmp_path, capsys):
+    csv, movie_ids = chain_csv
+    out = tmp_path / kind
+    args, run = parse("train", ["--ratings", str(csv), "--model", kind, "--out", str(out), "--epochs", "40", "--dropout", "0.1",
+                                "--d-model", "32", "--max-len", "10", "--batch-size", "32", "--lr", "0.005",
+                                "--warmup-steps", "5", "--no-progress"])
+    assert run(args) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["data"]["cutoff_time"] == 1_000_000 + 120 * 8 - 1
+    assert card["data"]["n_users"] == 120 and card["training_seconds"] > 0
+    assert card["metrics"]["test"][kind]["NDCG@10"] > card["metrics"]["test"]["popularity"]["NDCG@10"]
+    capsys.readouterr()
+
+    args, run = parse("evaluate", ["--checkpoint", str(out), "--ratings", str(csv), "--json"])
+    assert run(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["users"] == 120
+    assert res["metrics"][kind]["NDCG@10"] == pytest.approx(card["metrics"]["test"][kind]["NDCG@10"])
+    assert "uniform100/NDCG@10" not in res["metrics"][kind]  # 30 items: too few for 100 negatives
+
+    titles = load_titles(MOVIES)
+    watched = [titles[m] for m in movie_ids[3:7]]
+    args, run = parse("recommend", ["--checkpoint", str(out), "--movies", MOVIES, "--titles", *watched, "-k", "5"])
+    assert run(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(kind) and len(lines) == 6
+    recommended = [line.split(". ", 1)[1].rsplit("  (", 1)[0] for line in lines[1:]]
+    assert not set(recommended) & set(watched)
+    assert titles[movie_ids[7]] in recommended[:2]  # the chain continues with the next movie
+
+    args, run = parse("recommend", ["--checkpoint", str(out), "--movies", MOVIES, "--titles", "No Such Movie (1800)"])
+    assert run(args) == 2
+
+
+def test_train_reads_the_event_log_through_storage_store(chain_csv, tmp_path, monkeypatch):
+    calls = []
+    r = Ratings(np.repeat(np.arange(1, 21), 6), np.tile(np.arange(1, 7), 20), np.ones(120, np.float32),
+                np.arange(120))
+
+    def read_ratings(path):
+        calls.append(path)
+        return r
+
+    monkeypatch.setitem(sys.modules, "storage.store", types.SimpleNamespace(read_ratings=read_ratings))
+    db = tmp_path / "events.duckdb"
+    args, run = parse("train", ["--db", str(db), "--out", str(tmp_path / "m"), "--epochs", "1", "--d-model", "8",
+                                "--max-len", "8", "--no-progress", "--no-test"])
+    assert run(args) == 0
+    assert calls == [db]
+    assert json.loads((tmp_path / "m" / "card.json").read_text())["data"]["source"] == f"duckdb:{db}"
