@@ -29,7 +29,7 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamrec.json"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
-METRICS_DOC = DEPLOY / "README-metrics.md"
+METRICS_DOC = ROOT / "README.md"
 DATA = Path(__file__).parent / "data"
 
 WORKER_JOB = "streamrec-worker"
@@ -388,7 +388,7 @@ _ROW = re.compile(r"^\|\s*`(streamrec_[a-z0-9_:]+)`\s*\|\s*(\w+)\s*\|([^|]*)\|([
 
 
 def documented_metrics() -> dict[str, dict]:
-    """The metrics table of deploy/README-metrics.md: name, type, labels, unit, meaning."""
+    """The metrics table of README.md: name, type, labels, unit, meaning."""
     out = {}
     for line in METRICS_DOC.read_text().splitlines():
         if m := _ROW.match(line.strip()):
@@ -401,7 +401,7 @@ def documented_metrics() -> dict[str, dict]:
 @pytest.mark.slow
 def test_readme_documents_every_exported_metric(exposition):
     docs, actual = documented_metrics(), exported(exposition)
-    assert sorted(set(actual) - set(docs)) == [], "exported but not in deploy/README-metrics.md"
+    assert sorted(set(actual) - set(docs)) == [], "exported but not in README.md"
     assert sorted(set(docs) - set(actual)) == [], "documented but not exported"
     for name, info in actual.items():
         assert docs[name]["type"] == info["type"], name
