@@ -102,6 +102,9 @@ class WorkerMetrics:
         for outcome in ("ok", "failed"):
             self.model_loads.labels(outcome)
         self.exported = Counter("streamrec_events_exported_total", "Events written to Parquet export segments", registry=r)
+        self.lag = Gauge("streamrec_consumer_lag_events",
+                         "Records of the interactions partition not yet processed (high watermark from fetch responses)",
+                         ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events in this worker's DuckDB event log", registry=r)
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
 

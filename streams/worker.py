@@ -264,6 +264,11 @@ def create_app(settings: Settings) -> App:
         consumer = app.consumer
         for tp, recs in chunks:  # durable and published: faust may commit these offsets now
             consumer.ack_offsets(tp, [r.offset for r in recs])
+            # The high watermark comes from fetch responses, which Tansu reports correctly
+            # (its ListOffsets answer is wrong, so end_offsets() is not used).
+            high = consumer.highwater(tp)
+            if high is not None:
+                metrics.lag.labels(str(tp.partition)).set(max(high - recs[-1].offset - 1, 0))
 
     @app.timer(interval=settings.eval_snapshot_seconds)
     async def snapshot_evaluation() -> None:
