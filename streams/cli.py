@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # Commands of the model package, when present: (configure, run, help).
-    for module in ("model.commands", "model.report"):
+    for module in ("model.commands", "model.report", "streams.retraining"):
         try:
             mod = importlib.import_module(module)
         except ImportError:

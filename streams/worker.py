@@ -165,31 +165,38 @@ class App(faust.App):
         return BulkTransport(self.conf.broker_consumer, self)
 
 
-def champion_path(registry: str) -> str | None:
-    """Checkpoint directory of the registry's champion, if it has one."""
+def registry_champion(registry: str) -> tuple[str, str] | None:
+    """(version, checkpoint directory) of the registry's champion, if it has one."""
     from model.registry import Registry
 
     reg = Registry(registry)
     champion = reg.champion()
-    return None if champion is None else str(reg.path(champion))
+    return None if champion is None else (champion, str(reg.path(champion)))
 
 
 def build_recommender(settings: Settings, store: EventStore) -> Recommender:
     popularity = PopularityRecommender(window=settings.popularity_window)
     popularity.observe(store.recent_items(settings.popularity_window))  # warm after a restart
-    checkpoint = settings.checkpoint
-    if settings.registry:
-        checkpoint = champion_path(settings.registry) or checkpoint
+    checkpoint, version = settings.checkpoint, None
+    champion = registry_champion(settings.registry) if settings.registry else None
+    if champion is not None:
+        version, checkpoint = champion
     if not checkpoint:
         return popularity
-    return with_model(checkpoint, popularity)
+    return with_model(checkpoint, popularity, version)
 
 
-def with_model(checkpoint: str, popularity: PopularityRecommender) -> FallbackRecommender:
-    """The transformer of ``checkpoint`` with ``popularity`` for users it cannot score."""
+def with_model(checkpoint: str, popularity: PopularityRecommender, version: str | None = None) -> FallbackRecommender:
+    """The transformer of ``checkpoint`` with ``popularity`` for users it cannot score.
+
+    ``version``: the registry's name for it (``v2``), carried by lists and metrics.
+    """
     from model.inference import TransformerRecommender
 
-    return FallbackRecommender(TransformerRecommender(checkpoint), popularity)
+    model = TransformerRecommender(checkpoint)
+    if version is not None:
+        model.version = version
+    return FallbackRecommender(model, popularity)
 
 
 def popularity_of(rec: Recommender) -> PopularityRecommender:
@@ -302,7 +309,8 @@ def create_app(settings: Settings) -> App:
                 continue
             popularity = popularity_of(processor.recommender)
             try:
-                new = await asyncio.get_running_loop().run_in_executor(loader, with_model, update.path, popularity)
+                new = await asyncio.get_running_loop().run_in_executor(
+                    loader, with_model, update.path, popularity, update.version)
             except Exception as e:  # missing or corrupt checkpoint: keep serving the old model
                 metrics.model_loads.labels("failed").inc()
                 log.error("model %s (%s) failed to load, still serving %s/%s: %s",
