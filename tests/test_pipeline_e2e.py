@@ -165,6 +165,7 @@ def test_online_evaluation_on_metrics_and_in_duckdb(clean_run, ratings):
     ndcg10, hit10 = m[key("streamrec_online_ndcg", 10)], m[key("streamrec_online_hit_rate", 10)]
     assert 0.005 < ndcg10 < hit10 < 1, (ndcg10, hit10)  # non-trivial, and NDCG <= HitRate
     assert m[key("streamrec_online_hit_rate", 5)] <= hit10 <= m[key("streamrec_online_hit_rate", 20)]
+    assert 0 < m[key("streamrec_online_recall", 10)] < 1
     all_ = 'k="0",model="all",version="all",window="all"'
     warm, cold = m[f"streamrec_online_events_warm{{{all_}}}"], m[f"streamrec_online_events_cold{{{all_}}}"]
     # Every user's first event is cold; a burst replayed into one batch is cold too (no list yet).
@@ -173,6 +174,11 @@ def test_online_evaluation_on_metrics_and_in_duckdb(clean_run, ratings):
     n, metrics = con.execute("SELECT count(*), count(DISTINCT metric) FROM evaluation").fetchone()
     con.close()
     assert n > 0 and metrics >= 5
+    png = Path(clean_run["settings"].db).with_suffix(".png")
+    from streams.cli import main as streamrec
+
+    assert streamrec(["report", "--db", clean_run["settings"].db, "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sigkill_mid_replay_recovers_to_clean_state(broker, settings, ratings, clean_run, tmp_path):
