@@ -124,22 +124,25 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     break  # a rebalance started: these records will be fetched again
                 read = self._read_offset[tp]
                 if read is not None:
-                    recs = [r for r in recs if r.offset > read]
+                    if recs[0].offset <= read:  # already seen (after a seek): skip those
+                        recs = [r for r in recs if r.offset > read]
                     if not recs:
                         continue
                     if recs[0].offset - read > 1:
                         await self._add_gap(tp, read + 1, recs[0].offset - 1)
-                offsets = [r.offset for r in recs]
-                for a, b in zip(offsets, offsets[1:]):  # gaps inside a fetch (compaction, markers)
-                    if b - a > 1:
-                        await self._add_gap(tp, a + 1, b - 1)
+                first, last = recs[0].offset, recs[-1].offset
+                if last - first != len(recs) - 1:  # gaps inside a fetch (compaction, markers): rare
+                    offsets = [r.offset for r in recs]
+                    for a, b in zip(offsets, offsets[1:]):
+                        if b - a > 1:
+                            await self._add_gap(tp, a + 1, b - 1)
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if tp.topic in buffer.topics:
                     await buffer.put(tp, recs)
                 else:
                     for r in recs:
                         await callback(self._to_message(tp, r))
-                self._read_offset[tp] = offsets[-1]
+                self._read_offset[tp] = last
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
