@@ -63,6 +63,8 @@ def configure_retrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin", type=float, default=0.005,
                    help="promote iff candidate NDCG@10 >= champion NDCG@10 - margin (default %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the job's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default %(default)s: leave the other core to the workers)")
     p.add_argument("--every", type=parse_every, default=None,
                    help="repeat: a period (90s, 10m, 2h) or a number of new events (50000ev); default: once")
 
@@ -70,12 +72,12 @@ def configure_retrain(p: argparse.ArgumentParser) -> None:
 def run_retrain(args) -> int:
     from dataclasses import replace
 
-    from model.retrain import RetrainConfig, retrain
+    from model.retrain import RetrainConfig, RetrainError, retrain
     from storage.export import read_events
     from storage.movielens import load_ratings
 
     registry = _registry(args)
-    cfg = RetrainConfig(cold=args.cold, margin=args.margin, progress=True)
+    cfg = RetrainConfig(cold=args.cold, margin=args.margin, progress=True, threads=args.threads)
     if args.epochs is not None:
         cfg.train = replace(cfg.train, epochs=args.epochs)
 
@@ -87,7 +89,14 @@ def run_retrain(args) -> int:
         events = load()
         due = args.every is None or args.every[0] == "seconds" or len(events) - max(last_n, 0) >= args.every[1]
         if due and len(events) != last_n:
-            result = retrain(registry, events, cfg)
+            try:
+                result = retrain(registry, events, cfg)
+            except RetrainError as e:  # e.g. nothing new since the champion's cut-off
+                if args.every is None:
+                    raise SystemExit(f"retrain: {e}")
+                log.warning("retrain skipped: %s", e)
+                time.sleep(args.every[1] if args.every[0] == "seconds" else 5.0)
+                continue
             last_n = len(events)
             verdict = "promoted" if result.promoted else "rejected"
             champ = "none" if result.champion_ndcg is None else f"{result.champion_ndcg:.4f}"

@@ -1,0 +1,428 @@
+"""Continuous retraining: warm start from the champion, fine-tune on recent events plus replay,
+gate on the newest held-out events, register (and promote or reject) the candidate.
+
+>>> # from storage.export import read_events
+>>> # res = retrain(Registry("models"), read_events("export"), RetrainConfig())
+>>> # res.version, res.promoted, res.reason
+
+**Vocabulary growth.** The new vocabulary is the champion's items plus every item seen in the
+events that it does not know. ``ItemVocab`` keeps ids in ascending order (its lookups are a
+``searchsorted``, and ``load_checkpoint`` insists on it), so an old item keeps its *weights* but its
+*index* moves when a new item with a smaller id arrives: rows are copied by item id, bit for bit
+(``grow_model``). New items' embedding rows start near the mean old row (``N(mean, new_row_noise *
+std)`` per dimension) and their output bias at the mean old bias; padding, positions, every block
+and the BERT4Rec mask token row (index n + 1, which moves with n) are copied exactly.
+
+**Data.** ``events`` are all logged events in event-time order (``storage.export.read_events``),
+filtered as in training (``min_rating``, ``min_user_events``). The *gate set* is every user with
+an event after the champion's data cut-off and at least 3 events: their newest event is the
+held-out test target (never trained on), the one before it the early-stopping target. Warm
+fine-tuning trains on the *recent window* (events after the champion's cut-off, or the last
+``window_events`` events / ``window_seconds``) of each user active in it, with up to ``max_len``
+older items as context, plus a replay sample: the newest ``max_len + 1`` items of a random
+``replay_fraction`` of the other users. ``cold=True`` trains a fresh model on every user's whole
+sequence (the gate users' last two items still held out). Early stopping keeps the best
+fine-tuned epoch; the untuned warm start only competes with ``keep_start=True`` (on a small,
+noisy validation set it tends to win, and then the new items never get learned; the gate is
+what protects the champion).
+
+**Threads.** On a box whose cores are shared, set ``threads`` (e.g. 1): an oversubscribed
+OpenMP pool made fine-tuning 7x slower in our measurements.
+
+**Gate.** Candidate and champion are scored on the same held-out events with full ranking, seen
+items excluded (``model.evaluate.full_ranks``, ``model.metrics.summarize``); each model reads the
+histories through its own vocabulary, and a target the champion does not know is a miss for it.
+The candidate is promoted iff ``NDCG@10(candidate) >= NDCG@10(champion) - margin`` (absolute) and
+its registered files pass ``Registry.verify``; otherwise it is registered as ``rejected`` with the
+reason and both numbers. The very first candidate (no champion) is promoted without a gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model.config import ModelConfig, TrainConfig
+from model.data import Sequences, build_sequences, length_sorted_batches, windows
+from model.evaluate import evaluate_histories, full_ranks, model_scorer
+from model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
+from model.train import configure_optimizer, lr_factor, make_batch, resolve_device
+from model.transformer import BERT4Rec, SequentialTransformer, build_model
+from model.vocab import ItemVocab
+from storage.movielens import Ratings
+
+log = logging.getLogger(__name__)
+
+
+class RetrainError(RuntimeError):
+    """Retraining cannot run (no usable events, champion not loadable for a warm start ...)."""
+
+
+def _fine_tune_defaults() -> TrainConfig:
+    return TrainConfig(epochs=5, lr=1e-3, warmup_steps=5, patience=2)
+
+
+def _cold_defaults() -> TrainConfig:
+    return TrainConfig(epochs=30, lr=1e-3, warmup_steps=100, patience=3)
+
+
+@dataclass
+class RetrainConfig:
+    cold: bool = False  # train from scratch on all events (also used when there is no champion)
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture of a cold model (n_items: from data)
+    train: TrainConfig = field(default_factory=_fine_tune_defaults)  # warm fine-tuning
+    cold_train: TrainConfig = field(default_factory=_cold_defaults)  # cold training
+    min_rating: float | None = None  # data filters (TrainConfig's own filter fields are ignored)
+    min_user_events: int = 3
+    window_events: int | None = None  # recent window = last N events ...
+    window_seconds: float | None = None  # ... and/or the last T seconds; default: since the champion's cut-off
+    replay_fraction: float = 0.2  # share of the other users whose newest items are replayed
+    keep_start: bool = False  # warm: the untuned warm start may win early stopping (never learns new items then)
+    new_row_noise: float = 0.1  # new embedding rows ~ N(mean, new_row_noise * std) of the old rows
+    margin: float = 0.005  # promote iff candidate NDCG@10 >= champion NDCG@10 - margin (absolute)
+    max_gate_users: int | None = None  # evaluate the gate on at most this many users (random sample)
+    seed: int = 0
+    threads: int | None = None  # torch.set_num_threads for the job (process-wide); None: leave as is
+    progress: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RetrainResult:
+    version: str
+    promoted: bool
+    candidate_ndcg: float
+    champion_ndcg: float | None  # None when there was no champion to compare with
+    reason: str
+    seconds: float  # whole job: data, training, gate, registry
+    new_items: int
+    mode: str = "warm"  # "warm" or "cold"
+    parent: str | None = None  # warm-start source (None when trained cold)
+    training_seconds: float = 0.0
+    gate_users: int = 0
+    train_sequences: int = 0
+
+
+# --- warm start -------------------------------------------------------------------------------
+
+
+def grow_vocab(old: ItemVocab, items: np.ndarray) -> tuple[ItemVocab, np.ndarray]:
+    """(old items + unseen ``items``, the new ids). Old items are never dropped."""
+    new_ids = np.setdiff1d(np.unique(np.asarray(items, np.int64)), old.ids)
+    return ItemVocab(np.union1d(old.ids, new_ids)), new_ids
+
+
+def grow_model(
+    model: SequentialTransformer, old: ItemVocab, new: ItemVocab, noise: float = 0.1, seed: int = 0
+) -> SequentialTransformer:
+    """A copy of ``model`` for vocabulary ``new`` (a superset of ``old``): every old item's
+    embedding row and output bias copied bit-exactly to its new index, everything else copied,
+    new items initialised near the average old item."""
+    cfg = model.cfg
+    if len(old) != cfg.n_items:
+        raise ValueError(f"vocabulary has {len(old)} items, model {cfg.n_items}")
+    pos = new.encode(old.ids)  # new index of each old item
+    if (pos == 0).any():
+        raise ValueError("the new vocabulary must contain every old item")
+    new_cfg = ModelConfig.from_dict({**cfg.to_dict(), "n_items": len(new)})
+    grown = build_model(new_cfg).to(next(model.parameters()).device)
+    old_sd, sd = model.state_dict(), grown.state_dict()
+    for k, v in old_sd.items():
+        if k not in ("item_emb.weight", "out_bias"):
+            sd[k] = v.clone()
+    w_old, b_old = old_sd["item_emb.weight"], old_sd["out_bias"]
+    real = w_old[1 : cfg.n_items + 1]
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.empty(new_cfg.vocab_size, cfg.d_model, dtype=w_old.dtype)
+    if len(real):
+        mean, std = real.mean(0).cpu(), real.std(0, unbiased=False).cpu()
+    else:
+        mean, std = torch.zeros(cfg.d_model), torch.full((cfg.d_model,), 0.02)
+    w[:] = mean + noise * std * torch.randn(new_cfg.vocab_size, cfg.d_model, generator=gen, dtype=w_old.dtype)
+    w = w.to(w_old.device)
+    idx = torch.from_numpy(pos).to(w_old.device)
+    w[0] = w_old[0]  # padding
+    w[idx] = real
+    w[new_cfg.mask_id] = w_old[cfg.mask_id]  # BERT4Rec's mask token moves from n_old + 1 to n_new + 1
+    b = torch.full((len(new),), float(b_old.mean()) if len(b_old) else 0.0, dtype=b_old.dtype, device=b_old.device)
+    b[idx - 1] = b_old
+    sd["item_emb.weight"], sd["out_bias"] = w, b
+    grown.load_state_dict(sd, strict=True)
+    return grown.eval()
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def fit(
+    model: SequentialTransformer,
+    train_seqs: list[np.ndarray],
+    valid_hist: list[np.ndarray],
+    valid_targets: np.ndarray,
+    tcfg: TrainConfig,
+    evaluate_start: bool = False,
+    progress: bool = False,
+) -> tuple[SequentialTransformer, dict]:
+    """``model.train.train``'s loop on an existing model: AdamW, warm-up + cosine, early stopping
+    on validation NDCG@10, best epoch kept. ``evaluate_start``: the untrained model competes too
+    (epoch 0), so fine-tuning can never leave a warm start worse on validation."""
+    torch.manual_seed(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    device = resolve_device(tcfg.device)
+    model = model.to(device)
+    cfg = model.cfg
+    s = Sequences.from_list(np.arange(len(train_seqs)), train_seqs)
+    if isinstance(model, BERT4Rec):
+        ws = windows(s, cfg.max_len, min_len=1)
+    else:
+        ws = windows(s, cfg.max_len + 1, min_len=2)
+    info = {"best_epoch": 0, "valid": {}, "history": [], "train_windows": len(ws), "seconds": 0.0}
+    start = time.perf_counter()
+    if not ws or tcfg.epochs <= 0:
+        info["seconds"] = time.perf_counter() - start
+        return model.eval(), info
+    has_valid = len(valid_targets) > 0
+
+    def validate() -> dict:
+        model.eval()
+        return evaluate_histories(model_scorer(model), valid_hist, valid_targets, ks=(10,))
+
+    best, best_state, bad = -1.0, None, 0
+    if evaluate_start and has_valid:
+        m = validate()
+        info["history"].append({"epoch": 0, **m})
+        best, best_state, info["valid"] = m["NDCG@10"], {k: v.clone() for k, v in model.state_dict().items()}, m
+    opt = configure_optimizer(model, tcfg)
+    total = tcfg.epochs * math.ceil(len(ws) / tcfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
+    bar = tqdm(total=total, desc=f"retrain {cfg.kind}", disable=not progress, unit="step", dynamic_ncols=True)
+    for epoch in range(tcfg.epochs):
+        model.train()
+        losses = []
+        perm = rng.permutation(len(ws))
+        for i in range(0, len(ws), tcfg.batch_size):
+            inputs, labels = make_batch(model, [ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
+            loss = model(inputs.to(device), labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+        out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
+        if not has_valid:  # nothing to select on: keep the last epoch
+            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+            info["best_epoch"] = epoch + 1
+        else:
+            m = validate()
+            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
+            if m["NDCG@10"] > best:
+                best, bad, info["best_epoch"], info["valid"] = m["NDCG@10"], 0, epoch + 1, m
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= tcfg.patience:
+                    break
+        if out_of_time:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    info["seconds"] = time.perf_counter() - start
+    return model.eval(), info
+
+
+# --- gate -------------------------------------------------------------------------------------
+
+
+def holdout_metrics(
+    model: SequentialTransformer, vocab: ItemVocab, histories: list[np.ndarray], targets: np.ndarray, batch_size: int = 256
+) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` on held-out ``targets`` (external ids) given ``histories``
+    (external ids), read through the model's own vocabulary: unknown history items are dropped,
+    an unknown target is a miss. Seen items are excluded from the ranking."""
+    from model.metrics import summarize
+
+    model.eval()
+    hist = [h[h > 0] for h in (vocab.encode(h) for h in histories)]
+    t = vocab.encode(np.asarray(targets, np.int64))
+    ranks = np.full(len(t), -1, dtype=np.int64)  # -1 = miss
+    known = np.flatnonzero(t > 0)
+    scorer = model_scorer(model)
+    with torch.inference_mode():
+        for b in length_sorted_batches(np.array([len(hist[i]) for i in known], dtype=np.int64), batch_size):
+            rows = known[b]
+            hs = [hist[i] for i in rows]
+            ranks[rows] = full_ranks(scorer(hs), hs, t[rows]).cpu().numpy()
+    out = {k: float(v) for k, v in summarize(ranks, ks=(10, 20)).items()}
+    out["users"] = len(t)
+    out["known_targets"] = int(len(known))
+    return out
+
+
+# --- the job ----------------------------------------------------------------------------------
+
+
+def _filter(events: Ratings, min_rating: float | None, min_user_events: int) -> Ratings:
+    if min_rating is not None:
+        events = events.filter(events.rating >= min_rating)
+    users, counts = np.unique(events.user, return_counts=True)
+    return events.filter(np.isin(events.user, users[counts >= min_user_events]))
+
+
+def _suffix_counts(users: np.ndarray, events: Ratings, mask: np.ndarray) -> np.ndarray:
+    """Per user of ``users`` (sorted), how many of their events ``mask`` selects."""
+    u, c = np.unique(events.user[mask], return_counts=True)
+    out = np.zeros(len(users), dtype=np.int64)
+    out[np.searchsorted(users, u)] = c
+    return out
+
+
+def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = None) -> RetrainResult:
+    """Train the next version on ``events`` (every logged event, in event-time order), register
+    it, and promote it or reject it through the offline gate. See the module docstring."""
+    cfg = cfg or RetrainConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    if len(events) == 0:
+        raise RetrainError("no events to train on")
+    cutoff = int(events.timestamp.max())
+
+    # The champion: warm-start source and the gate's reference.
+    parent = registry.champion()
+    champ = None
+    if parent is not None:
+        try:
+            champ = registry.load(parent)
+        except (CorruptCheckpointError, RegistryError) as e:
+            if not cfg.cold:
+                raise RetrainError(f"champion {parent} cannot be loaded for a warm start ({e}); "
+                                   "roll back (`streamrec rollback`) or retrain cold") from e
+            log.warning("champion %s cannot be loaded (%s): cold candidate promoted without comparison", parent, e)
+    since = None
+    if parent is not None:
+        since = registry.get(parent).cutoff_time
+    warm = champ is not None and not cfg.cold
+    mode = "warm" if warm else "cold"
+
+    ev = _filter(events, cfg.min_rating, cfg.min_user_events)
+    if len(ev) == 0:
+        raise RetrainError(f"no user has {cfg.min_user_events} events (after min_rating={cfg.min_rating})")
+    if warm:  # old items keep their rows even when the events no longer mention them
+        vocab, new_ids = grow_vocab(champ.vocab, ev.item)
+    else:
+        vocab = ItemVocab.from_ids(ev.item)
+        new_ids = vocab.ids if champ is None else np.setdiff1d(vocab.ids, champ.vocab.ids)
+    seqs, _ = build_sequences(ev, None, 1, vocab=vocab)
+    full = seqs.as_list()
+    lengths = seqs.lengths()
+
+    # Gate set: users with events after the champion's cut-off (all users for a first model).
+    newer = np.ones(len(ev), bool) if since is None else ev.timestamp > since
+    n_new = _suffix_counts(seqs.users, ev, newer)
+    gate = (n_new > 0) & (lengths >= 3)
+    if since is not None and not gate.any():
+        raise RetrainError(f"no user with 3+ events has an event after the champion's cut-off {since}: nothing to gate on")
+    gate_idx = np.flatnonzero(gate)
+    if cfg.max_gate_users is not None and len(gate_idx) > cfg.max_gate_users:
+        gate_idx = np.sort(rng.choice(gate_idx, cfg.max_gate_users, replace=False))
+    body = [s[:-2] if g else s for s, g in zip(full, gate)]
+
+    # Training sequences.
+    max_len = (champ.model.cfg if champ is not None else cfg.model).max_len
+    if warm:
+        recent = newer.copy()
+        if cfg.window_events is not None or cfg.window_seconds is not None:
+            recent = np.ones(len(ev), bool)
+            if cfg.window_events is not None:
+                recent[: max(0, len(ev) - cfg.window_events)] = False
+            if cfg.window_seconds is not None:
+                recent &= ev.timestamp > cutoff - cfg.window_seconds
+        n_recent = _suffix_counts(seqs.users, ev, recent)
+        train_seqs = []
+        for s, b, g, nr in zip(full, body, gate, n_recent):
+            if nr > 0:  # the recent part (held-out items excluded) with up to max_len items of context
+                nr_body = max(0, nr - (len(s) - len(b)))
+                train_seqs.append(b[max(0, len(b) - nr_body - max_len) :])
+            elif rng.random() < cfg.replay_fraction:
+                train_seqs.append(b[-(max_len + 1) :])
+        tcfg = cfg.train
+    else:
+        train_seqs = body
+        tcfg = cfg.cold_train
+    train_seqs = [s for s in train_seqs if len(s)]
+    valid_hist = [full[i][:-2] for i in gate_idx]
+    valid_targets = np.array([full[i][-2] for i in gate_idx], dtype=np.int64)
+
+    if warm:
+        model = grow_model(champ.model, champ.vocab, vocab, noise=cfg.new_row_noise, seed=cfg.seed)
+    else:
+        torch.manual_seed(tcfg.seed)
+        model = build_model(ModelConfig.from_dict({**cfg.model.to_dict(), "n_items": len(vocab)}))
+    model, fit_info = fit(model, train_seqs, valid_hist, valid_targets, tcfg, evaluate_start=warm and cfg.keep_start,
+                          progress=cfg.progress)
+    model = model.cpu()
+
+    # Gate on the newest held-out events, both models on the same users.
+    ext = lambda a: vocab.decode(a)  # noqa: E731 - candidate indices -> external ids
+    test_hist = [ext(full[i][:-1]) for i in gate_idx]
+    test_targets = ext(np.array([full[i][-1] for i in gate_idx], dtype=np.int64))
+    cand_m = holdout_metrics(model, vocab, test_hist, test_targets)
+    champ_m = None
+    if champ is not None:
+        champ_m = holdout_metrics(champ.model.cpu(), champ.vocab, test_hist, test_targets)
+    cand, ch = cand_m["NDCG@10"], None if champ_m is None else champ_m["NDCG@10"]
+
+    metrics = {
+        "gate": {"NDCG@10": cand, "champion_NDCG@10": ch, "margin": cfg.margin, "candidate": cand_m,
+                 "champion": champ_m, "champion_version": parent if champ_m is not None else None},
+        "valid": fit_info["valid"],
+        "best_epoch": fit_info["best_epoch"],
+    }
+    data = {"n_events": int(len(ev)), "n_users": int(len(seqs)), "n_items": len(vocab), "new_items": int(len(new_ids)),
+            "since": since, "train_sequences": len(train_seqs), "train_windows": fit_info["train_windows"],
+            "gate_users": int(len(gate_idx))}
+    version = registry.register(
+        model=model, vocab=vocab, parent=parent if warm else None, cutoff=cutoff, metrics=metrics,
+        training_seconds=round(fit_info["seconds"], 2), mode=mode, data=data,
+        train=tcfg.to_dict(), retrain=cfg.to_dict(), history=fit_info["history"],
+    )
+
+    # Decide.
+    if ch is None:
+        ok, reason = True, (f"first model: promoted without a gate (NDCG@10 {cand:.4f})" if parent is None
+                            else f"champion {parent} unusable: promoted without comparison (NDCG@10 {cand:.4f})")
+    elif cand >= ch - cfg.margin:
+        ok, reason = True, f"NDCG@10 candidate {cand:.4f} >= champion {parent} {ch:.4f} - margin {cfg.margin}"
+    else:
+        ok, reason = False, f"NDCG@10 candidate {cand:.4f} < champion {parent} {ch:.4f} - margin {cfg.margin}"
+    if ok:
+        try:  # verifies the files first; refuses if someone promoted another version meanwhile
+            registry.promote(version, expect_champion=parent)
+        except CorruptCheckpointError as e:
+            ok, reason = False, f"corrupt candidate: {e}"
+        except ChampionChangedError as e:
+            ok, reason = False, f"gated against {parent}, but {e}"
+    if not ok:
+        registry.reject(version, reason)
+    log.info("retrain %s -> %s: %s (%s)", mode, version, "promoted" if ok else "rejected", reason)
+    return RetrainResult(
+        version=version, promoted=ok, candidate_ndcg=cand, champion_ndcg=ch, reason=reason,
+        seconds=time.perf_counter() - t0, new_items=int(len(new_ids)), mode=mode,
+        parent=parent if warm else None, training_seconds=fit_info["seconds"], gate_users=int(len(gate_idx)),
+        train_sequences=len(train_seqs),
+    )
