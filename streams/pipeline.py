@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 
 from model.metrics import NO_LIST
 from model.online import OnlineEvaluator
-from model.recommender import Recommender
+from model.recommender import Recommendations, Recommender
 from storage.evaluation_log import write_snapshot
-from storage.store import EventStore
+from storage.store import AppendResult, EventStore
 from streams.config import Settings
 from streams.events import EventBatch, decode_batch
 from streams.metrics import WorkerMetrics, observe_many, reject_class
@@ -60,6 +60,21 @@ class Recommendation(msgspec.Struct):
 
 
 @dataclass
+class Stored:
+    """What stage 2 hands to stage 3: the append result, and per user to score (sorted), the
+    model inputs and the event that triggers the list."""
+
+    result: AppendResult
+    users: np.ndarray
+    sequences: list[np.ndarray]
+    seen: list[np.ndarray]
+    trigger_time: np.ndarray  # event time, ms
+    trigger_ts: np.ndarray  # Kafka timestamp, ms
+    trigger_partition: np.ndarray
+    trigger_offset: np.ndarray
+
+
+@dataclass
 class BatchReport:
     consumed: int
     stored: int
@@ -78,6 +93,7 @@ class BatchProcessor:
         # Grades every stored event against the list its user was shown before it.
         self.evaluator = OnlineEvaluator(time_scale=1000)  # event times are in ms
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
+        self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:
@@ -98,8 +114,9 @@ class BatchProcessor:
     def decode(self, raw: RawBatch) -> EventBatch:
         """Stage 1 (pure Python): validate, and dead-letter what is invalid.
 
-        Split from :meth:`apply` so the worker can decode batch n+1 while batch n is in DuckDB
-        (which releases the GIL). Dead letters are delivered by the ``apply`` of this batch.
+        The worker runs the three stages in three threads, so decoding batch n+2, storing n+1
+        and publishing n overlap (DuckDB, NumPy and librdkafka release the GIL). Dead letters
+        are delivered by the ``publish`` of this batch.
         """
         m, s = self.metrics, self.settings
         t0 = time.time()
@@ -120,7 +137,13 @@ class BatchProcessor:
         return batch
 
     def apply(self, raw: RawBatch, batch: EventBatch) -> BatchReport:
-        """Stage 2: store, score, publish; returns when every output of the batch is delivered."""
+        """Stages 2 and 3 in a row: returns when every output of the batch is delivered."""
+        return self.publish(raw, batch, self.store_batch(raw, batch))
+
+    def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
+        """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of
+        its users taken from the store's memory, so stage 3 of this batch can run while stage 2
+        of the next one changes that memory."""
         m = self.metrics
         t0 = time.time()
         idx = batch.index
@@ -134,7 +157,23 @@ class BatchProcessor:
         m.duplicates.inc(len(batch) - result.n_new)
         m.stage_duration.labels("store").observe(t_stored - t0)
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
+        # Every user with a valid event in the batch gets a list, triggered by their newest event
+        # (max event time, then offset). Users whose events were all redeliveries too: after a
+        # crash between storing and publishing, that is how their list still gets out.
+        order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
+        users_sorted = batch.user[order]
+        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
+        pick = lambda col: col[order][last]  # noqa: E731
+        users = users_sorted[last]
+        user_list = users.tolist()
+        return Stored(result, users, self.store.sequences(user_list), self.store.seen(user_list),
+                      pick(batch.event_time), pick(raw.timestamps[idx]), pick(raw.partitions[idx]),
+                      pick(raw.offsets[idx]))
 
+    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> BatchReport:
+        """Stage 3: grade, score, publish, flush; batches must come in the order they were stored."""
+        m = self.metrics
+        result, idx = stored.result, batch.index
         if result.n_new:
             new = result.new_mask
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
@@ -142,11 +181,9 @@ class BatchProcessor:
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             self.evaluator.score_events(batch.user[new][order], batch.item[new][order], batch.event_time[new][order])
             m.last_event_time.set(float(batch.event_time[new].max()) / 1000)
-
-        trigger_ts = np.zeros(0)
-        if len(batch):
-            users, recs, trigger_time, trigger_ts = self._score_and_publish(batch, raw, idx)
-            self.evaluator.record_lists(users, recs.items, trigger_time, recs.models, recs.versions)
+        if len(stored.users):
+            recs = self._score_and_publish(stored, raw)
+            self.evaluator.record_lists(stored.users, recs.items, stored.trigger_time, recs.models, recs.versions)
         if time.time() >= self._next_snapshot:
             self.snapshot_evaluation()
         t_scored = time.time()
@@ -154,45 +191,32 @@ class BatchProcessor:
         t_done = time.time()
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
-        observe_many(m.freshness, np.maximum(t_done - trigger_ts / 1000.0, 0.0))
-        n_lists = len(trigger_ts)
-        return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected), n_lists,
-                           int(batch.event_time.max()) if len(batch) else None)
+        observe_many(m.freshness, np.maximum(t_done - stored.trigger_ts / 1000.0, 0.0))
+        return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected),
+                           len(stored.users), int(batch.event_time.max()) if len(batch) else None)
 
     def snapshot_evaluation(self) -> None:
         """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table."""
         rows = self.evaluator.snapshot()
         self.metrics.set_online(rows)
         if self.evaluator.watermark != NO_LIST and rows:  # NO_LIST: nothing scored yet
-            write_snapshot(self.store.con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)
+            # Its own cursor: stage 2 may be writing events on the store's connection meanwhile.
+            write_snapshot(self._eval_con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)
         self._next_snapshot = time.time() + self.settings.eval_snapshot_seconds
 
-    def _score_and_publish(self, batch, raw: RawBatch, idx: np.ndarray):
-        """Score every user with a valid event in this batch once, and publish their lists.
-
-        Users whose events were all redeliveries are scored too: after a crash between storing
-        and publishing, that is how their list still gets out. Returns the users, their lists,
-        and per list the triggering event's time and Kafka timestamp (ms).
-        """
+    def _score_and_publish(self, stored: "Stored", raw: RawBatch) -> Recommendations:
+        """Score the batch's users once and queue one list per user."""
         m, s = self.metrics, self.settings
         t0 = time.time()
-        # Per user, the newest event of the batch triggers the list (max event time, then offset).
-        order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
-        users_sorted = batch.user[order]
-        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
-        users = users_sorted[last]
-        trigger_time = batch.event_time[order][last]
-        trigger_ts = raw.timestamps[idx][order][last]
-        trigger_part = raw.partitions[idx][order][last]
-        trigger_off = raw.offsets[idx][order][last]
-
-        user_list = users.tolist()
-        recs = self.recommender.recommend(self.store.sequences(user_list), self.store.seen(user_list), s.top_k)
+        recs = self.recommender.recommend(stored.sequences, stored.seen, s.top_k)
         t_scored = time.time()
         m.inference_seconds.observe(t_scored - t0)
         m.stage_duration.labels("score").observe(t_scored - t0)
         m.stage_latency.labels("scored").observe(t_scored - raw.received_at)
-        m.users_scored.inc(len(users))
+        m.users_scored.inc(len(stored.users))
+        user_list = stored.users.tolist()
+        trigger_time, trigger_ts = stored.trigger_time, stored.trigger_ts
+        trigger_part, trigger_off = stored.trigger_partition, stored.trigger_offset
 
         now_ms = int(time.time() * 1000)
         encode, produce, topic = self._encode, self.producer.produce, s.recommendations_topic
@@ -208,4 +232,4 @@ class BatchProcessor:
                 produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
         for model, count in Counter(recs.models).items():
             m.lists.labels(model).inc(count)
-        return users, recs, trigger_time, trigger_ts
+        return recs

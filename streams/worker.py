@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
@@ -221,12 +221,21 @@ def create_app(settings: Settings) -> App:
         topic_allow_declare=False,
         producer_acks=-1,
         broker_commit_interval=1.0,
+        consumer_max_fetch_size=8 * 1024**2,  # per partition: fewer, larger fetches to parse in bulk
     )
     interactions = app.topic(settings.interactions_topic, value_type=bytes, key_type=bytes, acks=True)
     app.record_buffer = RecordBuffer({settings.interactions_topic}, maxsize=4 * settings.batch_size)
     metrics = WorkerMetrics()
-    executor = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # DuckDB, model, producer
-    decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
+    # One thread per stage; each runs its batches in submission order.
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")  # validate, dead-letter
+    storer = ThreadPoolExecutor(1, thread_name_prefix="store")  # DuckDB (and the Parquet export)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="publish")  # model, evaluator, producer
+    pending: deque[asyncio.Future] = deque()  # batches stored or publishing, oldest first
+
+    async def drain() -> None:
+        """Wait until no batch is in flight (every one published and acked)."""
+        while pending:
+            await pending.popleft()
     state: dict = {}
     busy = asyncio.Lock()
 
@@ -234,9 +243,8 @@ def create_app(settings: Settings) -> App:
 
     @app.on_partitions_revoked.connect
     async def _on_revoked(app, revoked, **kwargs) -> None:
-        async with busy:  # let a batch in flight finish and ack before the partitions go
-            if state.get("in_flight") is not None:
-                await state["in_flight"]
+        async with busy:  # let batches in flight finish and ack before the partitions go
+            await drain()
             dropped = app.record_buffer.drop(set(revoked))
         if dropped:
             log.info("rebalance: dropped %d buffered records of revoked partitions", dropped)
@@ -255,22 +263,23 @@ def create_app(settings: Settings) -> App:
 
     @app.task
     async def ingest() -> None:
-        """Micro-batches in order; decoding batch n+1 overlaps storing and publishing batch n."""
+        """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""
         loop = asyncio.get_running_loop()
         processor = state["processor"] = await loop.run_in_executor(executor, open_pipeline)
         buffer = app.record_buffer
-        in_flight: asyncio.Future | None = None
         while not app.should_stop:
             chunks, arrival = await buffer.take(settings.batch_size, settings.batch_within)
             raw = to_raw_batch(settings.interactions_topic, chunks, arrival)
             decoded = await loop.run_in_executor(decoder, processor.decode, raw)
             async with busy:
-                if in_flight is not None:
-                    await in_flight
-                state["in_flight"] = in_flight = asyncio.ensure_future(apply_and_ack(processor, raw, decoded, chunks))
+                while len(pending) >= 2:  # bounded: at most two batches past decoding
+                    await pending.popleft()
+                stored = storer.submit(processor.store_batch, raw, decoded)
+                published = executor.submit(lambda r=raw, d=decoded, st=stored: processor.publish(r, d, st.result()))
+                pending.append(asyncio.ensure_future(ack_when_published(asyncio.wrap_future(published), chunks)))
 
-    async def apply_and_ack(processor: BatchProcessor, raw: RawBatch, decoded, chunks) -> None:
-        await asyncio.get_running_loop().run_in_executor(executor, processor.apply, raw, decoded)
+    async def ack_when_published(published: asyncio.Future, chunks) -> None:
+        await published
         consumer = app.consumer
         for tp, recs in chunks:  # durable and published: faust may commit these offsets now
             consumer.ack_offsets(tp, [r.offset for r in recs])
@@ -292,7 +301,7 @@ def create_app(settings: Settings) -> App:
             """Parquet segments of the log for the retraining job (it never opens our database)."""
             if "processor" in state:
                 n = await asyncio.get_running_loop().run_in_executor(
-                    executor, export_new_events, state["processor"].store.con, settings.export_dir)
+                    storer, export_new_events, state["processor"].store.con, settings.export_dir)
                 metrics.exported.inc(n)
 
     loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
@@ -320,8 +329,7 @@ def create_app(settings: Settings) -> App:
                           update.version, update.path, processor.recommender.name, processor.recommender.version, e)
                 continue
             async with busy:  # between micro-batches: none is being applied now
-                if state.get("in_flight") is not None:
-                    await state["in_flight"]
+                await drain()
                 old = processor.recommender
                 processor.recommender = new
             metrics.model_loads.labels("ok").inc()
