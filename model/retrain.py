@@ -52,7 +52,7 @@ from model.config import ModelConfig, TrainConfig
 from model.data import Sequences, build_sequences, length_sorted_batches, windows
 from model.evaluate import evaluate_histories, full_ranks, model_scorer
 from model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
-from model.train import configure_optimizer, lr_factor, make_batch, resolve_device
+from model.train import configure_optimizer, lr_factor, resolve_device, train_epoch
 from model.transformer import BERT4Rec, SequentialTransformer, build_model
 from model.vocab import ItemVocab
 from storage.movielens import Ratings
@@ -206,20 +206,7 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
     bar = tqdm(total=total, desc=f"retrain {cfg.kind}", disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(tcfg.epochs):
-        model.train()
-        losses = []
-        perm = rng.permutation(len(ws))
-        for i in range(0, len(ws), tcfg.batch_size):
-            inputs, labels = make_batch(model, [ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
-            loss = model(inputs.to(device), labels.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1)
+        losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar, postfix={"epoch": epoch + 1})
         out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
         if not has_valid:  # nothing to select on: keep the last epoch
             info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})

@@ -64,6 +64,34 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def train_epoch(model: SequentialTransformer, ws: list[np.ndarray], opt, sched, tcfg: TrainConfig,
+                rng: np.random.Generator, gen: torch.Generator, device: torch.device, bar,
+                postfix: dict | None = None) -> list[float]:
+    """One pass over the training windows in random order; returns the step losses.
+    The progress bar shows ``postfix`` and the running loss.
+
+    Shared by ``train`` and the warm-start fine-tuning of ``model.retrain``. bf16 autocast on
+    CUDA only, where it is fast; the CPU stays fp32.
+    """
+    model.train()
+    losses: list[float] = []
+    perm = rng.permutation(len(ws))
+    for i in range(0, len(ws), tcfg.batch_size):
+        inputs, labels = make_batch(model, [ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(inputs.to(device), labels.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix({**(postfix or {}), "loss": f"{losses[-1]:.3f}"}, refresh=False)
+    return losses
+
+
 def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
@@ -80,29 +108,14 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
         opt, lambda s: lr_factor(s, tcfg.warmup_steps, total, tcfg.min_lr_ratio)
     )
     valid_hist, valid_targets = split.train.as_list(), split.valid_targets
-    use_bf16 = device.type == "cuda"  # bf16 autocast only where it is fast; CPU stays fp32
 
     best, best_state, best_epoch, bad = -1.0, None, -1, 0
     history: list[dict] = []
     start = time.perf_counter()
     bar = tqdm(total=total, desc=mcfg.kind, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(tcfg.epochs):
-        model.train()
-        losses = []
-        perm = rng.permutation(len(ws))
-        for i in range(0, len(ws), tcfg.batch_size):
-            inputs, labels = make_batch(model, [ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(inputs.to(device), labels.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}", best_ndcg10=f"{max(best, 0):.4f}")
+        losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar,
+                             postfix={"epoch": epoch + 1, "best_ndcg10": f"{max(best, 0):.4f}"})
         out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
         last = epoch == tcfg.epochs - 1 or out_of_time
         if (epoch + 1) % tcfg.eval_every == 0 or last:
