@@ -308,8 +308,12 @@ def create_app(settings: Settings) -> App:
 
     @app.timer(interval=1.0)
     async def follow_model_updates() -> None:
-        """Load announced models in the background; swap between two micro-batches."""
-        if "processor" not in state:
+        """Load announced models in the background; swap between two micro-batches.
+
+        Only a worker serving a registry follows announcements (they name registry versions);
+        one started with a fixed ``--checkpoint`` keeps it.
+        """
+        if "processor" not in state or not settings.registry:
             return
         if "updates" not in state:
             state["updates"] = await asyncio.get_running_loop().run_in_executor(
