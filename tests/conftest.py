@@ -11,6 +11,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
+from streams.processes import WorkerProcess
+from streams.topics import ensure_topics
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +61,26 @@ def read_topic(bootstrap: str, topic: str, min_count: int = 0, idle: float = 2.0
     finally:
         c.close()
     return out
+
+
+def start_worker(s: Settings, log, **extra) -> WorkerProcess:
+    """A worker process on the topics, group and DuckDB file of ``s`` (topics created first)."""
+    ensure_topics(s)
+    return WorkerProcess(s.bootstrap_servers, s.db, log, group_id=s.group_id, interactions_topic=s.interactions_topic,
+                         dlq_topic=s.dlq_topic, recommendations_topic=s.recommendations_topic, **extra).start()
+
+
+def wait_metrics(worker: WorkerProcess, ok, what: str, timeout: float = 180.0) -> dict:
+    """Scrape the worker until ``ok(metrics)``; returns that scrape. Fails if the worker dies."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert worker.alive(), f"worker died; see {worker.log}"
+        m = worker.metrics()
+        if ok(m):
+            return m
+        time.sleep(0.2)
+    raise TimeoutError(f"worker: no {what} after {timeout}s; see {worker.log}")
+
+
+def wait_stored(worker: WorkerProcess, n: int, timeout: float = 180.0) -> dict:
+    return wait_metrics(worker, lambda m: m.get("streamrec_store_events", 0) >= n, f"{n} events stored", timeout)

@@ -15,12 +15,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import start_worker, wait_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -142,19 +143,13 @@ def exposition(broker, tmp_path_factory) -> str:
     rounds are graded against lists of the earlier ones, so online metrics exist)."""
     from storage.movielens import load_ratings
     from streams.config import Settings
-    from streams.processes import WorkerProcess
     from streams.replay import make_producer, replay
-    from streams.topics import ensure_topics
 
     tmp = tmp_path_factory.mktemp("deploy")
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="deploy-interactions",
                  dlq_topic="deploy-interactions.dlq", recommendations_topic="deploy-recommendations",
                  group_id="deploy-worker", db=str(tmp / "w.duckdb"))
-    ensure_topics(s)
-    worker = WorkerProcess(s.bootstrap_servers, s.db, tmp / "worker.log", group_id=s.group_id,
-                           interactions_topic=s.interactions_topic, dlq_topic=s.dlq_topic,
-                           recommendations_topic=s.recommendations_topic, eval_snapshot_seconds=1.0,
-                           batch_size=500).start()
+    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, batch_size=500)
     try:
         worker.wait_ready()
         ratings = load_ratings(DATA / "ratings.csv").slice(0, 5000)
@@ -162,26 +157,16 @@ def exposition(broker, tmp_path_factory) -> str:
         for start in range(0, 5000, 1000):
             replay(ratings.slice(start, start + 1000), s.bootstrap_servers, s.interactions_topic,
                    progress=False, producer=producer)
-            _wait(worker, lambda m: m.get("streamrec_store_events", 0) >= start + 1000, "stored events")
+            wait_metrics(worker, lambda m: m.get("streamrec_store_events", 0) >= start + 1000, "stored events")
         producer.produce(s.interactions_topic, value=b'{"user_id": 1, "item_id": ', key=b"1")  # one DLQ entry
         producer.flush(10)
-        _wait(worker, lambda m: m.get("streamrec_events_consumed_total", 0) >= 5001, "the bad message")
-        _wait(worker, lambda m: any(k.startswith("streamrec_online_ndcg{") for k in m), "online NDCG")
+        wait_metrics(worker, lambda m: m.get("streamrec_events_consumed_total", 0) >= 5001, "the bad message")
+        wait_metrics(worker, lambda m: any(k.startswith("streamrec_online_ndcg{") for k in m), "online NDCG")
         with urllib.request.urlopen(worker.metrics_url, timeout=5) as r:
             return r.read().decode()
     finally:
         worker.stop()
 
-
-def _wait(worker, ok, what: str, timeout: float = 90.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert worker.alive(), f"worker died; see {worker.log}"
-        m = worker.metrics()
-        if ok(m):
-            return m
-        time.sleep(0.2)
-    raise TimeoutError(f"worker: no {what} after {timeout}s; see {worker.log}")
 
 
 def exported(text: str) -> dict[str, dict]:

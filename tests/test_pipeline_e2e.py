@@ -12,11 +12,11 @@ import pytest
 
 from storage.movielens import load_ratings
 from streams.pipeline import Recommendation
-from streams.processes import WorkerProcess, metric_sum
+from streams.processes import metric_sum
 from streams.replay import make_producer, replay
 from streams.topics import ensure_topics
 
-from tests.conftest import read_topic
+from tests.conftest import read_topic, start_worker, wait_stored
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
@@ -33,17 +33,6 @@ BAD = [
     (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "teleport"}', "Invalid enum value 'teleport'"),
     (None, "empty message"),
 ]
-
-
-def wait_stored(worker: WorkerProcess, n: int, timeout: float = 180) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert worker.alive(), f"worker died; see {worker.log}"
-        m = worker.metrics()
-        if m.get("streamrec_store_events", 0) >= n:
-            return m
-        time.sleep(0.3)
-    raise TimeoutError(f"worker stored {m.get('streamrec_store_events')} of {n} events; see {worker.log}")
 
 
 def db_contents(path: str) -> tuple[list, dict[int, list[int]], dict]:
@@ -69,10 +58,7 @@ def clean_run(broker, ratings, tmp_path_factory):
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="clean-interactions",
                  dlq_topic="clean-interactions.dlq", recommendations_topic="clean-recommendations",
                  group_id="clean-worker", db=str(tmp / "w.duckdb"))
-    ensure_topics(s)
-    worker = WorkerProcess(s.bootstrap_servers, s.db, tmp / "worker.log", group_id=s.group_id,
-                           interactions_topic=s.interactions_topic, dlq_topic=s.dlq_topic,
-                           recommendations_topic=s.recommendations_topic, eval_snapshot_seconds=1.0).start()
+    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0)
     try:
         worker.wait_ready()
         producer = make_producer(s.bootstrap_servers)
@@ -184,16 +170,13 @@ def test_online_evaluation_on_metrics_and_in_duckdb(clean_run, ratings):
 def test_sigkill_mid_replay_recovers_to_clean_state(broker, settings, ratings, clean_run, tmp_path):
     """Kill the worker twice while it ingests; the restarted worker ends with the clean run's data."""
     ensure_topics(settings)
-    kw = dict(group_id=settings.group_id, interactions_topic=settings.interactions_topic,
-              dlq_topic=settings.dlq_topic, recommendations_topic=settings.recommendations_topic,
-              batch_size=1000)
     replay(ratings, settings.bootstrap_servers, settings.interactions_topic, progress=False)
     for i, fraction in enumerate([0.25, 0.6]):
-        worker = WorkerProcess(settings.bootstrap_servers, settings.db, tmp_path / f"worker{i}.log", **kw).start()
+        worker = start_worker(settings, tmp_path / f"worker{i}.log", batch_size=1000)
         worker.wait_ready()
         wait_stored(worker, int(fraction * len(ratings)))
         worker.kill()
-    worker = WorkerProcess(settings.bootstrap_servers, settings.db, tmp_path / "worker-final.log", **kw).start()
+    worker = start_worker(settings, tmp_path / "worker-final.log", batch_size=1000)
     try:
         worker.wait_ready()
         wait_stored(worker, len(ratings))

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from streams.broker import free_port
-from streams.processes import WorkerProcess, metric_sum
+from streams.processes import metric_sum
 from streams.replay import make_producer, replay
-from streams.topics import ensure_topics
+from tests.conftest import start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -127,11 +127,7 @@ def run(broker, tmp_path_factory):
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="prom-interactions",
                  dlq_topic="prom-interactions.dlq", recommendations_topic="prom-recommendations",
                  group_id="prom-worker", db=str(tmp / "w.duckdb"))
-    ensure_topics(s)
-    worker = WorkerProcess(s.bootstrap_servers, s.db, tmp / "worker.log", group_id=s.group_id,
-                           interactions_topic=s.interactions_topic, dlq_topic=s.dlq_topic,
-                           recommendations_topic=s.recommendations_topic, eval_snapshot_seconds=1.0,
-                           batch_size=500).start()
+    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, batch_size=500)
     project = yaml.safe_load(PROJECT_CONFIG.read_text())
     prom = Prometheus(binary, scrape_config_for(project, worker.port, RULES), tmp)
     try:

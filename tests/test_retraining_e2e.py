@@ -5,7 +5,6 @@ replaces the champion; rollback restores v1. Nothing is stored twice across the 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -21,25 +20,12 @@ from storage.movielens import Ratings, load_ratings
 from streams.cli import main as streamrec
 from streams.model_updates import announce
 from streams.pipeline import Recommendation
-from streams.processes import WorkerProcess
 from streams.replay import replay
-from streams.topics import ensure_topics
-from tests.conftest import read_topic
+from tests.conftest import read_topic, start_worker, wait_metrics
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
 TINY = ModelConfig(kind="sasrec", d_model=16, n_heads=1, max_len=20)
-
-
-def wait_for(worker: WorkerProcess, check, what: str, timeout: float = 120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert worker.alive(), f"worker died; see {worker.log}"
-        m = worker.metrics()
-        if check(m):
-            return m
-        time.sleep(0.3)
-    raise TimeoutError(f"{what}; see {worker.log}")
 
 
 RELEASES = np.arange(9_000_000, 9_000_005)  # items v1 cannot know
@@ -75,14 +61,10 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
     assert v1.version == "v1" and v1.promoted and registry.champion() == "v1"
     v1_items = set(json.loads((registry.path("v1") / "card.json").read_text())["items"])
 
-    ensure_topics(settings)
     export = tmp_path / "export"
     topic = f"model-updates-{settings.group_id}"
-    worker = WorkerProcess(settings.bootstrap_servers, settings.db, tmp_path / "worker.log",
-                           group_id=settings.group_id, interactions_topic=settings.interactions_topic,
-                           dlq_topic=settings.dlq_topic, recommendations_topic=settings.recommendations_topic,
-                           registry=str(registry.root), export_dir=str(export), export_every=1.0,
-                           model_updates_topic=topic).start()
+    worker = start_worker(settings, tmp_path / "worker.log", registry=str(registry.root), export_dir=str(export),
+                          export_every=1.0, model_updates_topic=topic)
     common = ["--registry", str(registry.root), "--bootstrap-servers", settings.bootstrap_servers,
               "--model-updates-topic", topic]
     try:
@@ -91,7 +73,7 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
         replay(part1, settings.bootstrap_servers, settings.interactions_topic, progress=False)
         replay(part2, settings.bootstrap_servers, settings.interactions_topic, progress=False)
         n = len(part1) + len(part2)
-        wait_for(worker, lambda m: m.get("streamrec_events_exported_total", 0) >= n, "export of every event")
+        wait_metrics(worker, lambda m: m.get("streamrec_events_exported_total", 0) >= n, "export of every event")
 
         # v2: warm-started from v1 on the exported log, gated, promoted, announced.
         assert streamrec(["retrain", "--export-dir", str(export), "--epochs", "3", *common]) == 0
@@ -99,7 +81,7 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
         v2_items = set(json.loads((registry.path("v2") / "card.json").read_text())["items"])
         new_items = v2_items - v1_items
         assert set(RELEASES.tolist()) <= new_items and v1_items <= v2_items
-        m = wait_for(worker, serving("v2"), "worker did not switch to v2")
+        m = wait_metrics(worker, serving("v2"), "worker did not switch to v2")
         assert m['streamrec_model_info{model="sasrec",version="v1"}'] == 0
         assert m['streamrec_model_loads_total{outcome="ok"}'] == 1
 
@@ -115,13 +97,13 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
         announce(settings.bootstrap_servers, topic, v3, str(registry.path(v3)))
         broken = tmp_path / "gone"
         announce(settings.bootstrap_servers, topic, "v99", str(broken))
-        m = wait_for(worker, lambda m: m['streamrec_model_loads_total{outcome="failed"}'] == 2, "failed loads counted")
+        m = wait_metrics(worker, lambda m: m['streamrec_model_loads_total{outcome="failed"}'] == 2, "failed loads counted")
         assert serving("v2")(m)
 
         # Lists after the swap come from v2 and can recommend items v1 never saw.
         replay(part3, settings.bootstrap_servers, settings.interactions_topic, progress=False)
         total = n + len(part3)
-        wait_for(worker, lambda m: m.get("streamrec_store_events", 0) >= total, "all events stored")
+        wait_metrics(worker, lambda m: m.get("streamrec_store_events", 0) >= total, "all events stored")
         time.sleep(1.0)
         lists = read_topic(settings.bootstrap_servers, settings.recommendations_topic, min_count=1)
         recs = [msgspec.json.decode(x.value(), type=Recommendation) for x in lists]
@@ -132,7 +114,7 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
         # Rollback restores v1 in the running worker.
         assert streamrec(["rollback", *common]) == 0
         assert registry.champion() == "v1"
-        wait_for(worker, serving("v1"), "worker did not roll back to v1")
+        wait_metrics(worker, serving("v1"), "worker did not roll back to v1")
     finally:
         worker.stop()
 

@@ -15,10 +15,9 @@ import numpy as np
 from storage.movielens import Ratings, load_ratings
 from streams.cli import main as streamrec
 from streams.pipeline import Recommendation
-from streams.processes import WorkerProcess, metric_sum
+from streams.processes import metric_sum
 from streams.replay import replay
-from streams.topics import ensure_topics
-from tests.conftest import read_topic
+from tests.conftest import read_topic, start_worker, wait_stored
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
@@ -40,11 +39,7 @@ def test_worker_serves_transformer_with_popularity_fallback(settings, checkpoint
     card = json.loads((checkpoint / "card.json").read_text())
     known = set(card["items"])
     ratings = load_ratings(DATA / "ratings.csv").slice(0, 30_000)
-    ensure_topics(settings)
-    worker = WorkerProcess(settings.bootstrap_servers, settings.db, tmp_path / "worker.log",
-                           group_id=settings.group_id, interactions_topic=settings.interactions_topic,
-                           dlq_topic=settings.dlq_topic, recommendations_topic=settings.recommendations_topic,
-                           checkpoint=str(checkpoint), eval_snapshot_seconds=1.0).start()
+    worker = start_worker(settings, tmp_path / "worker.log", checkpoint=str(checkpoint), eval_snapshot_seconds=1.0)
     try:
         worker.wait_ready()
         replay(ratings, settings.bootstrap_servers, settings.interactions_topic, progress=False)
@@ -53,9 +48,7 @@ def test_worker_serves_transformer_with_popularity_fallback(settings, checkpoint
                             np.full(3, 4.0, np.float32), ratings.timestamp[-1] + np.arange(1, 4))
         replay(strangers, settings.bootstrap_servers, settings.interactions_topic, progress=False)
         total = len(ratings) + 3
-        deadline = time.time() + 120
-        while worker.metrics().get("streamrec_store_events", 0) < total and time.time() < deadline:
-            time.sleep(0.3)
+        wait_stored(worker, total)
         time.sleep(2.5)  # one more evaluation snapshot
         m = worker.metrics()
         lists = read_topic(settings.bootstrap_servers, settings.recommendations_topic,
