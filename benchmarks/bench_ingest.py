@@ -127,7 +127,7 @@ async def count(stream):
         state["n"] += len(values)
         if state["n"] >= n:
             open(os.environ["B_OUT"], "w").write(str(state["n"] / (time.perf_counter() - state["t0"])))
-            import os; os._exit(0)
+            os._exit(0)
 app.main()
 '''
 
