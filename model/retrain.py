@@ -52,7 +52,7 @@ from model.config import ModelConfig, TrainConfig
 from model.data import Sequences, build_sequences, length_sorted_batches, windows
 from model.evaluate import evaluate_histories, full_ranks, model_scorer
 from model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
-from model.train import configure_optimizer, lr_factor, resolve_device, train_epoch
+from model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
 from model.transformer import BERT4Rec, SequentialTransformer, build_model
 from model.vocab import ItemVocab
 from storage.movielens import Ratings
@@ -196,11 +196,12 @@ def fit(
         model.eval()
         return evaluate_histories(model_scorer(model), valid_hist, valid_targets, ks=(10,))
 
-    best, best_state, bad = -1.0, None, 0
+    stopper = EarlyStopping(tcfg.patience)
     if evaluate_start and has_valid:
         m = validate()
         info["history"].append({"epoch": 0, **m})
-        best, best_state, info["valid"] = m["NDCG@10"], {k: v.clone() for k, v in model.state_dict().items()}, m
+        stopper.update(m["NDCG@10"], 0, model)
+        info["valid"] = m
     opt = configure_optimizer(model, tcfg)
     total = tcfg.epochs * math.ceil(len(ws) / tcfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
@@ -215,18 +216,16 @@ def fit(
             m = validate()
             info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
-            if m["NDCG@10"] > best:
-                best, bad, info["best_epoch"], info["valid"] = m["NDCG@10"], 0, epoch + 1, m
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= tcfg.patience:
-                    break
+            improved = m["NDCG@10"] > stopper.best
+            stop = stopper.update(m["NDCG@10"], epoch + 1, model)
+            if improved:
+                info["best_epoch"], info["valid"] = epoch + 1, m
+            if stop:
+                break
         if out_of_time:
             break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopper.restore(model)
     info["seconds"] = time.perf_counter() - start
     return model.eval(), info
 

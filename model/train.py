@@ -64,6 +64,27 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class EarlyStopping:
+    """Keeps the weights of the best validation score; ``update`` says when to stop (``patience``
+    evaluations in a row without improvement). Shared by ``train`` and warm-start fine-tuning."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.bad = patience, -1.0, -1, 0
+        self.best_state: dict | None = None
+
+    def update(self, score: float, epoch: int, model: torch.nn.Module) -> bool:
+        if score > self.best:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
 def train_epoch(model: SequentialTransformer, ws: list[np.ndarray], opt, sched, tcfg: TrainConfig,
                 rng: np.random.Generator, gen: torch.Generator, device: torch.device, bar,
                 postfix: dict | None = None) -> list[float]:
@@ -109,13 +130,13 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     )
     valid_hist, valid_targets = split.train.as_list(), split.valid_targets
 
-    best, best_state, best_epoch, bad = -1.0, None, -1, 0
+    stopper = EarlyStopping(tcfg.patience)
     history: list[dict] = []
     start = time.perf_counter()
     bar = tqdm(total=total, desc=mcfg.kind, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(tcfg.epochs):
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar,
-                             postfix={"epoch": epoch + 1, "best_ndcg10": f"{max(best, 0):.4f}"})
+                             postfix={"epoch": epoch + 1, "best_ndcg10": f"{max(stopper.best, 0):.4f}"})
         out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
         last = epoch == tcfg.epochs - 1 or out_of_time
         if (epoch + 1) % tcfg.eval_every == 0 or last:
@@ -123,19 +144,13 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
             m = evaluate_histories(model_scorer(model), valid_hist, valid_targets, ks=(10, 20))
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
-            if m["NDCG@10"] > best:
-                best, best_epoch, bad = m["NDCG@10"], epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= tcfg.patience:
-                    break
+            if stopper.update(m["NDCG@10"], epoch + 1, model):
+                break
         if out_of_time:
             break
     bar.close()
     seconds = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopper.restore(model)
     model.eval()
-    valid = next((h for h in history if h["epoch"] == best_epoch), {})
-    return TrainResult(model, best_epoch, valid, seconds, history)
+    valid = next((h for h in history if h["epoch"] == stopper.best_epoch), {})
+    return TrainResult(model, stopper.best_epoch, valid, seconds, history)
