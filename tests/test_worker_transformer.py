@@ -74,5 +74,6 @@ def test_worker_serves_transformer_with_popularity_fallback(settings, checkpoint
             assert r.model_version == card["version"] and set(r.items) <= known and len(r.items) == 20
         else:  # popularity only for users the model knows nothing of
             assert not before & known
-    ndcg = [v for k, v in m.items() if k.startswith("streamrec_online_ndcg{") and 'model="sasrec"' in k]
-    assert ndcg and max(ndcg) > 0
+    for name in ("streamrec_online_ndcg", "streamrec_online_recall"):
+        values = [v for k, v in m.items() if k.startswith(name + "{") and 'model="sasrec"' in k]
+        assert values and max(values) > 0, name
