@@ -8,8 +8,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 
+class _Dict:
+    """JSON round trip for the config dataclasses; unknown keys (older or newer cards) are ignored."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Dict):
     kind: str = "sasrec"  # "bert4rec" (bidirectional, cloze) or "sasrec" (causal, next item)
     n_items: int = 0  # number of real items in the vocabulary
     max_len: int = 200  # longest input sequence (BERT4Rec: including the appended mask token)
@@ -35,17 +47,9 @@ class ModelConfig:
     def mask_id(self) -> int:
         return self.n_items + 1
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Dict):
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-3
@@ -60,11 +64,3 @@ class TrainConfig:
     min_user_events: int = 5  # drop users with fewer events (after the rating filter)
     device: str = "auto"  # "auto" = CUDA if available, else CPU
     max_seconds: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
