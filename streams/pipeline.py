@@ -1,8 +1,9 @@
 """One micro-batch through the pipeline: decode, dead-letter, store, score, publish.
 
-This is the heavy work of the worker, run in a thread off the event loop (DuckDB, NumPy and
-PyTorch release the GIL). It knows nothing of faust: it takes raw Kafka records and returns
-when everything it produced is delivered, so the caller may then commit the batch's offsets.
+This is the heavy work of the worker, in three stages (``decode``, ``store_batch``, ``publish``)
+that the worker runs in three threads off the event loop. It knows nothing of faust: it takes
+raw Kafka records, and ``publish`` returns when everything the batch produced is delivered, so
+the caller may then commit the batch's offsets.
 """
 
 from __future__ import annotations
@@ -107,10 +108,6 @@ class BatchProcessor:
             # Raising keeps the batch un-acked: it will be consumed again (idempotently).
             raise RuntimeError(f"{remaining} messages undelivered; errors: {errors[:3]}")
 
-    def process(self, raw: RawBatch) -> BatchReport:
-        """The whole micro-batch; returns once its outputs are delivered."""
-        return self.apply(raw, self.decode(raw))
-
     def decode(self, raw: RawBatch) -> EventBatch:
         """Stage 1 (pure Python): validate, and dead-letter what is invalid.
 
@@ -135,10 +132,6 @@ class BatchProcessor:
             log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch
-
-    def apply(self, raw: RawBatch, batch: EventBatch) -> BatchReport:
-        """Stages 2 and 3 in a row: returns when every output of the batch is delivered."""
-        return self.publish(raw, batch, self.store_batch(raw, batch))
 
     def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
         """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of
