@@ -35,6 +35,8 @@ histories through its own vocabulary, and a target the champion does not know is
 The candidate is promoted iff ``NDCG@10(candidate) >= NDCG@10(champion) - margin`` (absolute) and
 its registered files pass ``Registry.verify``; otherwise it is registered as ``rejected`` with the
 reason and both numbers. The very first candidate (no champion) is promoted without a gate.
+With ``promote=False`` (``streamrec retrain --shadow``) a candidate that passes the gate stays a
+``candidate`` (its files verified): the paired comparison on live traffic decides (``model.shadow``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class RetrainConfig:
     max_gate_users: int | None = None  # evaluate the gate on at most this many users (random sample)
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads for the job (process-wide); None: leave as is
+    promote: bool = True  # False: a candidate that passes the gate stays "candidate" (shadow mode decides)
     progress: bool = False
 
     def to_dict(self) -> dict:
@@ -109,6 +112,7 @@ class RetrainResult:
     training_seconds: float = 0.0
     gate_users: int = 0
     train_sequences: int = 0
+    status: str = ""  # in the registry after the run: champion, rejected, or candidate (passed, not promoted)
 
 
 # --- warm start -------------------------------------------------------------------------------
@@ -396,7 +400,13 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
         ok, reason = True, f"NDCG@10 candidate {cand:.4f} >= champion {parent} {ch:.4f} - margin {cfg.margin}"
     else:
         ok, reason = False, f"NDCG@10 candidate {cand:.4f} < champion {parent} {ch:.4f} - margin {cfg.margin}"
-    if ok:
+    hold = ok and not cfg.promote and ch is not None  # passed: the shadow comparison decides
+    if hold:
+        try:
+            registry.verify(version)
+        except CorruptCheckpointError as e:
+            ok, hold, reason = False, False, f"corrupt candidate: {e}"
+    elif ok:
         try:  # verifies the files first; refuses if someone promoted another version meanwhile
             registry.promote(version, expect_champion=parent)
         except CorruptCheckpointError as e:
@@ -405,9 +415,10 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
             ok, reason = False, f"gated against {parent}, but {e}"
     if not ok:
         registry.reject(version, reason)
-    log.info("retrain %s -> %s: %s (%s)", mode, version, "promoted" if ok else "rejected", reason)
+    status = "candidate" if hold else "champion" if ok else "rejected"
+    log.info("retrain %s -> %s: %s (%s)", mode, version, {"champion": "promoted"}.get(status, status), reason)
     return RetrainResult(
-        version=version, promoted=ok, candidate_ndcg=cand, champion_ndcg=ch, reason=reason,
+        version=version, promoted=ok and not hold, candidate_ndcg=cand, champion_ndcg=ch, reason=reason, status=status,
         seconds=time.perf_counter() - t0, new_items=int(len(new_ids)), mode=mode,
         parent=parent if warm else None, training_seconds=fit_info["seconds"], gate_users=int(len(gate_idx)),
         train_sequences=len(train_seqs),

@@ -56,14 +56,17 @@ def export_new_events(con: duckdb.DuckDBPyConnection, export_dir: str | Path) ->
     export_dir.mkdir(parents=True, exist_ok=True)
     last_segment, last_rowid = con.execute(
         "SELECT coalesce(max(segment), 0), coalesce(max(max_rowid), -1) FROM exports").fetchone()
-    top, n = con.execute("SELECT coalesce(max(rowid), -1), count(*) FROM events WHERE rowid > ?", [last_rowid]).fetchone()
+    # Owned events only: each worker exports the events its database is the record of.
+    top, n = con.execute("SELECT coalesce(max(rowid), -1), count(*) FILTER (WHERE owned) FROM events WHERE rowid > ?",
+                         [last_rowid]).fetchone()
     if n == 0:
         return 0
     segment = last_segment + 1
     final = export_dir / f"events-{segment:06d}.parquet"
     tmp = export_dir / f".events-{segment:06d}.parquet.tmp"
     con.execute(
-        f"COPY (SELECT {COLUMNS} FROM events WHERE rowid > {int(last_rowid)} AND rowid <= {int(top)} ORDER BY rowid)"
+        f"COPY (SELECT {COLUMNS} FROM events WHERE owned AND rowid > {int(last_rowid)} AND rowid <= {int(top)}"
+        " ORDER BY rowid)"
         f" TO '{tmp}' (FORMAT parquet)"
     )
     os.replace(tmp, final)  # atomic: readers never see a partial segment

@@ -3,6 +3,9 @@
 Tables (one database file per worker; DuckDB allows one writing process per file):
 
 * ``events``: every accepted event once, keyed by ``key`` (64-bit hash of the event id).
+  ``owned`` marks the events this database is the record of; with several workers, a worker that
+  takes a partition over also copies that partition's older events, which another worker's
+  database owns, from Kafka (``owned = false``), so that its users' sequences are whole.
 * ``sequences``: a view, per user, of the last ``seq_len`` item ids and event times in
   event-time order (ties broken by Kafka partition and offset: arrival order within the user's
   partition), with the user's total event count.
@@ -31,6 +34,7 @@ place in time.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -49,8 +53,12 @@ CREATE TABLE IF NOT EXISTS events (
     event_type VARCHAR NOT NULL,
     rating FLOAT,
     kafka_partition INTEGER NOT NULL,
-    kafka_offset BIGINT NOT NULL
+    kafka_offset BIGINT NOT NULL,
+    owned BOOLEAN NOT NULL DEFAULT true  -- false: a copy of an event another database owns
 );
+CREATE TABLE IF NOT EXISTS meta (db_id VARCHAR NOT NULL);
+-- Offset ranges [lo, hi) of a partition copied from Kafka (owned elsewhere), so as not to copy twice.
+CREATE TABLE IF NOT EXISTS recovered (kafka_partition INTEGER NOT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL);
 """
 
 # The last {n} events per user, oldest first; n_events counts all of the user's events.
@@ -103,6 +111,11 @@ class EventStore:
         if not read_only:
             self.con.execute(SCHEMA)
             self.con.execute(SEQUENCES_VIEW.format(n=int(seq_len)))
+            if self.con.execute("SELECT count(*) FROM meta").fetchone()[0] == 0:
+                self.con.execute("INSERT INTO meta VALUES (?)", [uuid.uuid4().hex])
+        # This file's identity in the ownership log (streams/ownership.py): it names the database,
+        # not the process, so a restarted worker on the same file is the same owner.
+        self.db_id: str = self.con.execute("SELECT db_id FROM meta").fetchone()[0]
         self._state: dict[int, UserState] = {}
         self.n_events = self.count()  # events in the log, kept current by append
         # Users with stored events; anyone else is new and needs no read.
@@ -112,8 +125,13 @@ class EventStore:
         self.con.close()
 
     # -- writes ------------------------------------------------------------------------------
-    def append(self, key, event_id, user, item, event_time, event_type, rating, partition, offset) -> AppendResult:
-        """Store a micro-batch of valid events durably, idempotently, in one transaction."""
+    def append(self, key, event_id, user, item, event_time, event_type, rating, partition, offset,
+               owned: bool = True) -> AppendResult:
+        """Store a micro-batch of valid events durably, idempotently, in one transaction.
+
+        ``owned=False``: copies of events another database owns (a partition taken over); they
+        count in sequences and seen items, not in :meth:`count`.
+        """
         key = np.asarray(key, np.uint64)
         n = len(key)
         if n == 0:
@@ -138,7 +156,7 @@ class EventStore:
             con.register("batch", table)
             inserted = con.execute(
                 "INSERT INTO events SELECT key, event_id, user_id, item_id, event_time, event_type,"
-                " NULLIF(rating, 'NaN'::FLOAT), kafka_partition, kafka_offset FROM batch"
+                f" NULLIF(rating, 'NaN'::FLOAT), kafka_partition, kafka_offset, {bool(owned)} FROM batch"
                 " ON CONFLICT DO NOTHING RETURNING key"
             ).fetchnumpy()["key"]
             con.unregister("batch")
@@ -151,8 +169,30 @@ class EventStore:
             self._state.clear()  # the cache may hold uncommitted merges; reload on demand
             self._known = self._stored_users()
             raise
-        self.n_events += int(new_mask.sum())
+        if owned:
+            self.n_events += int(new_mask.sum())
         return AppendResult(int(new_mask.sum()), new_mask, users)
+
+    def disown(self, partition: int, lo: int, hi: int | None) -> int:
+        """Mark this database's events of ``partition`` at offsets [lo, hi) as owned elsewhere.
+
+        They stay (as copies: the events are real), but no longer count as this database's
+        record; returns how many changed.
+        """
+        hi = 2**63 - 1 if hi is None else hi
+        n = len(self.con.execute(
+            "UPDATE events SET owned = false WHERE owned AND kafka_partition = ? AND kafka_offset >= ?"
+            " AND kafka_offset < ? RETURNING key", [partition, lo, hi]).fetchall())
+        self.n_events -= n
+        return n
+
+    def is_recovered(self, partition: int, lo: int, hi: int) -> bool:
+        """Whether [lo, hi) of ``partition`` was copied from Kafka before."""
+        return self.con.execute("SELECT count(*) FROM recovered WHERE kafka_partition = ? AND lo <= ? AND hi >= ?",
+                                [partition, lo, hi]).fetchone()[0] > 0
+
+    def mark_recovered(self, partition: int, lo: int, hi: int) -> None:
+        self.con.execute("INSERT INTO recovered VALUES (?, ?, ?)", [partition, lo, hi])
 
     def _update_sequences(self, new_mask, user, item, event_time, offset) -> np.ndarray:
         user = np.asarray(user, np.int64)[new_mask]
@@ -224,7 +264,8 @@ class EventStore:
         return [np.fromiter(state[u].seen, np.int64, len(state[u].seen)) if u in state else empty for u in users]
 
     def count(self) -> int:
-        return self.con.execute("SELECT count(*) FROM events").fetchone()[0]
+        """Events this database owns (copies of other databases' events excluded)."""
+        return self.con.execute("SELECT count(*) FROM events WHERE owned").fetchone()[0]
 
     def recent_items(self, n: int) -> np.ndarray:
         """Item ids of the newest ``n`` stored events in event-time order (to warm popularity)."""

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo-run", help="folder for the worker's DuckDB and logs")
     p.add_argument("--show-users", type=int, default=3, help="users whose lists are printed as they update")
     p.add_argument("--workers", type=int, default=1, help="workers in the consumer group")
+    p.add_argument("--kill-at", type=float, default=0.4,
+                   help="with several workers: SIGKILL the last one when this fraction of the events was consumed, "
+                        "to show the handover (0: never; default %(default)s)")
     Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
     _add_replay_options(p, default_speedup=None)
     p.add_argument("--duration", type=float, default=20.0,

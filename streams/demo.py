@@ -121,15 +121,22 @@ def run_demo(args) -> int:
             speedup = span / args.duration if span > 0 and args.duration > 0 else 0.0
         print(f"replaying {len(ratings):,} ratings from {ratings_path} "
               f"({'as fast as possible' if not speedup else f'{speedup:,.0f}x event time'})")
+        killed: list[WorkerProcess] = []
+        if len(workers) > 1 and args.kill_at > 0:
+            threading.Thread(target=kill_midway, args=(workers, len(ratings), args.kill_at, killed), daemon=True).start()
         t0 = time.time()
         stats = replay(ratings, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
 
         # Wait for the workers to store everything and for their lists to arrive.
+        dead_owned = 0
+        if killed:
+            dead_owned = handover(settings, killed[0], [w for w in workers if w.alive()])
         deadline = time.time() + 300
         while time.time() < deadline:
-            done = sum(metric_sum(w.metrics(), "streamrec_events_consumed_total") for w in workers if w.alive())
-            published = sum(metric_sum(w.metrics(), "streamrec_lists_published_total") for w in workers if w.alive())
-            if done >= stats.events and follower.count >= published:
+            alive = [w for w in workers if w.alive()]
+            owned = dead_owned + sum(w.metrics().get("streamrec_store_events", 0) for w in alive)
+            published = sum(metric_sum(w.metrics(), "streamrec_lists_published_total") for w in alive)
+            if owned >= stats.events and follower.count >= published:
                 break
             time.sleep(0.5)
         elapsed = time.time() - t0
@@ -138,8 +145,8 @@ def run_demo(args) -> int:
         time.sleep(1.2)
         follower.stopped.set()
 
-        m = [w.metrics() for w in workers]
-        stored = sum(metric_sum(x, "streamrec_events_stored_total") for x in m)
+        m = [w.metrics() for w in workers if w.alive()]
+        stored = dead_owned + sum(x.get("streamrec_store_events", 0) for x in m)
         rejected = sum(metric_sum(x, "streamrec_events_rejected_total") for x in m)
         fresh = np.array(follower.freshness) if follower.freshness else np.zeros(1)
         print("\nfinal lists:")
@@ -158,9 +165,86 @@ def run_demo(args) -> int:
         for w in workers:
             print(f"  metrics             {w.metrics_url}")
         print(f"  worker logs, DuckDB {work}/")
-        return 0 if stored >= stats.events else 1
+        ok = stored >= stats.events
+        if len(workers) > 1:
+            for w in workers:
+                w.stop()  # DuckDB files can be read once their workers are gone
+            ok = check_scale_out(workers, killed, ratings, settings.seq_len) and ok
+        return 0 if ok else 1
     finally:
         for w in workers:
             w.stop()
         if broker:
             broker.stop()
+
+
+def kill_midway(workers: list[WorkerProcess], n_events: int, fraction: float, killed: list) -> None:
+    """SIGKILL the last worker once ``fraction`` of the events were consumed: a crash mid-replay."""
+    done = 0.0
+    while done < fraction * n_events:
+        time.sleep(0.2)
+        try:
+            done = sum(metric_sum(w.metrics(), "streamrec_events_consumed_total") for w in workers)
+        except OSError:
+            continue
+    victim = workers[-1]
+    victim.kill()
+    killed.append(victim)
+    tqdm.write(f"*** {Path(victim.db).stem} killed (SIGKILL) after {done:,.0f} events consumed; its partitions "
+               "move to the others when the group notices (session timeout)")
+
+
+def handover(settings: Settings, dead: WorkerProcess, alive: list[WorkerProcess], timeout: float = 120) -> int:
+    """Wait until the survivors have claimed the dead worker's partitions, then open its database
+    as a restart would (fencing what it stored past its last commit); returns the events it owns."""
+    from storage.store import EventStore
+    from streams.ownership import Ownership, segments
+
+    store = EventStore(dead.db)
+    try:
+        ownership = Ownership(store, settings.bootstrap_servers, settings.interactions_topic, settings.group_id)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            claims = ownership.log.read()
+            if not any(segments(claims, p)[-1][2] == store.db_id for p in {c.partition for c in claims}):
+                break
+            time.sleep(0.5)
+        fenced = ownership.open()
+        owned = store.count()
+    finally:
+        store.close()
+    for w in alive:
+        m = w.metrics()
+        tqdm.write(f"*** {Path(w.db).stem} took over: {m.get('streamrec_partition_claims_total', 0):.0f} partition claims, "
+                   f"{m.get('streamrec_events_recovered_total', 0):,.0f} earlier events copied from Kafka")
+    tqdm.write(f"*** {Path(dead.db).stem}'s database reopened: owns {owned:,} events; {fenced:,} it stored past its "
+               "last commit now belong to the partitions' next owner")
+    return owned
+
+
+def check_scale_out(workers: list[WorkerProcess], killed: list[WorkerProcess], ratings, seq_len: int) -> bool:
+    """Every event owned by exactly one database; every user's sequence whole on its owner."""
+    import duckdb
+
+    keys, seqs = [], {}
+    for w in workers:
+        con = duckdb.connect(w.db, read_only=True)
+        keys.append(set(con.execute("SELECT key FROM events WHERE owned").fetchnumpy()["key"].tolist()))
+        if w not in killed:  # a user's current owner holds all of the user's events (its copies included)
+            for u, items, n in con.execute("SELECT user_id, items, n_events FROM sequences").fetchall():
+                if n > seqs.get(u, (None, -1))[1]:
+                    seqs[u] = (items, n)
+        con.close()
+    overlap = set.intersection(*keys) if len(keys) > 1 else set()
+    total = sum(len(k) for k in keys)
+    print("
+scale-out check")
+    print(f"  events owned        {' + '.join(f'{len(k):,}' for k in keys)} = {total:,} "
+          f"(replayed {len(ratings):,}); owned by two databases: {len(overlap)}")
+    order = np.argsort(ratings.user, kind="stable")  # ratings are time-sorted: stays so per user
+    users, starts = np.unique(ratings.user[order], return_index=True)
+    items = np.split(ratings.item[order], starts[1:])
+    wrong = sum(seqs.get(u, (None,))[0] != it[-seq_len:].tolist() for u, it in zip(users.tolist(), items))
+    print(f"  sequences           {len(users) - wrong:,} of {len(users):,} users' sequences on the survivor equal "
+          f"the last {seq_len} events of the source (what a single worker stores)")
+    return not overlap and total == len(ratings) and wrong == 0

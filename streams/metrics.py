@@ -101,11 +101,26 @@ class WorkerMetrics:
                                    ["outcome"], registry=r)
         for outcome in ("ok", "failed"):
             self.model_loads.labels(outcome)
+        # Shadow mode (streams/shadow.py): candidate vs champion on the same events, while it lasts.
+        self.shadow_events = Gauge("streamrec_shadow_events", "Events graded against both the champion's and the "
+                                   "shadowed candidate's list", ["champion", "candidate"], registry=r)
+        self.shadow_ndcg = Gauge("streamrec_shadow_ndcg", "Mean NDCG@10 over the paired events of the shadow comparison",
+                                 ["role", "version"], registry=r)
         self.exported = Counter("streamrec_events_exported_total", "Events written to Parquet export segments", registry=r)
         self.lag = Gauge("streamrec_consumer_lag_events",
                          "Records of the interactions partition not yet processed (high watermark from fetch responses)",
                          ["partition"], registry=r)
-        self.store_events = Gauge("streamrec_store_events", "Events in this worker's DuckDB event log", registry=r)
+        self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
+        # Scale-out (streams/ownership.py): partitions taken over, their history copied from Kafka.
+        self.partition_claims = Counter("streamrec_partition_claims_total",
+                                        "Partitions claimed in the ownership log (one per partition per assignment)", registry=r)
+        self.recovered = Counter("streamrec_events_recovered_total",
+                                 "Earlier events of taken-over partitions copied from Kafka (owned by another database)", registry=r)
+        self.disowned = Counter("streamrec_events_disowned_total",
+                                "Stored events found owned by another database (stored past a commit before a crash)", registry=r)
+        self.recovery_seconds = Histogram("streamrec_partition_recovery_seconds",
+                                          "Time to claim a partition and copy its history before its first batch",
+                                          buckets=LATENCY_BUCKETS, registry=r)
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
 
         # Online (prequential) evaluation, set from the evaluator's snapshots.
@@ -122,6 +137,82 @@ class WorkerMetrics:
             gauge = self.online.get(row.metric)
             if gauge is not None:
                 gauge.labels(row.model, row.version, str(row.k), row.window).set(row.value)
+
+    def set_shadow(self, report) -> None:
+        """Publish a worker's ``streams.shadow.ShadowReport``."""
+        t = report.tally()
+        self.shadow_events.labels(report.champion, report.candidate).set(t.n)
+        self.shadow_ndcg.labels("champion", report.champion).set(t.champion_mean)
+        self.shadow_ndcg.labels("candidate", report.candidate).set(t.candidate_mean)
+
+    def clear_shadow(self) -> None:
+        """The shadow ended: its series go (a stale comparison must not look live)."""
+        self.shadow_events.clear()
+        self.shadow_ndcg.clear()
+
+    def expose(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+RETRAIN_OUTCOMES = ("promoted", "rejected", "shadow_promoted", "shadow_rejected", "skipped", "failed")
+RETRAIN_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+
+
+class RetrainMetrics:
+    """Prometheus metrics of the retraining job (``streamrec retrain --metrics-port``).
+
+    >>> m = RetrainMetrics()
+    >>> m.runs.labels("skipped").inc()
+    >>> b'streamrec_retrain_runs_total{outcome="skipped"} 1.0' in m.expose()
+    True
+    """
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        nan = float("nan")  # "no value yet", not a measured 0
+        self.runs = Counter("streamrec_retrain_runs_total", "Retraining runs by outcome", ["outcome"], registry=r)
+        for outcome in RETRAIN_OUTCOMES:
+            self.runs.labels(outcome)
+        self.duration = Histogram("streamrec_retrain_duration_seconds",
+                                  "Time per phase of a run: train (data, training, offline gate), shadow (waiting "
+                                  "for the paired comparison)", ["phase"], buckets=RETRAIN_BUCKETS, registry=r)
+        for phase in ("train", "shadow"):
+            self.duration.labels(phase)
+        self.last_success = Gauge("streamrec_retrain_last_success_timestamp_seconds",
+                                  "Unix time of the last run that ended in a decision (promoted or rejected)", registry=r)
+        self.gate_ndcg = Gauge("streamrec_retrain_gate_ndcg", "Offline gate NDCG@10 of the last run's models",
+                               ["role"], registry=r)
+        for role in ("candidate", "champion"):
+            self.gate_ndcg.labels(role).set(nan)
+        self.shadow_events = Gauge("streamrec_retrain_shadow_events",
+                                   "Paired events summed over the workers in the current (or last) shadow comparison",
+                                   registry=r)
+        self.shadow_workers = Gauge("streamrec_retrain_shadow_workers",
+                                    "Workers that reported a tally for the current (or last) shadow comparison", registry=r)
+        self.shadow_diff = Gauge("streamrec_retrain_shadow_ndcg_diff",
+                                 "Mean paired NDCG@10 difference, candidate - champion, and its confidence bounds",
+                                 ["bound"], registry=r)
+        for bound in ("mean", "lower", "upper"):
+            self.shadow_diff.labels(bound).set(nan)
+
+    def shadow_started(self) -> None:
+        self.shadow_events.set(0)
+        self.shadow_workers.set(0)
+        for bound in ("mean", "lower", "upper"):
+            self.shadow_diff.labels(bound).set(float("nan"))
+
+    def shadow_progress(self, decision, n_workers: int) -> None:
+        """``progress`` callback of ``streams.shadow.wait_for_shadow``."""
+        self.shadow_events.set(decision.n)
+        self.shadow_workers.set(n_workers)
+        for bound, value in (("mean", decision.mean), ("lower", decision.lower), ("upper", decision.upper)):
+            self.shadow_diff.labels(bound).set(value)
+
+    def serve(self, host: str, port: int):
+        """Serve ``/metrics`` from prometheus_client's own HTTP server (a daemon thread)."""
+        from prometheus_client import start_http_server
+
+        return start_http_server(port, addr=host, registry=self.registry)
 
     def expose(self) -> bytes:
         return generate_latest(self.registry)

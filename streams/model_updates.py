@@ -1,10 +1,10 @@
 """Model announcements on the ``model-updates`` topic, and the worker's follower of them.
 
-Promotion (or rollback) writes one small JSON message naming the version and where its
-checkpoint lies. Every worker must see every announcement, so workers do not read this topic in
-their consumer group (a group would hand each message to one member): each assigns itself the
-topic's partitions and reads it from the beginning, skipping announcements made before it loaded
-its model from the registry.
+Promotion (or rollback, or the start and end of a shadow comparison) writes one small JSON
+message naming the version and where its checkpoint lies. Every worker must see every
+announcement, so workers do not read this topic in their consumer group (a group would hand each
+message to one member): each assigns itself the topic's partitions and reads it from the
+beginning, skipping announcements made before it loaded its model from the registry.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 class ModelUpdate(msgspec.Struct):
     version: str
     path: str  # checkpoint directory, readable by every worker
-    action: str  # "promote" or "rollback"
+    action: str  # "promote" or "rollback" (serve it); "shadow" (score it beside the champion, publish
+    # nothing: streams/shadow.py) or "unshadow" (stop that)
     announced_at: int  # ms since the epoch
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -25,6 +26,10 @@ from storage.store import AppendResult, EventStore
 from streams.config import Settings
 from streams.events import EventBatch, decode_batch
 from streams.metrics import WorkerMetrics, observe_many, reject_class
+from streams.ownership import Ownership
+
+if TYPE_CHECKING:
+    from streams.shadow import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,7 @@ class BatchProcessor:
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
+        self.ownership: Ownership | None = None  # set by a worker in a consumer group (scale-out)
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -139,6 +145,9 @@ class BatchProcessor:
         of the next one changes that memory."""
         m = self.metrics
         t0 = time.time()
+        if self.ownership is not None:  # partitions new since the last rebalance: claim, recover
+            self._claim(raw)
+            t0 = time.time()
         idx = batch.index
         result = self.store.append(
             batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
@@ -163,20 +172,37 @@ class BatchProcessor:
                       pick(batch.event_time), pick(raw.timestamps[idx]), pick(raw.partitions[idx]),
                       pick(raw.offsets[idx]))
 
+    def _claim(self, raw: RawBatch) -> None:
+        own, m = self.ownership, self.metrics
+        t0, recovered, fenced = time.time(), own.recovered_events, own.fenced_events
+        claimed = own.ensure(raw.partitions, raw.offsets)
+        if claimed:
+            m.partition_claims.inc(len(claimed))
+            m.recovered.inc(own.recovered_events - recovered)
+            m.disowned.inc(own.fenced_events - fenced)
+            m.recovery_seconds.observe(time.time() - t0)
+            m.store_events.set(self.store.n_events)
+
     def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> BatchReport:
         """Stage 3: grade, score, publish, flush; batches must come in the order they were stored."""
         m = self.metrics
+        shadow = self.shadow  # read once: the worker may start or end a shadow between two batches
         result, idx = stored.result, batch.index
         if result.n_new:
             new = result.new_mask
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
-            self.recommender.observe(batch.item[new][order])
+            users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
+            self.recommender.observe(items)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
-            self.evaluator.score_events(batch.user[new][order], batch.item[new][order], batch.event_time[new][order])
+            graded = self.evaluator.score_events(users, items, times)
+            if shadow is not None:  # the same events against the candidate's lists: paired
+                shadow.comparison.score_events(graded, users, items, times)
             m.last_event_time.set(float(batch.event_time[new].max()) / 1000)
         if len(stored.users):
             recs = self._score_and_publish(stored, raw)
             self.evaluator.record_lists(stored.users, recs.items, stored.trigger_time, recs.models, recs.versions)
+            if shadow is not None:
+                self._score_shadow(shadow, stored)
         if time.time() >= self._next_snapshot:
             self.snapshot_evaluation()
         t_scored = time.time()
@@ -189,12 +215,16 @@ class BatchProcessor:
                            len(stored.users), int(batch.event_time.max()) if len(batch) else None)
 
     def snapshot_evaluation(self) -> None:
-        """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table."""
+        """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table; while a
+        candidate is shadowed, its paired tally to the gauges and the evaluations topic."""
         rows = self.evaluator.snapshot()
         self.metrics.set_online(rows)
         if self.evaluator.watermark != NO_LIST and rows:  # NO_LIST: nothing scored yet
             # Its own cursor: stage 2 may be writing events on the store's connection meanwhile.
             write_snapshot(self._eval_con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)
+        shadow = self.shadow
+        if shadow is not None:
+            self._report_shadow(shadow)
         self._next_snapshot = time.time() + self.settings.eval_snapshot_seconds
 
     def _score_and_publish(self, stored: "Stored", raw: RawBatch) -> Recommendations:
@@ -226,3 +256,35 @@ class BatchProcessor:
         for model, count in Counter(recs.models).items():
             m.lists.labels(model).inc(count)
         return recs
+
+    # --- shadow mode (streams/shadow.py) -----------------------------------------------------------
+
+    shadow: "Shadow | None" = None  # a candidate scored beside the champion; the worker sets it
+
+    def _score_shadow(self, shadow: "Shadow", stored: "Stored") -> None:
+        """The candidate's lists for the batch's users: recorded for grading, never published."""
+        t0 = time.time()
+        recs = shadow.recommender.recommend(stored.sequences, stored.seen, shadow.comparison.k)
+        shadow.comparison.record_lists(stored.users, recs.items, stored.trigger_time, recs.models, recs.versions)
+        self.metrics.stage_duration.labels("shadow").observe(time.time() - t0)
+
+    def _report_shadow(self, shadow: "Shadow") -> None:
+        """The running paired tally to the gauges and the evaluations topic (for the retraining job)."""
+        report = shadow.report()
+        self.metrics.set_shadow(report)
+        # Its own delivery callback: a lost tally is superseded by the next one and must not
+        # fail (and so redeliver) a micro-batch as a lost list would.
+        self.producer.produce(shadow.topic, value=self._encode(report), key=shadow.worker.encode(),
+                              on_delivery=_log_delivery_error)
+        self.producer.poll(0)
+
+    def end_shadow(self) -> "Shadow | None":
+        """Stop scoring the candidate (run in the publish thread, between two batches); returns it."""
+        shadow, self.shadow = self.shadow, None
+        self.metrics.clear_shadow()
+        return shadow
+
+
+def _log_delivery_error(err, msg) -> None:
+    if err is not None:
+        log.warning("shadow tally not delivered to %s: %s", msg.topic(), err)

@@ -9,6 +9,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import Settings
+from streams.ownership import owners_topic
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         settings.interactions_topic: settings.partitions,
         settings.recommendations_topic: settings.partitions,
         settings.dlq_topic: 1,
+        owners_topic(settings.interactions_topic): 1,  # scale-out's ownership log
     }
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(t, num_partitions=p, replication_factor=1) for t, p in wanted.items() if t not in existing]

@@ -36,8 +36,10 @@ from storage.store import EventStore
 from streams.config import Settings
 from storage.export import export_new_events
 from streams.metrics import WorkerMetrics
-from streams.model_updates import UpdateFollower
+from streams.model_updates import UpdateFollower, ensure_topic
+from streams.ownership import Ownership
 from streams.pipeline import BatchProcessor, RawBatch
+from streams.shadow import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,21 @@ class RecordBuffer:
         self._data = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        self.paused = False
 
-    async def put(self, tp: TP, records: list) -> None:
-        while self.size >= self.maxsize:
+    async def put(self, tp: TP, records: list) -> bool:
+        """Add a fetched chunk; False (and nothing added) while a rebalance is under way."""
+        while self.size >= self.maxsize and not self.paused:
             self._space.clear()
             await self._space.wait()
+        if self.paused:
+            return False
         if not self.chunks:
             self.first_arrival = time.time()
         self.chunks.append((tp, records))
         self.size += len(records)
         self._data.set()
+        return True
 
     async def take(self, n: int, within: float) -> tuple[list[tuple[TP, list]], float]:
         """Up to ``n`` records, waiting at most ``within`` s after the first one arrives."""
@@ -95,13 +102,23 @@ class RecordBuffer:
         self._space.set()
         return taken, arrival
 
-    def drop(self, revoked: set[TP]) -> int:
-        """Forget buffered records of revoked partitions (their new owner will consume them)."""
+    def pause(self, revoked: set[TP]) -> int:
+        """A rebalance starts: forget buffered records of revoked partitions (their next owner
+        consumes them from the committed offset) and take no more until :meth:`resume`.
+
+        Records fetched in the old generation but handed over after this point would otherwise
+        be processed out of turn while the consumer, repositioned at the committed offset,
+        skips them as already read: that lost one record per partition at a takeover.
+        """
+        self.paused = True
         keep = [(tp, r) for tp, r in self.chunks if tp not in revoked]
         dropped = self.size - sum(len(r) for _, r in keep)
         self.chunks, self.size = keep, self.size - dropped
         self._space.set()
         return dropped
+
+    def resume(self) -> None:
+        self.paused = False
 
 
 class BulkConsumer(faust_aiokafka.Consumer):
@@ -124,8 +141,12 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     break  # a rebalance started: these records will be fetched again
                 read = self._read_offset[tp]
                 if read is not None:
-                    if recs[0].offset <= read:  # already seen (after a seek): skip those
-                        recs = [r for r in recs if r.offset > read]
+                    # faust's read offset is the last record handed over, or after a seek the
+                    # committed offset, i.e. the *next* one to read: like faust, keep records
+                    # at or above it (skipping that one record lost it at every takeover; a
+                    # record seen twice is stored once).
+                    if recs[0].offset < read:
+                        recs = [r for r in recs if r.offset >= read]
                     if not recs:
                         continue
                     if recs[0].offset - read > 1:
@@ -138,7 +159,8 @@ class BulkConsumer(faust_aiokafka.Consumer):
                             await self._add_gap(tp, a + 1, b - 1)
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if tp.topic in buffer.topics:
-                    await buffer.put(tp, recs)
+                    if not await buffer.put(tp, recs):
+                        break  # a rebalance started: fetched again from the committed offset
                 else:
                     for r in recs:
                         await callback(self._to_message(tp, r))
@@ -146,6 +168,21 @@ class BulkConsumer(faust_aiokafka.Consumer):
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        """Finish the batches in flight and commit them while the partitions are still ours.
+
+        faust itself forgets processed-but-uncommitted offsets of revoked partitions before it
+        commits, so their next owner would consume them again (and store them a second time, in
+        its own database).
+        """
+        await self.app.before_revoke(set(revoked))
+        await self.commit()
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        await super().on_partitions_assigned(assigned, generation_id)  # seeks to committed offsets
+        self.app.record_buffer.resume()
 
     def ack_offsets(self, tp: TP, offsets: list[int]) -> int:
         """Mark offsets of ``tp`` processed, like :meth:`ack` does for one message."""
@@ -241,13 +278,17 @@ def create_app(settings: Settings) -> App:
 
     app.topics.add(interactions)  # subscribe it: the ingest task reads the buffer, not a stream
 
-    @app.on_partitions_revoked.connect
-    async def _on_revoked(app, revoked, **kwargs) -> None:
+    async def before_revoke(revoked: set[TP]) -> None:
+        """Called by the consumer before a rebalance takes partitions away."""
         async with busy:  # let batches in flight finish and ack before the partitions go
             await drain()
-            dropped = app.record_buffer.drop(set(revoked))
+            dropped = app.record_buffer.pause(revoked)
+            if "processor" in state and state["processor"].ownership is not None:
+                state["processor"].ownership.reset()  # claim again after the new assignment
         if dropped:
             log.info("rebalance: dropped %d buffered records of revoked partitions", dropped)
+
+    app.before_revoke = before_revoke
 
     def open_pipeline() -> BatchProcessor:
         store = EventStore(settings.db, seq_len=settings.seq_len)
@@ -257,9 +298,13 @@ def create_app(settings: Settings) -> App:
         metrics.store_events.set(store.n_events)
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
                              "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
-        log.info("worker store %s holds %d events; recommender %s/%s",
-                 settings.db, store.count(), recommender.name, recommender.version)
-        return BatchProcessor(settings, store, recommender, producer, metrics)
+        processor = BatchProcessor(settings, store, recommender, producer, metrics)
+        processor.ownership = Ownership(store, settings.bootstrap_servers, settings.interactions_topic, settings.group_id)
+        metrics.disowned.inc(processor.ownership.open())  # what others took over while we were down
+        metrics.store_events.set(store.n_events)
+        log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
+                 settings.db, store.db_id, store.n_events, recommender.name, recommender.version)
+        return processor
 
     @app.task
     async def ingest() -> None:
@@ -306,9 +351,40 @@ def create_app(settings: Settings) -> App:
 
     loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
 
+    async def follow_shadow(processor: BatchProcessor, update) -> None:
+        """Start or stop scoring a candidate beside the champion (streams/shadow.py): loaded in the
+        background like a promotion; a failed load is counted and changes nothing."""
+        loop = asyncio.get_running_loop()
+        current = processor.shadow
+        if update.action == "unshadow":
+            if current is not None and current.version == update.version:
+                await loop.run_in_executor(executor, processor.end_shadow)  # between two batches
+                log.info("unshadow: stopped scoring %s: %s", current.version, current.summary())
+            return
+        if update.version == processor.recommender.version or (current and current.version == update.version):
+            return  # serving it already, or scoring it already
+        try:
+            candidate = await loop.run_in_executor(
+                loader, with_model, update.path, popularity_of(processor.recommender), update.version)
+            await loop.run_in_executor(loader, ensure_topic, settings.bootstrap_servers, settings.model_evaluations_topic)
+        except Exception as e:  # missing or corrupt checkpoint: nothing changes
+            metrics.model_loads.labels("failed").inc()
+            log.error("shadow: model %s (%s) failed to load; not shadowing it: %s", update.version, update.path, e)
+            return
+        metrics.model_loads.labels("ok").inc()
+        if current is not None:  # a newer candidate replaces the one being compared
+            await loop.run_in_executor(executor, processor.end_shadow)
+        champion = processor.recommender.version
+        # The publish thread reads processor.shadow once per batch: it applies from the next one.
+        processor.shadow = Shadow(candidate, champion, settings.model_evaluations_topic)
+        log.info("shadow: scoring %s/%s beside champion %s on live traffic; its lists are graded, not published; "
+                 "tallies every %.0fs to %s", candidate.name, candidate.version, champion,
+                 settings.eval_snapshot_seconds, settings.model_evaluations_topic)
+
     @app.timer(interval=1.0)
     async def follow_model_updates() -> None:
-        """Load announced models in the background; swap between two micro-batches.
+        """Load announced models in the background; swap between two micro-batches ("promote",
+        "rollback") or score them beside the champion ("shadow", until "unshadow" or a swap).
 
         Only a worker serving a registry follows announcements (they name registry versions);
         one started with a fixed ``--checkpoint`` keeps it.
@@ -321,22 +397,33 @@ def create_app(settings: Settings) -> App:
                                                state["model_loaded_at"]))
         for update in state["updates"].poll():
             processor = state["processor"]
+            if update.action in ("shadow", "unshadow"):
+                await follow_shadow(processor, update)
+                continue
             if update.version == processor.recommender.version:
                 continue
-            popularity = popularity_of(processor.recommender)
-            try:
-                new = await asyncio.get_running_loop().run_in_executor(
-                    loader, with_model, update.path, popularity, update.version)
-            except Exception as e:  # missing or corrupt checkpoint: keep serving the old model
-                metrics.model_loads.labels("failed").inc()
-                log.error("model %s (%s) failed to load, still serving %s/%s: %s",
-                          update.version, update.path, processor.recommender.name, processor.recommender.version, e)
-                continue
+            shadow = processor.shadow
+            if shadow is not None and shadow.version == update.version:
+                new = shadow.recommender  # loaded when its shadow began, and scoring since
+            else:
+                popularity = popularity_of(processor.recommender)
+                try:
+                    new = await asyncio.get_running_loop().run_in_executor(
+                        loader, with_model, update.path, popularity, update.version)
+                except Exception as e:  # missing or corrupt checkpoint: keep serving the old model
+                    metrics.model_loads.labels("failed").inc()
+                    log.error("model %s (%s) failed to load, still serving %s/%s: %s",
+                              update.version, update.path, processor.recommender.name, processor.recommender.version, e)
+                    continue
+                metrics.model_loads.labels("ok").inc()
             async with busy:  # between micro-batches: none is being applied now
                 await drain()
+                # A shadow compares with the champion being replaced: it ends with it.
+                ended = await asyncio.get_running_loop().run_in_executor(executor, processor.end_shadow)
                 old = processor.recommender
                 processor.recommender = new
-            metrics.model_loads.labels("ok").inc()
+            if ended is not None:
+                log.info("shadow of %s ended by %s %s: %s", ended.version, update.action, update.version, ended.summary())
             metrics.model_info.labels(old.name, old.version).set(0)
             metrics.model_info.labels(new.name, new.version).set(1)
             log.info("%s: now serving %s/%s (was %s/%s)", update.action, new.name, new.version, old.name, old.version)

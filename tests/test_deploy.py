@@ -1,12 +1,13 @@
-"""The deployment (deploy/) against the real worker: compose file, Prometheus configuration and
-rules, Grafana provisioning and dashboard, and the README's metrics table.
+"""The deployment (deploy/) against the real worker and retraining job: compose file, Prometheus
+configuration and rules, Grafana provisioning and dashboard, and the README's metrics tables.
 
 Nothing here can pull images or reach a Kafka cluster, so this checks what can be checked on
 this machine: the files parse and agree with each other, ``promtool`` accepts the Prometheus
 files (when installed: ``scripts/install-prometheus.sh``), ``docker compose config`` accepts the
 compose file (when a compose plugin is installed), and every PromQL expression of the dashboard
-and the rules names a metric that a real worker, fed a slice of MovieLens on the embedded
-broker, exports at ``/metrics``.
+and the rules names a metric that a real worker (fed a slice of MovieLens on the embedded
+broker, with a candidate in shadow) or a real ``streamrec retrain --every`` job exports at
+``/metrics``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -34,6 +36,7 @@ METRICS_DOC = ROOT / "README.md"
 DATA = Path(__file__).parent / "data"
 
 WORKER_JOB = "streamrec-worker"
+RETRAIN_JOB = "streamrec-retrain"
 # Series that Prometheus itself attaches to every scrape target (not exported by the worker).
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
                         "scrape_samples_post_metric_relabeling", "scrape_series_added"}
@@ -140,32 +143,86 @@ def rules_exprs() -> tuple[list[tuple[str, str]], set[str]]:
 @pytest.fixture(scope="module")
 def exposition(broker, tmp_path_factory) -> str:
     """/metrics of a worker that consumed 5,000 MovieLens ratings in five rounds (the later
-    rounds are graded against lists of the earlier ones, so online metrics exist)."""
+    rounds are graded against lists of the earlier ones, so online metrics exist). It serves a
+    tiny SASRec champion from a registry and, from the second round on, scores a candidate in
+    shadow (so the shadow-mode series exist too)."""
+    from model.config import ModelConfig, TrainConfig
+    from model.registry import Registry
+    from model.retrain import RetrainConfig, retrain
     from storage.movielens import load_ratings
     from streams.config import Settings
+    from streams.model_updates import announce
     from streams.replay import make_producer, replay
 
     tmp = tmp_path_factory.mktemp("deploy")
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="deploy-interactions",
                  dlq_topic="deploy-interactions.dlq", recommendations_topic="deploy-recommendations",
                  group_id="deploy-worker", db=str(tmp / "w.duckdb"))
-    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, batch_size=500)
+    ratings = load_ratings(DATA / "ratings.csv").slice(0, 5000)
+    registry = Registry(tmp / "registry")
+    tiny = ModelConfig(kind="sasrec", d_model=16, n_heads=1, max_len=20)
+    retrain(registry, ratings.slice(0, 1000), RetrainConfig(cold=True, model=tiny, cold_train=TrainConfig(epochs=1)))
+    candidate = registry.register(checkpoint_dir=registry.path("v1"), parent="v1", cutoff=0)
+    updates = "deploy-model-updates"
+    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, batch_size=500, registry=str(registry.root),
+                          model_updates_topic=updates, model_evaluations_topic="deploy-model-evaluations")
     try:
         worker.wait_ready()
-        ratings = load_ratings(DATA / "ratings.csv").slice(0, 5000)
         producer = make_producer(s.bootstrap_servers)
         for start in range(0, 5000, 1000):
             replay(ratings.slice(start, start + 1000), s.bootstrap_servers, s.interactions_topic,
                    progress=False, producer=producer)
             wait_metrics(worker, lambda m: m.get("streamrec_store_events", 0) >= start + 1000, "stored events")
+            if start == 0:
+                announce(s.bootstrap_servers, updates, candidate, str(registry.path(candidate)), "shadow")
+                wait_metrics(worker, lambda m: m['streamrec_model_loads_total{outcome="ok"}'] == 1, "shadow loaded")
         producer.produce(s.interactions_topic, value=b'{"user_id": 1, "item_id": ', key=b"1")  # one DLQ entry
         producer.flush(10)
         wait_metrics(worker, lambda m: m.get("streamrec_events_consumed_total", 0) >= 5001, "the bad message")
         wait_metrics(worker, lambda m: any(k.startswith("streamrec_online_ndcg{") for k in m), "online NDCG")
+        wait_metrics(worker, lambda m: any(k.startswith("streamrec_shadow_events{") and v > 0 for k, v in m.items()),
+                     "paired shadow events")
         with urllib.request.urlopen(worker.metrics_url, timeout=5) as r:
             return r.read().decode()
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def retrain_exposition(tmp_path_factory) -> str:
+    """/metrics of a running ``streamrec retrain --every 1s --metrics-port P`` job, after a run.
+
+    Its ratings have no user with 3 events, so every run is skipped at once (no training): the
+    job's metrics all exist from its start (labelled ones with every label value), which is what
+    this module checks; tests/test_shadow_e2e.py checks their values after real runs."""
+    import sys
+
+    from streams.broker import free_port
+    from streams.processes import parse_metrics
+
+    tmp = tmp_path_factory.mktemp("retrain")
+    (tmp / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,1000\n2,20,3.5,1001\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "streams.cli", "retrain", "--registry", str(tmp / "registry"), "--ratings",
+           str(tmp / "ratings.csv"), "--every", "1s", "--metrics-port", str(port)]
+    with open(tmp / "retrain.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp / "retrain.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                text = ""
+            if parse_metrics(text).get('streamrec_retrain_runs_total{outcome="skipped"}', 0) >= 1:
+                return text
+            time.sleep(0.3)
+        raise TimeoutError(f"no skipped run on the job's /metrics; see {tmp / 'retrain.log'}")
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 
@@ -254,6 +311,49 @@ def test_compose_has_the_services_and_matches_the_scrape_targets():
     assert prom["global"]["scrape_interval"] == "5s"
 
 
+def _option(command: list[str], flag: str) -> list[str]:
+    """The values after ``flag`` in an argument list (up to the next option)."""
+    i = command.index(flag) + 1
+    out = []
+    while i < len(command) and not str(command[i]).startswith("--"):
+        out.append(str(command[i]))
+        i += 1
+    return out
+
+
+def test_compose_runs_the_retraining_job_and_prometheus_scrapes_it():
+    compose = load_yaml(COMPOSE)
+    services = compose["services"]
+    workers = {n: s for n, s in services.items() if s.get("command", [None])[0] == "worker"}
+    jobs = {n: s for n, s in services.items() if s.get("command", [None])[0] == "retrain"}
+    assert len(jobs) == 1
+    name, job = next(iter(jobs.items()))
+    cmd = job["command"]
+    assert _option(cmd, "--metrics-host") == ["0.0.0.0"] and "--every" in cmd and "--shadow" in cmd
+    port = _option(cmd, "--metrics-port")[0]
+    assert any(str(p).endswith(f":{port}") for p in job["ports"])
+    prom = {j["job_name"]: j for j in load_yaml(PROMETHEUS)["scrape_configs"]}
+    targets = {t for sc in prom[RETRAIN_JOB]["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{job.get('hostname', name)}:{port}"}, "prometheus.yml must scrape the compose job"
+    assert prom[RETRAIN_JOB].get("metrics_path", "/metrics") == "/metrics"
+    kafka_env = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert f"//{job['environment']['STREAMREC_BOOTSTRAP_SERVERS']}" in kafka_env
+
+    # The job reads what the workers export and writes the registry they serve, on shared volumes.
+    def volume_of(svc: dict, path: str) -> str:
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        return next(src for target, src in mounts.items() if path == target or path.startswith(target.rstrip("/") + "/"))
+
+    registry = _option(cmd, "--registry")[0]
+    exports = _option(cmd, "--export-dir")
+    env = {n: {**w.get("environment", {})} for n, w in workers.items()}
+    assert sorted(e["STREAMREC_EXPORT_DIR"] for e in env.values()) == sorted(exports), "one export dir per worker"
+    for n, w in workers.items():
+        assert env[n]["STREAMREC_REGISTRY"] == registry
+        assert volume_of(w, registry) == volume_of(job, registry) in compose["volumes"]
+        assert volume_of(w, env[n]["STREAMREC_EXPORT_DIR"]) == volume_of(job, env[n]["STREAMREC_EXPORT_DIR"])
+
+
 def test_grafana_provisioning_matches_compose_and_dashboard():
     compose = load_yaml(COMPOSE)
     grafana = compose["services"]["grafana"]
@@ -327,12 +427,20 @@ def test_every_expression_parses():
         assert promql_metric_names(expr), (where, expr)
 
 
-# --- against a real worker ---------------------------------------------------------------------
+# --- against a real worker and a real retraining job ---------------------------------------------
+
+
+def merged_series(*texts: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for text in texts:
+        for name, labels in sample_names(text).items():
+            out.setdefault(name, set()).update(labels)
+    return out
 
 
 @pytest.mark.slow
-def test_dashboard_and_rules_use_only_exported_metrics(exposition):
-    series = sample_names(exposition)
+def test_dashboard_and_rules_use_only_exported_metrics(exposition, retrain_exposition):
+    series = merged_series(exposition, retrain_exposition)
     _, recorded = rules_exprs()
     labels_of = {**{n: set(ls) | TARGET_LABELS for n, ls in series.items()},
                  **{n: TARGET_LABELS | {"reason", "stage", "model"} for n in recorded},
@@ -342,7 +450,7 @@ def test_dashboard_and_rules_use_only_exported_metrics(exposition):
         names = promql_metric_names(expr)
         for name in names:
             if name not in series and name not in recorded and name not in PROMETHEUS_SYNTHETIC:
-                problems.append(f"{where}: {name} is not exported by the worker")
+                problems.append(f"{where}: {name} is exported by neither the worker nor the retraining job")
         known = set().union(*(labels_of.get(n, set()) for n in names))
         for label in promql_label_names(expr) - known:
             problems.append(f"{where}: label {label} is on none of {sorted(names)}")
@@ -350,42 +458,53 @@ def test_dashboard_and_rules_use_only_exported_metrics(exposition):
 
 
 @pytest.mark.slow
-def test_dashboard_covers_the_operational_metrics(exposition):
+def test_dashboard_covers_the_operational_metrics(exposition, retrain_exposition):
     used = set().union(*(promql_metric_names(e) for _, e in dashboard_exprs()))
     wanted = {
         "streamrec_events_consumed_total", "streamrec_events_stored_total", "streamrec_events_rejected_total",
         "streamrec_lists_published_total", "streamrec_batch_size_events_bucket",
         "streamrec_stage_latency_seconds_bucket", "streamrec_freshness_seconds_bucket",
         "streamrec_inference_seconds_bucket", "streamrec_online_ndcg", "streamrec_online_hit_rate",
-        "streamrec_online_recall", "streamrec_model_info",
+        "streamrec_online_recall", "streamrec_model_info", "streamrec_shadow_ndcg",
     }
-    assert wanted <= used, sorted(wanted - used)
+    wanted_retrain = {"streamrec_retrain_runs_total", "streamrec_retrain_duration_seconds_bucket",
+                      "streamrec_retrain_last_success_timestamp_seconds", "streamrec_retrain_shadow_ndcg_diff"}
+    assert wanted | wanted_retrain <= used, sorted((wanted | wanted_retrain) - used)
     assert set(sample_names(exposition)) >= wanted
+    assert set(sample_names(retrain_exposition)) >= wanted_retrain
     by_reason = [e for _, e in dashboard_exprs() if "streamrec_events_rejected_total" in e and "by (reason)" in e]
     assert by_reason, "a panel with the DLQ rate by reason"
-    # Every metric family the worker exports shows on the dashboard in some form.
-    families = exported(exposition)
-    shown = {n for n in families if families[n]["samples"] & used}
-    assert shown == set(families), sorted(set(families) - shown)
+    by_outcome = [e for _, e in dashboard_exprs() if "streamrec_retrain_runs_total" in e and "by (outcome)" in e]
+    assert by_outcome, "a panel with retraining runs by outcome"
+    # Every metric family the worker and the job export shows on the dashboard in some form.
+    for text in (exposition, retrain_exposition):
+        families = exported(text)
+        shown = {n for n in families if families[n]["samples"] & used}
+        assert shown == set(families), sorted(set(families) - shown)
 
 
 _ROW = re.compile(r"^\|\s*`(streamrec_[a-z0-9_:]+)`\s*\|\s*(\w+)\s*\|([^|]*)\|([^|]*)\|([^|]*)\|\s*$")
+WORKER_TABLE = "## Metrics"
+RETRAIN_TABLE = "### Metrics of the retraining job"
 
 
-def documented_metrics() -> dict[str, dict]:
-    """The metrics table of README.md: name, type, labels, unit, meaning."""
-    out = {}
+def documented_metrics(heading: str) -> dict[str, dict]:
+    """The metrics table under ``heading`` in README.md (up to the next heading): name, type,
+    labels, unit, meaning."""
+    out, current, fenced = {}, None, False
     for line in METRICS_DOC.read_text().splitlines():
-        if m := _ROW.match(line.strip()):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif line.startswith("#") and not fenced:
+            current = line.strip()
+        elif current == heading and (m := _ROW.match(line.strip())):
             name, kind, labels, unit, meaning = m.groups()
             out[name] = {"type": kind, "labels": sorted(re.findall(r"`(\w+)`", labels)),
                          "unit": unit.strip(), "meaning": meaning.strip()}
     return out
 
 
-@pytest.mark.slow
-def test_readme_documents_every_exported_metric(exposition):
-    docs, actual = documented_metrics(), exported(exposition)
+def check_documented(docs: dict[str, dict], actual: dict[str, dict]) -> None:
     assert sorted(set(actual) - set(docs)) == [], "exported but not in README.md"
     assert sorted(set(docs) - set(actual)) == [], "documented but not exported"
     for name, info in actual.items():
@@ -395,4 +514,17 @@ def test_readme_documents_every_exported_metric(exposition):
         assert docs[name]["unit"] and docs[name]["meaning"], name
         if name.endswith("_seconds") or name.endswith("_seconds_total"):
             assert "second" in docs[name]["unit"], name
+
+
+@pytest.mark.slow
+def test_readme_documents_every_exported_metric(exposition):
+    check_documented(documented_metrics(WORKER_TABLE), exported(exposition))
     assert "_created" in METRICS_DOC.read_text(), "the note on prometheus_client's _created series"
+
+
+@pytest.mark.slow
+def test_readme_documents_every_retrain_metric(retrain_exposition):
+    docs, actual = documented_metrics(RETRAIN_TABLE), exported(retrain_exposition)
+    assert all(f["samples"] for f in actual.values()), "every job metric exists from the start"
+    check_documented(docs, actual)
+    assert not set(docs) & set(documented_metrics(WORKER_TABLE)), "a metric is in both tables"

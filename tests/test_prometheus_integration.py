@@ -3,9 +3,10 @@
 The server (Debian package ``prometheus``, installed by ``scripts/install-prometheus.sh``) runs
 on a free loopback port with its own TSDB in a temporary folder, the scrape jobs of
 ``deploy/prometheus/prometheus.yml`` (same job names and metrics paths, the targets replaced by
-the test worker's port, 1 s intervals) and the rules of ``deploy/prometheus/rules.yml``. A short
-MovieLens replay goes through the worker on the embedded broker; the values Prometheus returns
-must equal what the worker's /metrics shows. Skipped when the server is not installed.
+the test worker's port and the retraining job's metrics server, 1 s intervals) and the rules of
+``deploy/prometheus/rules.yml``. A short MovieLens replay goes through the worker on the embedded
+broker; the values Prometheus returns must equal what the worker's /metrics shows. Skipped when
+the server is not installed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import free_port
+from streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
 from streams.processes import metric_sum
 from streams.replay import make_producer, replay
 from tests.conftest import start_worker
@@ -44,8 +46,12 @@ def prometheus_binary() -> str:
     return found
 
 
-def scrape_config_for(project: dict, worker_port: int, rules: Path) -> dict:
-    """The project's scrape configuration pointed at one worker on loopback, scraped every second."""
+WORKER_JOB, RETRAIN_JOB = "streamrec-worker", "streamrec-retrain"
+
+
+def scrape_config_for(project: dict, ports: dict[str, int], rules: Path) -> dict:
+    """The project's scrape configuration with each job pointed at ``ports[job]`` on loopback,
+    scraped every second."""
     config = {
         "global": dict(project.get("global", {}), scrape_interval="1s", evaluation_interval="1s",
                        scrape_timeout="1s"),
@@ -55,7 +61,7 @@ def scrape_config_for(project: dict, worker_port: int, rules: Path) -> dict:
     for job in project["scrape_configs"]:
         job = {k: v for k, v in job.items() if k not in ("static_configs", "file_sd_configs", "dns_sd_configs")}
         job.update(scrape_interval="1s", scrape_timeout="1s",
-                   static_configs=[{"targets": [f"127.0.0.1:{worker_port}"]}])
+                   static_configs=[{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}])
         config["scrape_configs"].append(job)
     return config
 
@@ -128,13 +134,19 @@ def run(broker, tmp_path_factory):
                  dlq_topic="prom-interactions.dlq", recommendations_topic="prom-recommendations",
                  group_id="prom-worker", db=str(tmp / "w.duckdb"))
     worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, batch_size=500)
+    # The retraining job's metrics, served as `streamrec retrain --metrics-port` serves them.
+    retrain = RetrainMetrics()
+    retrain.runs.labels("promoted").inc()
+    retrain_port = free_port()
+    server, _ = retrain.serve("127.0.0.1", retrain_port)
     project = yaml.safe_load(PROJECT_CONFIG.read_text())
-    prom = Prometheus(binary, scrape_config_for(project, worker.port, RULES), tmp)
+    prom = Prometheus(binary, scrape_config_for(project, {WORKER_JOB: worker.port, RETRAIN_JOB: retrain_port}, RULES),
+                      tmp)
     try:
         prom.wait_ready()
         worker.wait_ready()
         # Scraped before any event, so counters start from 0 in Prometheus too.
-        _until(lambda: ((r := prom.query("up")) and r[0]["value"][1] == "1", r), "target up")
+        _until(lambda: (len(r := prom.query("up")) == 2 and all(x["value"][1] == "1" for x in r), r), "targets up")
         ratings = load_ratings(DATA / "ratings.csv").slice(0, N_EVENTS)
         producer = make_producer(s.bootstrap_servers)
         for start in range(0, N_EVENTS, 1000):
@@ -150,6 +162,7 @@ def run(broker, tmp_path_factory):
     finally:
         prom.stop()
         worker.stop()
+        server.shutdown()
 
 
 def _prom_value(prom: Prometheus, expr: str, want: float, timeout: float = 15.0) -> float:
@@ -174,9 +187,18 @@ def test_prometheus_stores_the_worker_counters(run):
     # A histogram's count and a label of the job's target survive the round trip.
     count = m["streamrec_freshness_seconds_count"]
     assert count > 0 and _prom_value(prom, "streamrec_freshness_seconds_count", count) == count
-    target = prom.get("/api/v1/targets")["activeTargets"]
-    assert [(t["labels"]["job"], t["health"]) for t in target] == [(job, "up")]
-    assert target[0]["scrapeUrl"].endswith(run["project"]["scrape_configs"][0].get("metrics_path", "/metrics"))
+    targets = {t["labels"]["job"]: t for t in prom.get("/api/v1/targets")["activeTargets"]}
+    assert {j: t["health"] for j, t in targets.items()} == {WORKER_JOB: "up", RETRAIN_JOB: "up"}
+    assert job == WORKER_JOB
+    for sc in run["project"]["scrape_configs"]:
+        assert targets[sc["job_name"]]["scrapeUrl"].endswith(sc.get("metrics_path", "/metrics"))
+
+
+def test_prometheus_stores_the_retrain_job_metrics(run):
+    prom = run["prom"]
+    assert _prom_value(prom, f'streamrec_retrain_runs_total{{job="{RETRAIN_JOB}",outcome="promoted"}}', 1.0) == 1.0
+    r = prom.query(f'streamrec_retrain_runs_total{{job="{RETRAIN_JOB}"}}')
+    assert sorted(x["metric"]["outcome"] for x in r) == sorted(RETRAIN_OUTCOMES)
 
 
 def test_prometheus_stores_the_online_metrics(run):

@@ -1,0 +1,215 @@
+"""Scale-out: which worker's database owns which offsets of each interactions partition, and
+how a worker that takes a partition over gets that partition's users' history.
+
+Several workers share the ``interactions`` partitions through their consumer group, each with
+its own DuckDB file. Two problems arise when a partition moves from worker A to worker B:
+
+1. **B needs the users' history**, which lies in A's database. B replays the partition from
+   Kafka up to where it starts (``recover``) and stores those events as copies
+   (``owned = false``), so its ``sequences`` and seen items are whole. Not a compacted
+   changelog of sequences: that would add a message per touched user per micro-batch to the hot
+   path, and the interactions log already holds everything needed (limit: the topic's retention
+   must keep every event; a partition trimmed by retention recovers what is left, with a warning).
+
+2. **Each event must be owned by exactly one database.** A worker stores a micro-batch, then
+   publishes, then its offsets are committed; if it is killed between its DuckDB commit and the
+   Kafka commit, its database holds events that the partition's next owner consumes again. No
+   order of two commits in two systems closes that window, so ownership is written down in
+   Kafka instead: before a worker stores the first batch of a partition after an assignment, it
+   appends a *claim* ``(partition, first offset, database id)`` to the ownership log (a
+   one-partition topic, ``<interactions>.owners``) and waits for the broker's ack. Offset ``o``
+   of a partition belongs to the database of the *last claim in log order whose start <= o*.
+   Whenever a worker reads the log (on start and on every claim) it marks the rows it holds in
+   offsets that another database owns as ``owned = false`` (``fence``): the events a killed worker
+   stored past its last commit are owned by whoever consumed them next, as soon as the killed
+   worker's database is opened again. A gracefully stopped or rebalanced worker commits before
+   it lets its partitions go (see ``streams/worker.py``), so it leaves nothing to fence.
+
+Limits: a worker that is alive but has lost its partitions (a long pause past the session
+timeout) may store a batch after the new owner's claim; those rows are fenced at its next claim
+or restart, not at once. Users' in-memory state of partitions a worker lost stays until restart.
+
+>>> claims = [Claim("g", 0, 0, "A", 1), Claim("g", 0, 120, "B", 2), Claim("g", 1, 0, "B", 3)]
+>>> segments(claims, 0)
+[(0, 120, 'A'), (120, None, 'B')]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import msgspec
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from storage.store import EventStore
+from streams.events import decode_batch
+
+log = logging.getLogger(__name__)
+
+
+class Claim(msgspec.Struct):
+    group: str  # consumer group: several deployments may share one interactions topic
+    partition: int
+    start: int  # first offset the claiming database owns
+    db_id: str
+    claimed_at: int  # ms since the epoch
+    nonce: str = ""  # lets the claimant find its own claim when it reads the log back
+
+
+def owners_topic(interactions_topic: str) -> str:
+    return f"{interactions_topic}.owners"
+
+
+def segments(claims: list[Claim], partition: int) -> list[tuple[int, int | None, str]]:
+    """[(lo, hi, db_id)] of ``partition``; ``hi`` None is open-ended. Each claim, in log order,
+    takes everything from its start on.
+
+    >>> segments([Claim("g", 0, 0, "A", 1), Claim("g", 0, 50, "B", 2), Claim("g", 0, 90, "A", 3)], 0)
+    [(0, 50, 'A'), (50, 90, 'B'), (90, None, 'A')]
+    >>> segments([Claim("g", 0, 10, "A", 1), Claim("g", 0, 10, "A", 2)], 0)   # a re-claim changes nothing
+    [(10, None, 'A')]
+    """
+    out: list[tuple[int, int | None, str]] = []
+    for c in claims:
+        if c.partition != partition:
+            continue
+        out = [(lo, c.start if hi is None or hi > c.start else hi, db) for lo, hi, db in out if lo < c.start]
+        if out and out[-1][2] == c.db_id and out[-1][1] == c.start:
+            out[-1] = (out[-1][0], None, c.db_id)
+        else:
+            out.append((c.start, None, c.db_id))
+    return out
+
+
+class OwnershipLog:
+    """The claims of one consumer group, read from and appended to the owners topic."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        self.bootstrap, self.topic, self.group = bootstrap, topic, group
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self._decode = msgspec.json.Decoder(Claim).decode
+
+    def read(self, until_nonce: str | None = None, timeout: float = 30.0) -> list[Claim]:
+        """Every claim of this group in log order (up to and including ``until_nonce``'s)."""
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"owners-reader-{uuid.uuid4().hex}",
+                      "enable.auto.commit": False, "enable.partition.eof": True})
+        c.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+        claims, deadline, found = [], time.monotonic() + timeout, until_nonce is None
+        try:
+            while time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error():  # end of the log (fetch responses carry the true high watermark)
+                    if found:
+                        return claims
+                    continue
+                claim = self._decode(msg.value())
+                if claim.group == self.group:
+                    claims.append(claim)
+                found = found or claim.nonce == until_nonce
+        finally:
+            c.close()
+        raise TimeoutError(f"ownership log {self.topic}: not read to its end in {timeout}s")
+
+    def claim(self, partition: int, start: int, db_id: str) -> list[Claim]:
+        """Append a claim, wait for the broker's ack; returns the log up to and including it."""
+        claim = Claim(self.group, partition, start, db_id, int(time.time() * 1000), uuid.uuid4().hex)
+        self.producer.produce(self.topic, key=str(partition).encode(), value=msgspec.json.encode(claim))
+        if self.producer.flush(30):
+            raise RuntimeError(f"claim of partition {partition} not acknowledged by {self.topic}")
+        return self.read(until_nonce=claim.nonce)
+
+
+def fence(store: EventStore, claims: list[Claim]) -> int:
+    """Disown the rows ``store`` holds in offsets another database owns; returns how many."""
+    n = 0
+    for p in sorted({c.partition for c in claims}):
+        for lo, hi, db in segments(claims, p):
+            if db != store.db_id:
+                n += store.disown(p, lo, hi)
+    return n
+
+
+def read_partition(bootstrap: str, topic: str, partition: int, lo: int, hi: int, timeout: float = 120.0):
+    """Raw records of ``topic[partition]`` at offsets [lo, hi) as (values, offsets)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"recovery-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024**2})
+    c.assign([TopicPartition(topic, partition, lo)])
+    values, offsets, deadline = [], [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msgs = [m for m in c.consume(10_000, timeout=0.5) if not m.error()]
+            for m in msgs:
+                if m.offset() < hi:
+                    values.append(m.value())
+                    offsets.append(m.offset())
+            if msgs and msgs[-1].offset() >= hi - 1:
+                break
+        else:
+            raise TimeoutError(f"{topic}[{partition}] offsets {lo}..{hi}: not read in {timeout}s")
+    finally:
+        c.close()
+    if offsets and offsets[0] > lo:
+        log.warning("%s[%d]: offsets %d..%d are gone from Kafka (retention); those users' history is partial",
+                    topic, partition, lo, offsets[0] - 1)
+    return values, np.asarray(offsets, np.int64)
+
+
+class Ownership:
+    """A worker's side of it: claim each partition once per assignment, fence, recover."""
+
+    def __init__(self, store: EventStore, bootstrap: str, interactions_topic: str, group: str):
+        self.store, self.bootstrap, self.topic = store, bootstrap, interactions_topic
+        self.log = OwnershipLog(bootstrap, owners_topic(interactions_topic), group)
+        self.claimed: set[int] = set()
+        self.recovered_events = 0  # copies stored by recoveries, for the metric
+        self.fenced_events = 0
+
+    def open(self) -> int:
+        """On start: disown what other databases took over while this one was down."""
+        n = fence(self.store, self.log.read())
+        self.fenced_events += n
+        if n:
+            log.warning("ownership: %d events this database stored past its last commit are owned elsewhere", n)
+        return n
+
+    def reset(self) -> None:
+        """A rebalance: every partition is claimed again before its next batch is stored."""
+        self.claimed.clear()
+
+    def ensure(self, partitions: np.ndarray, offsets: np.ndarray) -> list[int]:
+        """Claim the batch's partitions not claimed since the last rebalance (the first offset of
+        each is where this database's ownership starts); returns those claimed now."""
+        new = sorted(set(np.unique(partitions).tolist()) - self.claimed)
+        for p in new:
+            start = int(offsets[partitions == p].min())
+            claims = self.log.claim(p, start, self.store.db_id)
+            self.fenced_events += fence(self.store, claims)
+            self._recover(p, start, claims)
+            self.claimed.add(p)
+        return new
+
+    def _recover(self, partition: int, start: int, claims: list[Claim]) -> None:
+        """Copy the events of ``partition`` below ``start`` that other databases own."""
+        t0 = time.time()
+        n = 0
+        for lo, hi, db in segments(claims, partition):
+            hi = start if hi is None or hi > start else hi
+            if db == self.store.db_id or lo >= hi or self.store.is_recovered(partition, lo, hi):
+                continue
+            values, offsets = read_partition(self.bootstrap, self.topic, partition, lo, hi)
+            batch = decode_batch(values)  # invalid ones were dead-lettered by their owner
+            idx = batch.index
+            result = self.store.append(batch.key, batch.event_id, batch.user, batch.item, batch.event_time,
+                                       batch.event_type, batch.rating, np.full(len(idx), partition, np.int32),
+                                       offsets[idx], owned=False)
+            self.store.mark_recovered(partition, lo, hi)
+            n += result.n_new
+        self.recovered_events += n
+        if n:
+            log.info("ownership: partition %d from offset %d; recovered %d earlier events from Kafka in %.1fs",
+                     partition, start, n, time.time() - t0)

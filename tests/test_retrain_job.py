@@ -1,0 +1,41 @@
+"""The retraining job's outcomes as Prometheus metrics, for runs that never reach training
+(promotions and shadow decisions are counted in tests/test_shadow_e2e.py)."""
+
+import pytest
+
+from streams.cli import build_parser
+from streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
+from streams.processes import parse_metrics
+from streams.retraining import run_retrain
+
+
+def runs(metrics: RetrainMetrics) -> dict[str, float]:
+    m = parse_metrics(metrics.expose().decode())
+    return {o: m[f'streamrec_retrain_runs_total{{outcome="{o}"}}'] for o in RETRAIN_OUTCOMES}
+
+
+def test_a_run_with_nothing_to_train_on_is_skipped(tmp_path):
+    metrics = RetrainMetrics()
+    args = build_parser().parse_args(["retrain", "--registry", str(tmp_path / "reg"), "--export-dir", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="no events"):
+        run_retrain(args, metrics)
+    assert runs(metrics) == {**dict.fromkeys(RETRAIN_OUTCOMES, 0.0), "skipped": 1.0}
+    assert parse_metrics(metrics.expose().decode())["streamrec_retrain_last_success_timestamp_seconds"] == 0
+
+
+def test_a_run_that_breaks_counts_as_failed(tmp_path):
+    bad = tmp_path / "export"
+    bad.mkdir()
+    (bad / "events-1.parquet").write_bytes(b"not parquet")
+    metrics = RetrainMetrics()
+    args = build_parser().parse_args(["retrain", "--registry", str(tmp_path / "reg"), "--export-dir", str(bad)])
+    with pytest.raises(Exception, match="(?i)parquet"):
+        run_retrain(args, metrics)
+    assert runs(metrics)["failed"] == 1.0 and sum(runs(metrics).values()) == 1.0
+
+
+def test_shadow_needs_a_broker(tmp_path):
+    args = build_parser().parse_args(["retrain", "--registry", str(tmp_path), "--ratings", "x.csv", "--shadow",
+                                      "--bootstrap-servers", ""])
+    with pytest.raises(SystemExit, match="--shadow: give --bootstrap-servers"):
+        run_retrain(args)
