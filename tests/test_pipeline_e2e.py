@@ -201,7 +201,7 @@ def owned_events(path: str) -> tuple[list, dict[int, list[int]], dict]:
 
 
 def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run, tmp_path):
-    """Scale-out: two workers share a 4-partition topic; one is SIGKILLed while the replay runs.
+    """Scale-out: a second worker joins a 4-partition topic mid-replay and is SIGKILLed while the replay runs.
 
     The survivor takes its partitions over, copies their earlier events from Kafka, and ends
     with every user's sequence equal to the single-worker run's; every event is owned by
@@ -219,22 +219,24 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
     dbs = [str(tmp_path / "w1.duckdb"), str(tmp_path / "w2.duckdb")]
     w1 = start_worker(dataclasses.replace(s, db=dbs[0]), tmp_path / "w1.log", batch_size=1000, partitions=4)
     w1.wait_ready()
+
+    def produce():  # a timed replay: 20 slices, a second apart
+        producer = make_producer(s.bootstrap_servers)
+        for part in np.array_split(np.arange(len(ratings)), 20):
+            replay(ratings.slice(int(part[0]), int(part[-1]) + 1), s.bootstrap_servers, s.interactions_topic,
+                   progress=False, producer=producer)
+            time.sleep(1.0)
+
+    replaying = threading.Thread(target=produce)
+    replaying.start()
+    # W2 joins while W1 is ingesting: a graceful hand-over of two partitions, then W2 is killed.
     w2 = start_worker(dataclasses.replace(s, db=dbs[1]), tmp_path / "w2.log", batch_size=1000, partitions=4)
     try:
-        deadline = time.time() + 60  # W2's join moves two of W1's partitions to it
+        deadline = time.time() + 60
         while not (len(w2.wait_ready()["partitions"]) == 2 and len(w1.wait_ready()["partitions"]) == 2):
             assert time.time() < deadline, "the two workers did not split the partitions"
             time.sleep(0.5)
-
-        def produce():  # a timed replay: 20 slices, a second apart (the takeover comes in the middle)
-            producer = make_producer(s.bootstrap_servers)
-            for part in np.array_split(np.arange(len(ratings)), 20):
-                replay(ratings.slice(int(part[0]), int(part[-1]) + 1), s.bootstrap_servers, s.interactions_topic,
-                       progress=False, producer=producer)
-                time.sleep(1.0)
-
-        replaying = threading.Thread(target=produce)
-        replaying.start()
+        joined_during_replay = replaying.is_alive()
         wait_stored(w2, 15_000)
         w2.kill()
         killed_during_replay = replaying.is_alive()
@@ -257,7 +259,7 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
     finally:
         w1.stop()
         w2.kill()
-    assert killed_during_replay, "the worker was to be killed while the replay was still producing"
+    assert joined_during_replay and killed_during_replay, "the join and the kill were to happen mid-replay"
     ev1, seqs1, log1 = owned_events(dbs[0])
     ev2, _, log2 = owned_events(dbs[1])
     clean_events, clean_seqs, _ = clean_run["db"]
@@ -266,6 +268,9 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
     assert sorted(ev1 + ev2) == clean_events  # exactly once across the two
     assert seqs1 == clean_seqs  # the survivor holds every user's whole sequence
     assert m["streamrec_events_recovered_total"] > 0 and m["streamrec_partition_claims_total"] >= 4
+    # W1 let its two partitions go gracefully (finishing and committing its batches first): it held
+    # nothing past its commit that W2 consumed again, so nothing of W1's was ever fenced.
+    assert m["streamrec_events_disowned_total"] == 0
     print(f"killed worker owned {n_dead} events ({fenced} fenced on reopening); "
           f"survivor copied {m['streamrec_events_recovered_total']:.0f} from Kafka")
     # No list, before or after the takeover, shows an item its user had seen up to its trigger.
