@@ -210,7 +210,7 @@ def handover(settings: Settings, dead: WorkerProcess, alive: list[WorkerProcess]
             if not any(segments(claims, p)[-1][2] == store.db_id for p in {c.partition for c in claims}):
                 break
             time.sleep(0.5)
-        fenced = ownership.open()
+        fenced = ownership.refresh()
         owned = store.count()
     finally:
         store.close()

@@ -22,7 +22,8 @@ its own DuckDB file. Two problems arise when a partition moves from worker A to 
    Whenever a worker reads the log (on start and on every claim) it marks the rows it holds in
    offsets that another database owns as ``owned = false`` (``fence``): the events a killed worker
    stored past its last commit are owned by whoever consumed them next, as soon as the killed
-   worker's database is opened again. A gracefully stopped or rebalanced worker commits before
+   worker's database is opened again (a running worker also re-reads the log every few seconds:
+   a restarted worker's claims may precede the claims of the worker that took its partitions). A gracefully stopped or rebalanced worker commits before
    it lets its partitions go (see ``streams/worker.py``), so it leaves nothing to fence.
 
 Limits: a worker that is alive but has lost its partitions (a long pause past the session
@@ -169,8 +170,9 @@ class Ownership:
         self.recovered_events = 0  # copies stored by recoveries, for the metric
         self.fenced_events = 0
 
-    def open(self) -> int:
-        """On start: disown what other databases took over while this one was down."""
+    def refresh(self) -> int:
+        """Disown what other databases own by now: on start (what they took over while this one
+        was down) and every few seconds (claims made after this worker's own last claim)."""
         n = fence(self.store, self.log.read())
         self.fenced_events += n
         if n:

@@ -300,7 +300,7 @@ def create_app(settings: Settings) -> App:
                              "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
         processor = BatchProcessor(settings, store, recommender, producer, metrics)
         processor.ownership = Ownership(store, settings.bootstrap_servers, settings.interactions_topic, settings.group_id)
-        metrics.disowned.inc(processor.ownership.open())  # what others took over while we were down
+        metrics.disowned.inc(processor.ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  settings.db, store.db_id, store.n_events, recommender.name, recommender.version)
@@ -333,6 +333,16 @@ def create_app(settings: Settings) -> App:
             high = consumer.highwater(tp)
             if high is not None:
                 metrics.lag.labels(str(tp.partition)).set(max(high - recs[-1].offset - 1, 0))
+
+    @app.timer(interval=10.0)
+    async def fence_from_ownership_log() -> None:
+        """Disown rows other databases claimed since our own last claim (streams/ownership.py)."""
+        if "processor" in state:
+            processor = state["processor"]
+            n = await asyncio.get_running_loop().run_in_executor(storer, processor.ownership.refresh)
+            if n:
+                metrics.disowned.inc(n)
+                metrics.store_events.set(processor.store.n_events)
 
     @app.timer(interval=settings.eval_snapshot_seconds)
     async def snapshot_evaluation() -> None:

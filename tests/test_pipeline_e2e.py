@@ -249,7 +249,7 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
             assert time.time() < deadline and w1.alive(), f"no takeover; see {w1.log}"
             time.sleep(0.5)
         # Opening the killed worker's database fences what it stored past its last commit.
-        fenced = ownership.open()
+        fenced = ownership.refresh()
         n_dead = dead.count()
         dead.close()
         m = wait_stored(w1, len(ratings) - n_dead, timeout=120)
