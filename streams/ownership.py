@@ -169,11 +169,20 @@ class Ownership:
         self.claimed: set[int] = set()
         self.recovered_events = 0  # copies stored by recoveries, for the metric
         self.fenced_events = 0
+        self._fenced_at = -1  # length of the log at the last fencing
 
-    def refresh(self) -> int:
+    def refresh(self, claims: list[Claim] | None = None) -> int:
         """Disown what other databases own by now: on start (what they took over while this one
-        was down) and every few seconds (claims made after this worker's own last claim)."""
-        n = fence(self.store, self.log.read())
+        was down) and every few seconds (claims made after this worker's own last claim).
+
+        ``claims``: the log, read beforehand (the worker reads it off the store thread); the
+        database is only touched when the log has grown since the last fencing.
+        """
+        claims = self.log.read() if claims is None else claims
+        if len(claims) == self._fenced_at:
+            return 0
+        n = fence(self.store, claims)
+        self._fenced_at = len(claims)
         self.fenced_events += n
         if n:
             log.warning("ownership: %d events this database stored past its last commit are owned elsewhere", n)
@@ -190,7 +199,7 @@ class Ownership:
         for p in new:
             start = int(offsets[partitions == p].min())
             claims = self.log.claim(p, start, self.store.db_id)
-            self.fenced_events += fence(self.store, claims)
+            self.refresh(claims)
             self._recover(p, start, claims)
             self.claimed.add(p)
         return new

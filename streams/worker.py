@@ -267,6 +267,7 @@ def create_app(settings: Settings) -> App:
     decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")  # validate, dead-letter
     storer = ThreadPoolExecutor(1, thread_name_prefix="store")  # DuckDB (and the Parquet export)
     executor = ThreadPoolExecutor(1, thread_name_prefix="publish")  # model, evaluator, producer
+    loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")  # models, the ownership log
     pending: deque[asyncio.Future] = deque()  # batches stored or publishing, oldest first
 
     async def drain() -> None:
@@ -338,8 +339,10 @@ def create_app(settings: Settings) -> App:
     async def fence_from_ownership_log() -> None:
         """Disown rows other databases claimed since our own last claim (streams/ownership.py)."""
         if "processor" in state:
-            processor = state["processor"]
-            n = await asyncio.get_running_loop().run_in_executor(storer, processor.ownership.refresh)
+            processor, loop = state["processor"], asyncio.get_running_loop()
+            # Reading the log takes a consumer round trip: not on the store thread's time.
+            claims = await loop.run_in_executor(loader, processor.ownership.log.read)
+            n = await loop.run_in_executor(storer, processor.ownership.refresh, claims)
             if n:
                 metrics.disowned.inc(n)
                 metrics.store_events.set(processor.store.n_events)
@@ -359,7 +362,6 @@ def create_app(settings: Settings) -> App:
                     storer, export_new_events, state["processor"].store.con, settings.export_dir)
                 metrics.exported.inc(n)
 
-    loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
 
     async def follow_shadow(processor: BatchProcessor, update) -> None:
         """Start or stop scoring a candidate beside the champion (streams/shadow.py): loaded in the
