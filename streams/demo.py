@@ -205,10 +205,12 @@ def handover(settings: Settings, dead: WorkerProcess, alive: list[WorkerProcess]
     try:
         ownership = Ownership(store, settings.bootstrap_servers, settings.interactions_topic, settings.group_id)
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while True:
             claims = ownership.log.read()
             if not any(segments(claims, p)[-1][2] == store.db_id for p in {c.partition for c in claims}):
                 break
+            if time.time() > deadline or not all(w.alive() for w in alive):
+                raise TimeoutError(f"no takeover of {dead.db}'s partitions after {timeout}s; see the workers' logs")
             time.sleep(0.5)
         fenced = ownership.refresh()
         owned = store.count()
