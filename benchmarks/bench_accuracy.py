@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.data import build_sequences, leave_one_out  # noqa: E402
-from model.evaluate import evaluate_split, model_scorer  # noqa: E402
-from model.train import train  # noqa: E402
-from storage.movielens import load_ratings, recbole_ml100k_path  # noqa: E402
+from streamrec.model.config import ModelConfig, TrainConfig  # noqa: E402
+from streamrec.model.data import build_sequences, leave_one_out  # noqa: E402
+from streamrec.model.evaluate import evaluate_split, model_scorer  # noqa: E402
+from streamrec.model.train import train  # noqa: E402
+from streamrec.storage.movielens import load_ratings, recbole_ml100k_path  # noqa: E402
 
 DATASETS = {
     "ml-latest-small": lambda: Path(__file__).resolve().parents[1] / "tests" / "data" / "ratings.csv",

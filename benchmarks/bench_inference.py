@@ -30,14 +30,14 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.checkpoint import Checkpoint  # noqa: E402
-from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.data import pad_left  # noqa: E402
-from model.inference import TransformerRecommender  # noqa: E402
-from model.train import configure_optimizer, make_batch  # noqa: E402
-from model.transformer import build_model  # noqa: E402
-from model.vocab import ItemVocab  # noqa: E402
-from storage.movielens import load_ratings  # noqa: E402
+from streamrec.model.checkpoint import Checkpoint  # noqa: E402
+from streamrec.model.config import ModelConfig, TrainConfig  # noqa: E402
+from streamrec.model.data import pad_left  # noqa: E402
+from streamrec.model.inference import TransformerRecommender  # noqa: E402
+from streamrec.model.train import configure_optimizer, make_batch  # noqa: E402
+from streamrec.model.transformer import build_model  # noqa: E402
+from streamrec.model.vocab import ItemVocab  # noqa: E402
+from streamrec.storage.movielens import load_ratings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

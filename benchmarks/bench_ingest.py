@@ -28,13 +28,13 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from storage.movielens import load_ratings  # noqa: E402
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.config import Settings  # noqa: E402
-from streams.events import Event, encode  # noqa: E402
-from streams.processes import WorkerProcess  # noqa: E402
-from streams.replay import make_producer  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streamrec.storage.movielens import load_ratings  # noqa: E402
+from streamrec.streams.broker import EmbeddedBroker  # noqa: E402
+from streamrec.streams.config import Settings  # noqa: E402
+from streamrec.streams.events import Event, encode  # noqa: E402
+from streamrec.streams.processes import WorkerProcess  # noqa: E402
+from streamrec.streams.replay import make_producer  # noqa: E402
+from streamrec.streams.topics import ensure_topics  # noqa: E402
 
 
 def workload(kind: str, n: int, users: int, items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import metrics as mk  # noqa: E402
+from streamrec.model import metrics as mk  # noqa: E402
 
 
 def make_workload(n_events: int, n_users: int, n_items: int, width: int, seed: int):
@@ -156,7 +156,7 @@ def run_chunks(fn, data, ks, chunk: int):
 def bench_evaluator(data, n_events: int, batch: int) -> tuple[float, int]:
     """The whole ``OnlineEvaluator.score_events`` (lookup, metrics, recall horizons, windows
     per model version) on micro-batches of ``batch`` events; returns (seconds, events)."""
-    from model.online import OnlineEvaluator
+    from streamrec.model.online import OnlineEvaluator
 
     slots, items, times, cur, cur_t, *_ = data
     users = np.flatnonzero(cur_t != mk.NO_LIST)

@@ -26,17 +26,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.registry import Registry  # noqa: E402
-from model.retrain import RetrainConfig, retrain  # noqa: E402
-from storage.evaluation_log import read_evaluation  # noqa: E402
-from storage.movielens import load_ratings  # noqa: E402
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.cli import main as streamrec  # noqa: E402
-from streams.config import Settings  # noqa: E402
-from streams.processes import WorkerProcess  # noqa: E402
-from streams.replay import replay  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streamrec.model.config import ModelConfig, TrainConfig  # noqa: E402
+from streamrec.model.registry import Registry  # noqa: E402
+from streamrec.model.retrain import RetrainConfig, retrain  # noqa: E402
+from streamrec.storage.evaluation_log import read_evaluation  # noqa: E402
+from streamrec.storage.movielens import load_ratings  # noqa: E402
+from streamrec.streams.broker import EmbeddedBroker  # noqa: E402
+from streamrec.streams.cli import main as streamrec  # noqa: E402
+from streamrec.streams.config import Settings  # noqa: E402
+from streamrec.streams.processes import WorkerProcess  # noqa: E402
+from streamrec.streams.replay import replay  # noqa: E402
+from streamrec.streams.topics import ensure_topics  # noqa: E402
 
 
 def wait_stored(w: WorkerProcess, n: int, timeout: float = 300) -> None:

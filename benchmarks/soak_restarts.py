@@ -25,12 +25,12 @@ import duckdb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from storage.movielens import load_ratings  # noqa: E402
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.config import Settings  # noqa: E402
-from streams.processes import WorkerProcess  # noqa: E402
-from streams.replay import replay  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streamrec.storage.movielens import load_ratings  # noqa: E402
+from streamrec.streams.broker import EmbeddedBroker  # noqa: E402
+from streamrec.streams.config import Settings  # noqa: E402
+from streamrec.streams.processes import WorkerProcess  # noqa: E402
+from streamrec.streams.replay import replay  # noqa: E402
+from streamrec.streams.topics import ensure_topics  # noqa: E402
 
 
 def main() -> int:
@@ -79,8 +79,8 @@ def soak_scale_out(args) -> int:
     """Kill and restart a random one of ``--workers`` workers per cycle during a timed replay."""
     import threading
 
-    from streams.demo import check_scale_out
-    from streams.processes import metric_sum
+    from streamrec.streams.demo import check_scale_out
+    from streamrec.streams.processes import metric_sum
 
     rng = random.Random(args.seed)
     ratings = load_ratings(Path(__file__).resolve().parent.parent / "tests" / "data" / "ratings.csv")

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.config import ModelConfig
-from model.transformer import SequentialTransformer, build_model
-from model.vocab import ItemVocab
+from streamrec.model.config import ModelConfig
+from streamrec.model.transformer import SequentialTransformer, build_model
+from streamrec.model.vocab import ItemVocab
 
 WEIGHTS, CARD = "model.safetensors", "card.json"
 FORMAT = "streamrec-transformer/1"

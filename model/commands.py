@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import ModelConfig, TrainConfig
+from streamrec.model.config import ModelConfig, TrainConfig
 
 
 def _add_data_args(p: argparse.ArgumentParser, filter_defaults: bool = True) -> None:
@@ -33,10 +33,10 @@ def _add_data_args(p: argparse.ArgumentParser, filter_defaults: bool = True) -> 
 
 def _load(args):
     if args.db is not None:
-        from storage.store import read_ratings  # the event log's reader (storage issue)
+        from streamrec.storage.store import read_ratings  # the event log's reader (storage issue)
 
         return read_ratings(args.db), f"duckdb:{args.db}"
-    from storage.movielens import load_ratings
+    from streamrec.storage.movielens import load_ratings
 
     return load_ratings(args.ratings), str(args.ratings)
 
@@ -88,10 +88,10 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> int:
-    from model.checkpoint import save_checkpoint
-    from model.data import build_sequences, leave_one_out
-    from model.evaluate import evaluate_split, model_scorer
-    from model.train import train
+    from streamrec.model.checkpoint import save_checkpoint
+    from streamrec.model.data import build_sequences, leave_one_out
+    from streamrec.model.evaluate import evaluate_split, model_scorer
+    from streamrec.model.train import train
 
     tcfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -148,10 +148,10 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args) -> int:
-    from model.checkpoint import load_checkpoint
-    from model.data import build_sequences, leave_one_out
-    from model.evaluate import evaluate_split, model_scorer
-    from model.train import resolve_device
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.data import build_sequences, leave_one_out
+    from streamrec.model.evaluate import evaluate_split, model_scorer
+    from streamrec.model.train import resolve_device
 
     ck = load_checkpoint(args.checkpoint, resolve_device(args.device))
     trained = TrainConfig.from_dict(ck.card.get("train", {}))
@@ -185,8 +185,8 @@ def configure_recommend(p: argparse.ArgumentParser) -> None:
 
 
 def run_recommend(args) -> int:
-    from model.inference import TransformerRecommender
-    from storage.movielens import load_titles
+    from streamrec.model.inference import TransformerRecommender
+    from streamrec.storage.movielens import load_titles
 
     titles = load_titles(args.movies)
     by_title: dict[str, int] = {}

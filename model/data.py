@@ -1,6 +1,6 @@
 """From interactions to per-user item sequences, leave-one-out splits and padded batches.
 
->>> from storage.movielens import Ratings
+>>> from streamrec.storage.movielens import Ratings
 >>> r = Ratings(np.array([1, 2, 1, 1, 2, 1]), np.array([5, 6, 7, 5, 8, 9]),
 ...             np.ones(6, np.float32), np.arange(6))
 >>> seqs, vocab = build_sequences(r, min_user_events=3)
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.vocab import ItemVocab
-from storage.movielens import Ratings
+from streamrec.model.vocab import ItemVocab
+from streamrec.storage.movielens import Ratings
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from model.data import Split, length_sorted_batches, pad_left
-from model.transformer import SequentialTransformer
+from streamrec.model.data import Split, length_sorted_batches, pad_left
+from streamrec.model.transformer import SequentialTransformer
 
 # histories (lists of item indices) -> scores [B, n_items], column j = item j + 1
 Scorer = Callable[[list[np.ndarray]], torch.Tensor]
@@ -112,7 +112,7 @@ def evaluate_histories(
     negatives: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics, plus ``"<name>/<metric>"`` for each set of sampled negatives."""
-    from model.metrics import summarize  # the shared Numba kernels (online evaluator's module)
+    from streamrec.model.metrics import summarize  # the shared Numba kernels (online evaluator's module)
 
     targets = np.asarray(targets, dtype=np.int64)
     negatives = negatives or {}

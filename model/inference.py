@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint, load_checkpoint
-from model.data import length_sorted_batches, pad_left
-from model.recommender import Recommendations, Recommender
-from model.train import resolve_device
+from streamrec.model.checkpoint import Checkpoint, load_checkpoint
+from streamrec.model.data import length_sorted_batches, pad_left
+from streamrec.model.recommender import Recommendations, Recommender
+from streamrec.model.train import resolve_device
 
 
 class TransformerRecommender(Recommender):

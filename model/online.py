@@ -66,7 +66,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from model import metrics as mk
+from streamrec.model import metrics as mk
 
 __all__ = ["PROMETHEUS_GAUGES", "Mean", "OnlineEvaluator", "Rolling", "ScoreResult", "SlotIndex", "SnapshotRow", "TimeRolling"]
 

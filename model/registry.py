@@ -24,9 +24,9 @@ version (JSON + safetensors only, never unpickling), checks the SHA-256 of the w
 registration and that every weight is finite: a truncated or garbled file cannot be promoted.
 
 >>> import tempfile
->>> from model.config import ModelConfig
->>> from model.transformer import build_model
->>> from model.vocab import ItemVocab
+>>> from streamrec.model.config import ModelConfig
+>>> from streamrec.model.transformer import build_model
+>>> from streamrec.model.vocab import ItemVocab
 >>> reg = Registry(tempfile.mkdtemp())
 >>> m = build_model(ModelConfig(n_items=3, max_len=4, d_model=8, n_heads=1, n_layers=1))
 >>> v1 = reg.register(model=m, vocab=ItemVocab.from_ids([10, 20, 30]), cutoff=100)
@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CARD, WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
+from streamrec.model.checkpoint import CARD, WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
 
 INDEX, LOCK = "index.json", ".lock"
 STATUSES = ("candidate", "champion", "retired", "rejected")

@@ -48,7 +48,7 @@ def plot_report(db_path: str | Path, out_png: str | Path, k: int = 10, window: s
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    from storage.evaluation_log import read_evaluation
+    from streamrec.storage.evaluation_log import read_evaluation
 
     db_path, out_png = Path(db_path), Path(out_png)
     if not db_path.is_file():

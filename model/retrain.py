@@ -1,7 +1,7 @@
 """Continuous retraining: warm start from the champion, fine-tune on recent events plus replay,
 gate on the newest held-out events, register (and promote or reject) the candidate.
 
->>> # from storage.export import read_events
+>>> # from streamrec.storage.export import read_events
 >>> # res = retrain(Registry("models"), read_events("export"), RetrainConfig())
 >>> # res.version, res.promoted, res.reason
 
@@ -50,14 +50,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.config import ModelConfig, TrainConfig
-from model.data import Sequences, build_sequences, length_sorted_batches, windows
-from model.evaluate import evaluate_histories, full_ranks, model_scorer
-from model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
-from model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
-from model.transformer import BERT4Rec, SequentialTransformer, build_model
-from model.vocab import ItemVocab
-from storage.movielens import Ratings
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.data import Sequences, build_sequences, length_sorted_batches, windows
+from streamrec.model.evaluate import evaluate_histories, full_ranks, model_scorer
+from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
+from streamrec.model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
+from streamrec.model.transformer import BERT4Rec, SequentialTransformer, build_model
+from streamrec.model.vocab import ItemVocab
+from streamrec.storage.movielens import Ratings
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def holdout_metrics(
     """Full-ranking metrics of ``model`` on held-out ``targets`` (external ids) given ``histories``
     (external ids), read through the model's own vocabulary: unknown history items are dropped,
     an unknown target is a miss. Seen items are excluded from the ranking."""
-    from model.metrics import summarize
+    from streamrec.model.metrics import summarize
 
     model.eval()
     hist = [h[h > 0] for h in (vocab.encode(h) for h in histories)]

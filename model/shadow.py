@@ -43,8 +43,8 @@ from typing import Sequence
 
 import numpy as np
 
-from model import metrics as mk
-from model.online import OnlineEvaluator, ScoreResult
+from streamrec.model import metrics as mk
+from streamrec.model.online import OnlineEvaluator, ScoreResult
 
 __all__ = ["PairedTally", "ShadowComparison", "ShadowDecision", "shadow_decision"]
 

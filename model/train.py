@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.config import ModelConfig, TrainConfig
-from model.data import Split, pad_left, windows
-from model.evaluate import evaluate_histories, model_scorer
-from model.transformer import BERT4Rec, SequentialTransformer, build_model
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.data import Split, pad_left, windows
+from streamrec.model.evaluate import evaluate_histories, model_scorer
+from streamrec.model.transformer import BERT4Rec, SequentialTransformer, build_model
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import ModelConfig
+from streamrec.model.config import ModelConfig
 
 
 class Block(nn.Module):

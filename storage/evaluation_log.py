@@ -5,7 +5,7 @@ the evaluator's watermark (event time). Rows are written in one ``INSERT ... SEL
 Arrow table, never one statement per row.
 
 >>> import duckdb
->>> from model.online import SnapshotRow
+>>> from streamrec.model.online import SnapshotRow
 >>> con = duckdb.connect()
 >>> rows = [SnapshotRow("popularity", "w", 10, "all", "NDCG", 0.25, 40.0)]
 >>> write_snapshot(con, rows, event_time=1_000, time_scale=1)

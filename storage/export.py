@@ -9,7 +9,7 @@ consumer group for the job: the exported events are exactly the accepted, de-dup
 (the DLQ and redeliveries are already filtered out), and the job needs no broker access.
 
 >>> import tempfile, os, numpy as np
->>> from storage.store import EventStore
+>>> from streamrec.storage.store import EventStore
 >>> d = tempfile.mkdtemp()
 >>> store = EventStore(os.path.join(d, "w.duckdb"))
 >>> _ = store.append(np.array([1, 2], np.uint64), ["a", "b"], np.array([7, 7]), np.array([10, 11]),
@@ -31,7 +31,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from storage.movielens import Ratings
+from streamrec.storage.movielens import Ratings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exports (

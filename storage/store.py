@@ -280,7 +280,7 @@ class EventStore:
 def read_ratings(db_path: str | Path):
     """The event log of a (stopped) worker's database as :class:`storage.movielens.Ratings`,
     ordered by event time then arrival; timestamps in seconds."""
-    from storage.movielens import Ratings
+    from streamrec.storage.movielens import Ratings
 
     con = duckdb.connect(str(db_path), read_only=True)
     try:

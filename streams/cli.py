@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from streams.config import Settings
+from streamrec.streams.config import Settings
 
 KAFKA = ["bootstrap_servers"]
 TOPICS = ["interactions_topic", "dlq_topic", "recommendations_topic", "partitions"]
@@ -22,8 +22,8 @@ def _need_bootstrap(settings: Settings) -> None:
 
 
 def cmd_broker(args) -> int:
-    from streams.broker import EmbeddedBroker
-    from streams.topics import ensure_topics
+    from streamrec.streams.broker import EmbeddedBroker
+    from streamrec.streams.topics import ensure_topics
 
     broker = EmbeddedBroker(port=args.port or None).start()
     ensure_topics(Settings(bootstrap_servers=broker.bootstrap, partitions=args.partitions))
@@ -43,8 +43,8 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from streams.topics import ensure_topics
-    from streams.worker import run_worker
+    from streamrec.streams.topics import ensure_topics
+    from streamrec.streams.worker import run_worker
 
     settings = Settings.from_args(args)
     _need_bootstrap(settings)
@@ -54,8 +54,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from streams.replay import replay_file
-    from streams.topics import ensure_topics
+    from streamrec.streams.replay import replay_file
+    from streamrec.streams.topics import ensure_topics
 
     settings = Settings.from_args(args)
     _need_bootstrap(settings)
@@ -67,7 +67,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from streams.demo import run_demo
+    from streamrec.streams.demo import run_demo
 
     return run_demo(args)
 
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # Commands of the model package, when present: (configure, run, help).
-    for module in ("model.commands", "model.report", "streams.retraining"):
+    for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retraining"):
         try:
             mod = importlib.import_module(module)
         except ImportError:

@@ -17,13 +17,13 @@ import numpy as np
 from tqdm import tqdm
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from storage.movielens import load_ratings, load_titles
-from streams.broker import EmbeddedBroker
-from streams.config import Settings
-from streams.pipeline import Recommendation
-from streams.processes import WorkerProcess, metric_sum
-from streams.replay import replay
-from streams.topics import ensure_topics
+from streamrec.storage.movielens import load_ratings, load_titles
+from streamrec.streams.broker import EmbeddedBroker
+from streamrec.streams.config import Settings
+from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.processes import WorkerProcess, metric_sum
+from streamrec.streams.replay import replay
+from streamrec.streams.topics import ensure_topics
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 log = logging.getLogger(__name__)
@@ -198,8 +198,8 @@ def kill_midway(workers: list[WorkerProcess], n_events: int, fraction: float, ki
 def handover(settings: Settings, dead: WorkerProcess, alive: list[WorkerProcess], timeout: float = 120) -> int:
     """Wait until the survivors have claimed the dead worker's partitions, then open its database
     as a restart would (fencing what it stored past its last commit); returns the events it owns."""
-    from storage.store import EventStore
-    from streams.ownership import Ownership, segments
+    from streamrec.storage.store import EventStore
+    from streamrec.streams.ownership import Ownership, segments
 
     store = EventStore(dead.db)
     try:

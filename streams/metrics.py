@@ -124,7 +124,7 @@ class WorkerMetrics:
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
 
         # Online (prequential) evaluation, set from the evaluator's snapshots.
-        from model.online import PROMETHEUS_GAUGES
+        from streamrec.model.online import PROMETHEUS_GAUGES
 
         self.online = {
             metric: Gauge(name, doc, ["model", "version", "k", "window"], registry=r)

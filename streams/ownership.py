@@ -45,8 +45,8 @@ import msgspec
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from storage.store import EventStore
-from streams.events import decode_batch
+from streamrec.storage.store import EventStore
+from streamrec.streams.events import decode_batch
 
 log = logging.getLogger(__name__)
 

@@ -18,18 +18,18 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
-from model.metrics import NO_LIST
-from model.online import OnlineEvaluator
-from model.recommender import Recommendations, Recommender
-from storage.evaluation_log import write_snapshot
-from storage.store import AppendResult, EventStore
-from streams.config import Settings
-from streams.events import EventBatch, decode_batch
-from streams.metrics import WorkerMetrics, observe_many, reject_class
-from streams.ownership import Ownership
+from streamrec.model.metrics import NO_LIST
+from streamrec.model.online import OnlineEvaluator
+from streamrec.model.recommender import Recommendations, Recommender
+from streamrec.storage.evaluation_log import write_snapshot
+from streamrec.storage.store import AppendResult, EventStore
+from streamrec.streams.config import Settings
+from streamrec.streams.events import EventBatch, decode_batch
+from streamrec.streams.metrics import WorkerMetrics, observe_many, reject_class
+from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
-    from streams.shadow import Shadow
+    from streamrec.streams.shadow import Shadow
 
 log = logging.getLogger(__name__)
 

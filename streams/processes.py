@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from streams.broker import free_port
+from streamrec.streams.broker import free_port
 
 
 class WorkerProcess:
@@ -31,7 +31,7 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def start(self) -> "WorkerProcess":
-        cmd = [sys.executable, "-m", "streams.cli", "worker", "--bootstrap-servers", self.bootstrap,
+        cmd = [sys.executable, "-m", "streamrec", "worker", "--bootstrap-servers", self.bootstrap,
                "--db", self.db, "--metrics-port", str(self.port), "--loglevel", self.loglevel]
         for k, v in self.settings.items():
             cmd += ["--" + k.replace("_", "-"), str(v)]

@@ -15,8 +15,8 @@ import msgspec
 from confluent_kafka import Producer
 from tqdm import tqdm
 
-from storage.movielens import Ratings, load_ratings
-from streams.events import Event
+from streamrec.storage.movielens import Ratings, load_ratings
+from streamrec.streams.events import Event
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ import logging
 import re
 import time
 
-from streams.config import Settings
+from streamrec.streams.config import Settings
 
 log = logging.getLogger(__name__)
 
 
 def _registry(args):
-    from model.registry import Registry
+    from streamrec.model.registry import Registry
 
     return Registry(args.registry)
 
@@ -31,7 +31,7 @@ def _announce(args, version: str, action: str) -> None:
         print(f"{action} {version} recorded in the registry; no --bootstrap-servers, so not announced "
               "(workers pick the champion up when they start)")
         return
-    from streams.model_updates import announce
+    from streamrec.streams.model_updates import announce
 
     announce(args.bootstrap_servers, args.model_updates_topic, version, str(_registry(args).path(version)), action)
     print(f"announced {action} {version} on {args.model_updates_topic}")
@@ -108,10 +108,10 @@ def run_retrain(args, metrics=None) -> int:
     """``streamrec retrain``; ``metrics``: a ``RetrainMetrics`` to record into (default: a new one)."""
     from dataclasses import replace
 
-    from model.retrain import RetrainConfig, RetrainError
-    from storage.export import read_events
-    from storage.movielens import load_ratings
-    from streams.metrics import RetrainMetrics
+    from streamrec.model.retrain import RetrainConfig, RetrainError
+    from streamrec.storage.export import read_events
+    from streamrec.storage.movielens import load_ratings
+    from streamrec.streams.metrics import RetrainMetrics
 
     if args.shadow and not args.bootstrap_servers:
         raise SystemExit("retrain --shadow: give --bootstrap-servers (the workers score the candidate and report "
@@ -164,7 +164,7 @@ def run_retrain(args, metrics=None) -> int:
 def _retrain_once(args, registry, events, cfg, metrics) -> str:
     """One run: train, gate, then promote / reject / shadow; returns the outcome it counted
     (the caller counts runs that raise: skipped or failed)."""
-    from model.retrain import retrain
+    from streamrec.model.retrain import retrain
 
     t0 = time.monotonic()
     result = retrain(registry, events, cfg)
@@ -190,9 +190,9 @@ def _retrain_once(args, registry, events, cfg, metrics) -> str:
 def shadow_gate(args, registry, version: str, metrics) -> bool:
     """Shadow ``version`` on the workers, wait for the paired comparison with the champion, then
     promote it (True) or reject it (False); either way announced."""
-    from model.registry import ChampionChangedError, CorruptCheckpointError
-    from streams.model_updates import announce
-    from streams.shadow import wait_for_shadow
+    from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError
+    from streamrec.streams.model_updates import announce
+    from streamrec.streams.shadow import wait_for_shadow
 
     champion = registry.champion()
     if champion is None:
@@ -238,8 +238,8 @@ def configure_shadow(p: argparse.ArgumentParser) -> None:
 
 def run_shadow(args) -> int:
     """``streamrec shadow vN``: exit status 0 when promoted, 1 when rejected."""
-    from model.registry import normalize_version
-    from streams.metrics import RetrainMetrics
+    from streamrec.model.registry import normalize_version
+    from streamrec.streams.metrics import RetrainMetrics
 
     if not args.bootstrap_servers:
         raise SystemExit("shadow: give --bootstrap-servers (the workers score the candidate)")

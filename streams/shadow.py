@@ -26,9 +26,9 @@ from typing import Callable
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from model.recommender import Recommender
-from model.shadow import PairedTally, ShadowComparison, ShadowDecision, shadow_decision
-from streams.model_updates import ensure_topic
+from streamrec.model.recommender import Recommender
+from streamrec.model.shadow import PairedTally, ShadowComparison, ShadowDecision, shadow_decision
+from streamrec.streams.model_updates import ensure_topic
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def worker_id() -> str:
 class Shadow:
     """A candidate a worker scores beside its champion (``BatchProcessor.shadow``).
 
-    >>> from model.recommender import PopularityRecommender
+    >>> from streamrec.model.recommender import PopularityRecommender
     >>> s = Shadow(PopularityRecommender(window=10), champion="v1", topic="model-evaluations", worker="w:1")
     >>> s.comparison.tally.update(champion=0.0, candidate=1.0)
     >>> r = s.report(); (r.worker, r.champion, r.candidate, r.n, r.sum_diff)

@@ -8,8 +8,8 @@ import time
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.config import Settings
-from streams.ownership import owners_topic
+from streamrec.streams.config import Settings
+from streamrec.streams.ownership import owners_topic
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,15 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
-from model.recommender import FallbackRecommender, PopularityRecommender, Recommender
-from storage.store import EventStore
-from streams.config import Settings
-from storage.export import export_new_events
-from streams.metrics import WorkerMetrics
-from streams.model_updates import UpdateFollower, ensure_topic
-from streams.ownership import Ownership
-from streams.pipeline import BatchProcessor, RawBatch
-from streams.shadow import Shadow
+from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommender
+from streamrec.storage.store import EventStore
+from streamrec.streams.config import Settings
+from streamrec.storage.export import export_new_events
+from streamrec.streams.metrics import WorkerMetrics
+from streamrec.streams.model_updates import UpdateFollower, ensure_topic
+from streamrec.streams.ownership import Ownership
+from streamrec.streams.pipeline import BatchProcessor, RawBatch
+from streamrec.streams.shadow import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class App(faust.App):
 
 def registry_champion(registry: str) -> tuple[str, str] | None:
     """(version, checkpoint directory) of the registry's champion, if it has one."""
-    from model.registry import Registry
+    from streamrec.model.registry import Registry
 
     reg = Registry(registry)
     champion = reg.champion()
@@ -231,7 +231,7 @@ def with_model(checkpoint: str, popularity: PopularityRecommender, version: str 
 
     ``version``: the registry's name for it (``v2``), carried by lists and metrics.
     """
-    from model.inference import TransformerRecommender
+    from streamrec.model.inference import TransformerRecommender
 
     model = TransformerRecommender(checkpoint)
     if version is not None:

@@ -9,10 +9,10 @@ import uuid
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streams.broker import EmbeddedBroker
-from streams.config import Settings
-from streams.processes import WorkerProcess
-from streams.topics import ensure_topics
+from streamrec.streams.broker import EmbeddedBroker
+from streamrec.streams.config import Settings
+from streamrec.streams.processes import WorkerProcess
+from streamrec.streams.topics import ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -146,13 +146,13 @@ def exposition(broker, tmp_path_factory) -> str:
     rounds are graded against lists of the earlier ones, so online metrics exist). It serves a
     tiny SASRec champion from a registry and, from the second round on, scores a candidate in
     shadow (so the shadow-mode series exist too)."""
-    from model.config import ModelConfig, TrainConfig
-    from model.registry import Registry
-    from model.retrain import RetrainConfig, retrain
-    from storage.movielens import load_ratings
-    from streams.config import Settings
-    from streams.model_updates import announce
-    from streams.replay import make_producer, replay
+    from streamrec.model.config import ModelConfig, TrainConfig
+    from streamrec.model.registry import Registry
+    from streamrec.model.retrain import RetrainConfig, retrain
+    from streamrec.storage.movielens import load_ratings
+    from streamrec.streams.config import Settings
+    from streamrec.streams.model_updates import announce
+    from streamrec.streams.replay import make_producer, replay
 
     tmp = tmp_path_factory.mktemp("deploy")
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="deploy-interactions",
@@ -197,13 +197,13 @@ def retrain_exposition(tmp_path_factory) -> str:
     this module checks; tests/test_shadow_e2e.py checks their values after real runs."""
     import sys
 
-    from streams.broker import free_port
-    from streams.processes import parse_metrics
+    from streamrec.streams.broker import free_port
+    from streamrec.streams.processes import parse_metrics
 
     tmp = tmp_path_factory.mktemp("retrain")
     (tmp / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,1000\n2,20,3.5,1001\n")
     port = free_port()
-    cmd = [sys.executable, "-m", "streams.cli", "retrain", "--registry", str(tmp / "registry"), "--ratings",
+    cmd = [sys.executable, "-m", "streamrec", "retrain", "--registry", str(tmp / "registry"), "--ratings",
            str(tmp / "ratings.csv"), "--every", "1s", "--metrics-port", str(port)]
     with open(tmp / "retrain.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import metrics as mk
+from streamrec.model import metrics as mk
 
 SETTINGS = settings(max_examples=300, deadline=None)
 items_st = st.integers(min_value=-1, max_value=6)  # small range: many repeats and hits

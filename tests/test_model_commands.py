@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.commands import COMMANDS
-from storage.movielens import Ratings, load_titles
+from streamrec.model.commands import COMMANDS
+from streamrec.storage.movielens import Ratings, load_titles
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
 
@@ -94,7 +94,7 @@ def test_train_reads_the_event_log_through_storage_store(chain_csv, tmp_path, mo
         calls.append(path)
         return r
 
-    monkeypatch.setitem(sys.modules, "storage.store", types.SimpleNamespace(read_ratings=read_ratings))
+    monkeypatch.setitem(sys.modules, "streamrec.storage.store", types.SimpleNamespace(read_ratings=read_ratings))
     db = tmp_path / "events.duckdb"
     args, run = parse("train", ["--db", str(db), "--out", str(tmp_path / "m"), "--epochs", "1", "--d-model", "8",
                                 "--max-len", "8", "--no-progress", "--no-test"])

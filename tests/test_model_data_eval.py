@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import Sequences, build_sequences, leave_one_out, pad_left, windows
-from model.evaluate import (
+from streamrec.model.data import Sequences, build_sequences, leave_one_out, pad_left, windows
+from streamrec.model.evaluate import (
     evaluate_histories,
     full_ranks,
     item_counts,
@@ -13,8 +13,8 @@ from model.evaluate import (
     sample_negatives,
     sampled_ranks,
 )
-from model.vocab import ItemVocab
-from storage.movielens import Ratings, load_ratings
+from streamrec.model.vocab import ItemVocab
+from streamrec.storage.movielens import Ratings, load_ratings
 
 
 def test_vocab_roundtrip_and_unknowns():

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from model.checkpoint import CARD, WEIGHTS, load_checkpoint, save_checkpoint
-from model.config import ModelConfig
-from model.inference import TransformerRecommender
-from model.recommender import FallbackRecommender, PopularityRecommender
-from model.transformer import build_model
-from model.vocab import ItemVocab
+from streamrec.model.checkpoint import CARD, WEIGHTS, load_checkpoint, save_checkpoint
+from streamrec.model.config import ModelConfig
+from streamrec.model.inference import TransformerRecommender
+from streamrec.model.recommender import FallbackRecommender, PopularityRecommender
+from streamrec.model.transformer import build_model
+from streamrec.model.vocab import ItemVocab
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import ModelConfig, TrainConfig
-from model.data import build_sequences, leave_one_out
-from model.evaluate import evaluate_split, model_scorer
-from model.train import train
-from storage.movielens import Ratings
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.data import build_sequences, leave_one_out
+from streamrec.model.evaluate import evaluate_split, model_scorer
+from streamrec.model.train import train
+from streamrec.storage.movielens import Ratings
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
 

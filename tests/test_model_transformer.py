@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.data import pad_left
-from model.transformer import BERT4Rec, SASRec, build_model
+from streamrec.model.config import ModelConfig
+from streamrec.model.data import pad_left
+from streamrec.model.transformer import BERT4Rec, SASRec, build_model
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.recommender import FallbackRecommender, PopularityRecommender, Recommender, Recommendations
-from storage.movielens import FormatError, load_ratings, load_titles, recbole_ml100k_path
-from streams.config import Settings
+from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommender, Recommendations
+from streamrec.storage.movielens import FormatError, load_ratings, load_titles, recbole_ml100k_path
+from streamrec.streams.config import Settings
 
 DATA = Path(__file__).parent / "data"
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import metrics as mk
-from model.online import Mean, OnlineEvaluator, Rolling, SlotIndex, TimeRolling
+from streamrec.model import metrics as mk
+from streamrec.model.online import Mean, OnlineEvaluator, Rolling, SlotIndex, TimeRolling
 
 # --- accumulators: update/revert equals recomputation from scratch ---------------------------
 
@@ -379,8 +379,8 @@ def _pad(rows: list[list[int]]) -> np.ndarray:
 def test_snapshots_round_trip_through_duckdb_and_plot(tmp_path):
     import duckdb
 
-    from model.report import plot_report
-    from storage.evaluation_log import read_evaluation, write_snapshot
+    from streamrec.model.report import plot_report
+    from streamrec.storage.evaluation_log import read_evaluation, write_snapshot
 
     ev, _ = hand_stream()
     db = tmp_path / "run.duckdb"
@@ -417,7 +417,7 @@ def test_growing_past_initial_capacity_keeps_every_list():
 
 
 def test_every_snapshot_metric_has_a_prometheus_gauge():
-    from model.online import PROMETHEUS_GAUGES
+    from streamrec.model.online import PROMETHEUS_GAUGES
 
     ev, _ = hand_stream()
     metrics = {r.metric for r in ev.snapshot()}

@@ -10,11 +10,11 @@ import msgspec
 import numpy as np
 import pytest
 
-from storage.movielens import load_ratings
-from streams.pipeline import Recommendation
-from streams.processes import metric_sum
-from streams.replay import make_producer, replay
-from streams.topics import ensure_topics
+from streamrec.storage.movielens import load_ratings
+from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.processes import metric_sum
+from streamrec.streams.replay import make_producer, replay
+from streamrec.streams.topics import ensure_topics
 
 from tests.conftest import read_topic, start_worker, wait_metrics, wait_stored
 
@@ -52,7 +52,7 @@ def ratings():
 @pytest.fixture(scope="module")
 def clean_run(broker, ratings, tmp_path_factory):
     """Replay ml-latest-small with bad messages in the middle through one worker."""
-    from streams.config import Settings
+    from streamrec.streams.config import Settings
 
     tmp = tmp_path_factory.mktemp("clean")
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="clean-interactions",
@@ -161,7 +161,7 @@ def test_online_evaluation_on_metrics_and_in_duckdb(clean_run, ratings):
     con.close()
     assert n > 0 and metrics >= 5
     png = Path(clean_run["settings"].db).with_suffix(".png")
-    from streams.cli import main as streamrec
+    from streamrec.streams.cli import main as streamrec
 
     assert streamrec(["report", "--db", clean_run["settings"].db, "--out", str(png)]) == 0
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -211,7 +211,7 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
     import dataclasses
     import threading
 
-    from streams.demo import handover
+    from streamrec.streams.demo import handover
 
     s = dataclasses.replace(settings, partitions=4)
     ensure_topics(s)

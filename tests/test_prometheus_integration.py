@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port
-from streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
-from streams.processes import metric_sum
-from streams.replay import make_producer, replay
+from streamrec.streams.broker import free_port
+from streamrec.streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
+from streamrec.streams.processes import metric_sum
+from streamrec.streams.replay import make_producer, replay
 from tests.conftest import start_worker
 
 pytestmark = pytest.mark.slow
@@ -126,8 +126,8 @@ def run(broker, tmp_path_factory):
     ones are graded online against lists of the earlier ones)."""
     binary = prometheus_binary()
     yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/prometheus/prometheus.yml")
-    from storage.movielens import load_ratings
-    from streams.config import Settings
+    from streamrec.storage.movielens import load_ratings
+    from streamrec.streams.config import Settings
 
     tmp = tmp_path_factory.mktemp("prometheus")
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="prom-interactions",

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CARD, WEIGHTS, load_checkpoint, save_checkpoint
-from model.config import ModelConfig
-from model.inference import TransformerRecommender
-from model.registry import CorruptCheckpointError, Registry, RegistryError
-from model.transformer import build_model
-from model.vocab import ItemVocab
+from streamrec.model.checkpoint import CARD, WEIGHTS, load_checkpoint, save_checkpoint
+from streamrec.model.config import ModelConfig
+from streamrec.model.inference import TransformerRecommender
+from streamrec.model.registry import CorruptCheckpointError, Registry, RegistryError
+from streamrec.model.transformer import build_model
+from streamrec.model.vocab import ItemVocab
 
 torch.set_num_threads(1)
 
@@ -71,7 +71,7 @@ def test_index_write_is_atomic(tmp_path, monkeypatch):
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("model.registry.os.replace", crash)  # the index write dies before its rename
+    monkeypatch.setattr("streamrec.model.registry.os.replace", crash)  # the index write dies before its rename
     with pytest.raises(OSError, match="disk full"):
         reg.promote(v1)
     monkeypatch.undo()
@@ -180,7 +180,7 @@ def test_non_finite_weights_fail_verify(tmp_path):
 
 
 def test_promote_compare_and_swap_and_listing(tmp_path):
-    from model.registry import ChampionChangedError, format_versions
+    from streamrec.model.registry import ChampionChangedError, format_versions
 
     reg = Registry(tmp_path)
     v1, v2, v3 = (register(reg, seed=i, cutoff=1_000_000 * (i + 1)) for i in range(3))

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import WEIGHTS
-from model.config import ModelConfig, TrainConfig
-from model.inference import TransformerRecommender
-from model.registry import Registry
-from model.retrain import RetrainConfig, RetrainError, grow_model, grow_vocab, retrain
-from model.transformer import build_model
-from model.vocab import ItemVocab
-from storage.movielens import Ratings
+from streamrec.model.checkpoint import WEIGHTS
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.inference import TransformerRecommender
+from streamrec.model.registry import Registry
+from streamrec.model.retrain import RetrainConfig, RetrainError, grow_model, grow_vocab, retrain
+from streamrec.model.transformer import build_model
+from streamrec.model.vocab import ItemVocab
+from streamrec.storage.movielens import Ratings
 
 torch.set_num_threads(1)
 

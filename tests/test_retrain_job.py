@@ -3,10 +3,10 @@
 
 import pytest
 
-from streams.cli import build_parser
-from streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
-from streams.processes import parse_metrics
-from streams.retraining import run_retrain
+from streamrec.streams.cli import build_parser
+from streamrec.streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
+from streamrec.streams.processes import parse_metrics
+from streamrec.streams.retraining import run_retrain
 
 
 def runs(metrics: RetrainMetrics) -> dict[str, float]:

@@ -13,14 +13,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from model.config import ModelConfig, TrainConfig
-from model.registry import CorruptCheckpointError, Registry
-from model.retrain import RetrainConfig, retrain
-from storage.movielens import Ratings, load_ratings
-from streams.cli import main as streamrec
-from streams.model_updates import announce
-from streams.pipeline import Recommendation
-from streams.replay import replay
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.registry import CorruptCheckpointError, Registry
+from streamrec.model.retrain import RetrainConfig, retrain
+from streamrec.storage.movielens import Ratings, load_ratings
+from streamrec.streams.cli import main as streamrec
+from streamrec.streams.model_updates import announce
+from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.replay import replay
 from tests.conftest import read_topic, start_worker, wait_metrics
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from model.online import OnlineEvaluator
-from model.shadow import PairedTally, ShadowComparison, shadow_decision
-from streams.shadow import ShadowReport
+from streamrec.model.online import OnlineEvaluator
+from streamrec.model.shadow import PairedTally, ShadowComparison, shadow_decision
+from streamrec.streams.shadow import ShadowReport
 
 
 def tally_of(diffs, champion=None) -> PairedTally:

@@ -15,18 +15,18 @@ import msgspec
 import numpy as np
 import pytest
 
-from model.config import ModelConfig, TrainConfig
-from model.registry import Registry
-from model.retrain import RetrainConfig, retrain
-from storage.movielens import Ratings, load_ratings
-from streams.cli import build_parser
-from streams.metrics import RetrainMetrics
-from streams.model_updates import ModelUpdate
-from streams.pipeline import Recommendation
-from streams.processes import parse_metrics
-from streams.replay import replay
-from streams.retraining import run_retrain, run_shadow
-from streams.shadow import ShadowReport
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.registry import Registry
+from streamrec.model.retrain import RetrainConfig, retrain
+from streamrec.storage.movielens import Ratings, load_ratings
+from streamrec.streams.cli import build_parser
+from streamrec.streams.metrics import RetrainMetrics
+from streamrec.streams.model_updates import ModelUpdate
+from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.processes import parse_metrics
+from streamrec.streams.replay import replay
+from streamrec.streams.retraining import run_retrain, run_shadow
+from streamrec.streams.shadow import ShadowReport
 from tests.conftest import read_topic, start_worker, wait_metrics
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from storage.store import EventStore, read_ratings
-from streams.events import event_key
+from streamrec.storage.store import EventStore, read_ratings
+from streamrec.streams.events import event_key
 
 
 def batch(rows, start_offset=0):

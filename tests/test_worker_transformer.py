@@ -12,11 +12,11 @@ import pytest
 
 import numpy as np
 
-from storage.movielens import Ratings, load_ratings
-from streams.cli import main as streamrec
-from streams.pipeline import Recommendation
-from streams.processes import metric_sum
-from streams.replay import replay
+from streamrec.storage.movielens import Ratings, load_ratings
+from streamrec.streams.cli import main as streamrec
+from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.processes import metric_sum
+from streamrec.streams.replay import replay
 from tests.conftest import read_topic, start_worker, wait_stored
 
 pytestmark = pytest.mark.slow
