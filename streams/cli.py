@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -105,8 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("demo", help="broker + worker + replay of ml-latest-small, lists and metrics on screen",
-                       description="Start the embedded broker and a worker, replay MovieLens, show fresh lists, then a summary.")
+    p = sub.add_parser("demo", help="the whole mission on ml-latest-small: train, serve, retrain, compare (a few minutes)",
+                       description="Start the embedded broker and a worker; replay the first part of MovieLens as history, "
+                                   "train a transformer on it, serve it on the live replay of the rest (popularity as "
+                                   "fallback), retrain it once mid-stream, then compare it with popularity on the same "
+                                   "events. --model popularity: the quick popularity-only run.")
+    p.add_argument("--model", choices=["sasrec", "bert4rec", "popularity"], default="sasrec",
+                   help="what serves the live replay (default %(default)s)")
+    p.add_argument("--train-fraction", type=float, default=0.5,
+                   help="share of the events, by time, replayed as history and trained on (default %(default)s)")
+    p.add_argument("--train-seconds", type=float, default=60.0,
+                   help="training budget; stops after the epoch that passes it (default %(default)s)")
+    p.add_argument("--retrain-at", type=float, default=0.5,
+                   help="retrain once this share of the live part was replayed (0: never; default %(default)s)")
+    p.add_argument("--retrain-seconds", type=float, default=30.0,
+                   help="fine-tuning budget of the mid-stream retraining (default %(default)s)")
     p.add_argument("--ratings", default=None, help="ratings file (default: the bundled ml-latest-small)")
     p.add_argument("--movies", default=None, help="movies.csv for titles (default: the bundled one)")
     p.add_argument("--workdir", default="demo-run", help="folder for the worker's DuckDB and logs")
@@ -117,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "to show the handover (0: never; default %(default)s)")
     Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
     _add_replay_options(p, default_speedup=None)
-    p.add_argument("--duration", type=float, default=20.0,
-                   help="without --speedup, replay the whole file in about this many seconds (default %(default)s)")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--duration", type=float, default=None,
+                   help="without --speedup, replay the live part in about this many seconds "
+                        "(default: 120 with a transformer, 20 with popularity)")
+    # A free port unless one is asked for (option or environment): a busy default port would
+    # otherwise be answered by whoever holds it.
+    p.set_defaults(func=cmd_demo, metrics_port=int(os.environ.get("STREAMREC_METRICS_PORT", 0)))
 
     # Commands of the model package, when present: (configure, run, help).
     for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retraining"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -449,7 +450,9 @@ def create_app(settings: Settings) -> App:
         # Ready once the pipeline is open and this worker owns partitions of the topic.
         assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.interactions_topic]
         ok = "processor" in state and bool(assigned)
-        return web.json({"ready": ok, "partitions": sorted(tp.partition for tp in assigned)}, status=200 if ok else 503)
+        # pid: whoever started us can tell our answer from another process's on the same port.
+        return web.json({"ready": ok, "partitions": sorted(tp.partition for tp in assigned), "pid": os.getpid()},
+                        status=200 if ok else 503)
 
     app.streamrec_metrics = metrics
     return app
