@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo, metrics_port=int(os.environ.get("STREAMREC_METRICS_PORT", 0)))
 
     # Commands of the model package, when present: (configure, run, help).
-    for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retraining"):
+    for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retraining",
+                   "streamrec.streams.lists"):
         try:
             mod = importlib.import_module(module)
         except ImportError:
@@ -155,7 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:
+        if (why := database_in_use(e)) is None:
+            raise
+        print(f"streamrec {args.command}: {why}", file=sys.stderr)
+        return 2
+
+
+def database_in_use(e: Exception) -> str | None:
+    """One line for DuckDB's lock error (a running worker holds its file), else None.
+
+    >>> print(database_in_use(OSError('IO Error: Could not set lock on file "/r/w.duckdb": Conflicting lock is held in python (PID 7)')))
+    /r/w.duckdb is held by another process (pid 7), e.g. a running worker: DuckDB lets one process open it. Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain --export-dir DIR, streamrec report --export-dir DIR), or wait until it stops
+    """
+    import re
+
+    m = re.search(r'Could not set lock on file "([^"]+)".*?(?:\(PID (\d+)\))?$', str(e))
+    if m is None:
+        return None
+    pid = f" (pid {m.group(2)})" if m.group(2) else ""
+    return (f"{m.group(1)} is held by another process{pid}, e.g. a running worker: DuckDB lets one process open it. "
+            "Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain "
+            "--export-dir DIR, streamrec report --export-dir DIR), or wait until it stops")
 
 
 if __name__ == "__main__":

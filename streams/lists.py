@@ -72,3 +72,82 @@ def show(rec: Recommendation, titles: dict[int, str], n: int = 5) -> str:
     fresh = (rec.published_at - rec.source_timestamp) / 1000
     return (f"  user {rec.user_id:>5} | {rec.model}/{rec.model_version} | fresh {fresh:5.2f}s | "
             + "; ".join(f"{k + 1}. {t}" for k, t in enumerate(names)))
+
+
+# --- ``streamrec lists USER`` ------------------------------------------------------------------
+
+
+def fetch_list(base_url: str, user: int, timeout: float = 5.0) -> tuple[int, dict]:
+    """(HTTP status, JSON answer) of ``GET {base_url}/recommendations/{user}``."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/recommendations/{user}", timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read())
+        except ValueError:
+            return e.code, {"error": f"HTTP {e.code} from {base_url}"}
+
+
+def format_answer(a: dict, titles: dict[int, str] | None) -> str:
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(a["event_time"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    head = (f"user {a['user_id']}: {a['model']} {a['version']}, after their event of {when} UTC; published "
+            f"{a['freshness_seconds']:.2f}s after it, {a['age_seconds']:.1f}s ago (by {a['served_by']})")
+    rows = [f"  {k:3d}. {titles.get(i, f'movie {i}') if titles else f'item {i}'}  ({s:.3f})"
+            for k, (i, s) in enumerate(zip(a["items"], a["scores"]), 1)]
+    return "\n".join([head, *rows])
+
+
+def configure_lists(p) -> None:
+    from streamrec.streams.config import Settings
+
+    p.add_argument("user", type=int, help="user id")
+    p.add_argument("--follow", action="store_true", help="keep printing the list each time it changes (Ctrl-C stops)")
+    p.add_argument("--movies", default=None, help="movies.csv, to print titles instead of item ids")
+    p.add_argument("--worker-url", default=None,
+                   help="any worker of the group (default: http://METRICS_HOST:METRICS_PORT from the settings)")
+    Settings.add_arguments(p, only=["metrics_host", "metrics_port"])
+
+
+def run_lists(args) -> int:
+    import sys
+    import time
+
+    from streamrec.storage.movielens import load_titles
+
+    url = args.worker_url or f"http://{args.metrics_host}:{args.metrics_port}"
+    titles = load_titles(args.movies) if args.movies else None
+    last = None
+    try:
+        while True:
+            try:
+                status, answer = fetch_list(url, args.user)
+            except OSError as e:
+                print(f"streamrec lists: no worker answers at {url} ({getattr(e, 'reason', e)}); start one "
+                      "(streamrec worker) or give --worker-url", file=sys.stderr)
+                return 2
+            if status == 200:
+                key = (answer["event_time"], answer["version"], answer["items"])
+                if key != last:
+                    print(format_answer(answer, titles), flush=True)
+                    last = key
+            elif not args.follow or status != 404:
+                print(f"streamrec lists: {answer.get('error', f'HTTP {status}')}", file=sys.stderr)
+                return 1
+            if not args.follow:
+                return 0
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+
+
+COMMANDS = {
+    "lists": (configure_lists, run_lists,
+              "print a user's latest list, fetched from any worker of the group (--follow: as it changes)"),
+}
