@@ -70,11 +70,12 @@ class PairedResult:
 
 
 def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: Recommender, since: int,
-                          k: int = 10, chunk: int = 64) -> PairedResult:
-    """Grade the published lists and ``baseline``'s on the events at or after ``since``."""
+                          k: int = 10, chunk: int = 64, horizon_seconds: int = 86_400) -> PairedResult:
+    """Grade the published lists and ``baseline``'s on the events at or after ``since``.
+    ``horizon_seconds``: of event time, the future a list's Recall@k counts (the evaluator's)."""
     users, items, times = (np.asarray(a, np.int64) for a in (users, items, times))
     out = PairedResult(k)
-    served, base = OnlineEvaluator(ks=(k,), time_scale=1000), OnlineEvaluator(ks=(k,), time_scale=1000)
+    served, base = (OnlineEvaluator(ks=(k,), time_scale=1000, horizon_seconds=horizon_seconds) for _ in range(2))
     live = np.flatnonzero(lists.trigger_times >= since)
     order = live[np.argsort(lists.trigger_times[live], kind="stable")]
     trig = lists.trigger_times[order]
