@@ -80,19 +80,9 @@ class Stored:
     trigger_offset: np.ndarray
 
 
-@dataclass
-class BatchReport:
-    consumed: int
-    stored: int
-    duplicates: int
-    rejected: int
-    lists: int
-    max_event_time: int | None
-
-
 class BatchProcessor:
     def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
-                 producer: Producer, metrics: WorkerMetrics):
+                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership):
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
@@ -101,7 +91,8 @@ class BatchProcessor:
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
-        self.ownership: Ownership | None = None  # set by a worker in a consumer group (scale-out)
+        self.ownership = ownership  # which partitions' rows this database holds (scale-out)
+        self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -145,9 +136,8 @@ class BatchProcessor:
         of the next one changes that memory."""
         m = self.metrics
         t0 = time.time()
-        if self.ownership is not None:  # partitions new since the last rebalance: claim, recover
-            self._claim(raw)
-            t0 = time.time()
+        self._claim(raw)  # partitions new since the last rebalance: claim, recover
+        t0 = time.time()
         idx = batch.index
         result = self.store.append(
             batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
@@ -183,7 +173,7 @@ class BatchProcessor:
             m.recovery_seconds.observe(time.time() - t0)
             m.store_events.set(self.store.n_events)
 
-    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> BatchReport:
+    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> None:
         """Stage 3: grade, score, publish, flush; batches must come in the order they were stored."""
         m = self.metrics
         shadow = self.shadow  # read once: the worker may start or end a shadow between two batches
@@ -211,8 +201,6 @@ class BatchProcessor:
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
         observe_many(m.freshness, np.maximum(t_done - stored.trigger_ts / 1000.0, 0.0))
-        return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected),
-                           len(stored.users), int(batch.event_time.max()) if len(batch) else None)
 
     def snapshot_evaluation(self) -> None:
         """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table; while a
@@ -258,8 +246,6 @@ class BatchProcessor:
         return recs
 
     # --- shadow mode (streams/shadow.py) -----------------------------------------------------------
-
-    shadow: "Shadow | None" = None  # a candidate scored beside the champion; the worker sets it
 
     def _score_shadow(self, shadow: "Shadow", stored: "Stored") -> None:
         """The candidate's lists for the batch's users: recorded for grading, never published."""
