@@ -43,8 +43,9 @@ class LatestLists:
         self._lists: dict[int, bytes] = {}
         self._decode = msgspec.json.Decoder(Recommendation).decode
 
-    def put(self, user: int, value: bytes) -> None:
-        self._lists[user] = value
+    def put_many(self, lists: list[tuple[int, bytes]]) -> None:
+        """``(user, list as published)`` pairs, oldest first, once delivered to the topic."""
+        self._lists.update(lists)
 
     def __len__(self) -> int:
         return len(self._lists)
