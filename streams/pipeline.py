@@ -18,18 +18,18 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
-from streamrec.model.metrics import NO_LIST
+from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.events import EventBatch, decode_batch
-from streamrec.streams.metrics import WorkerMetrics, observe_many, reject_class
+from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
-    from streamrec.streams.shadow import Shadow
+    from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class BatchProcessor:
             m.lists.labels(model).inc(count)
         return recs
 
-    # --- shadow mode (streams/shadow.py) -----------------------------------------------------------
+    # --- shadow mode (streams/shadow_topic.py) -----------------------------------------------------------
 
     def _score_shadow(self, shadow: "Shadow", stored: "Stored") -> None:
         """The candidate's lists for the batch's users: recorded for grading, never published."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamrec.streams.events import Event, InvalidEvent, decode, decode_batch, encode, event_key
-from streamrec.streams.metrics import reject_class
+from streamrec.streams.prometheus import reject_class
 
 VALID = b'{"user_id": 5, "item_id": 9, "event_time": 1000, "event_type": "rating", "rating": 4.5}'
 

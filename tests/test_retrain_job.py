@@ -4,9 +4,9 @@
 import pytest
 
 from streamrec.streams.cli import build_parser
-from streamrec.streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
+from streamrec.streams.prometheus import RETRAIN_OUTCOMES, RetrainMetrics
 from streamrec.streams.processes import parse_metrics
-from streamrec.streams.retraining import run_retrain
+from streamrec.streams.retrain_job import run_retrain
 
 
 def runs(metrics: RetrainMetrics) -> dict[str, float]:

@@ -4,7 +4,7 @@ command line, with every change of champion announced on the ``model-updates`` t
 The retraining job reads the Parquet segments that workers export (``--export-dir`` of the
 workers): it never opens a worker's DuckDB file, which DuckDB allows one writing process only.
 With ``--shadow`` a candidate that passes the offline gate is scored by the workers beside the
-champion before it may be promoted (``streams/shadow.py``). With ``--metrics-port`` the job serves
+champion before it may be promoted (``streams/shadow_topic.py``). With ``--metrics-port`` the job serves
 its own Prometheus metrics (runs by outcome, durations, the shadow comparison).
 """
 
@@ -111,7 +111,7 @@ def run_retrain(args, metrics=None) -> int:
     from streamrec.model.retrain import RetrainConfig, RetrainError
     from streamrec.storage.export import read_events
     from streamrec.storage.movielens import load_ratings
-    from streamrec.streams.metrics import RetrainMetrics
+    from streamrec.streams.prometheus import RetrainMetrics
 
     if args.shadow and not args.bootstrap_servers:
         raise SystemExit("retrain --shadow: give --bootstrap-servers (the workers score the candidate and report "
@@ -192,7 +192,7 @@ def shadow_gate(args, registry, version: str, metrics) -> bool:
     promote it (True) or reject it (False); either way announced."""
     from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError
     from streamrec.streams.model_updates import announce
-    from streamrec.streams.shadow import wait_for_shadow
+    from streamrec.streams.shadow_topic import wait_for_shadow
 
     champion = registry.champion()
     if champion is None:
@@ -239,7 +239,7 @@ def configure_shadow(p: argparse.ArgumentParser) -> None:
 def run_shadow(args) -> int:
     """``streamrec shadow vN``: exit status 0 when promoted, 1 when rejected."""
     from streamrec.model.registry import normalize_version
-    from streamrec.streams.metrics import RetrainMetrics
+    from streamrec.streams.prometheus import RetrainMetrics
 
     if not args.bootstrap_servers:
         raise SystemExit("shadow: give --bootstrap-servers (the workers score the candidate)")
