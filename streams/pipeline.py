@@ -24,7 +24,8 @@ from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
-from streamrec.streams.events import EventBatch, decode_batch
+from streamrec.streams.dead_letters import conflicts, dead_letter
+from streamrec.streams.events import Contract, EventBatch, decode_batch
 from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
 
@@ -93,6 +94,7 @@ class BatchProcessor:
         self._delivery_errors: list[str] = []
         self.ownership = ownership  # which partitions' rows this database holds (scale-out)
         self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
+        self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -116,19 +118,24 @@ class BatchProcessor:
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
-        batch = decode_batch(raw.values)
-
+        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract)
         for i, reason in batch.rejected:
-            self.producer.produce(
-                s.dlq_topic, value=raw.values[i], key=raw.keys[i], on_delivery=self._on_delivery,
-                headers=[("reason", reason.encode()), ("source_topic", raw.topic.encode()),
-                         ("source_partition", str(int(raw.partitions[i])).encode()),
-                         ("source_offset", str(int(raw.offsets[i])).encode())],
-            )
-            m.rejected.labels(reject_class(reason)).inc()
-            log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+            self._dead_letter(raw, i, reason)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch
+
+    def _dead_letter(self, raw: RawBatch, i: int, reason: str) -> None:
+        """Copy record ``i`` to the DLQ (delivered by this batch's ``publish``, before its commit)."""
+        key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i], reason)
+        try:
+            self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
+                                  on_delivery=self._on_delivery)
+        except BufferError:  # local queue full: wait for deliveries, then retry once
+            self.producer.poll(1)
+            self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
+                                  on_delivery=self._on_delivery)
+        self.metrics.rejected.labels(reject_class(reason)).inc()
+        log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
 
     def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
         """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of
@@ -144,9 +151,13 @@ class BatchProcessor:
             batch.rating, raw.partitions[idx], raw.offsets[idx],
         )
         t_stored = time.time()
+        for j, reason in conflicts(self.store, batch, result.new_mask):
+            self._dead_letter(raw, int(idx[j]), reason)
+            result.new_mask[j] = False  # (already False: a conflict is never stored)
+            batch.conflicts += 1
         m.stored.inc(result.n_new)
         m.store_events.set(self.store.n_events)
-        m.duplicates.inc(len(batch) - result.n_new)
+        m.duplicates.inc(len(batch) - result.n_new - batch.conflicts)
         m.stage_duration.labels("store").observe(t_stored - t0)
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
         # Every user with a valid event in the batch gets a list, triggered by their newest event
