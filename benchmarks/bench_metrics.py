@@ -2,7 +2,7 @@
 
 The workload is the online evaluator's hot path for every event: pick the list shown to the
 user before the event (current or previous list, by trigger time), find the event's item in
-it, and compute HitRate/NDCG/MRR at each cut-off (``model.metrics.prequential_ranks`` +
+it, and compute HitRate/NDCG/MRR at each cut-off (``model.prequential.prequential_ranks`` +
 ``metric_matrix``). All three implementations produce the same arrays; the script checks it.
 
 Runs on one core: ``NUMBA_NUM_THREADS=1`` and BLAS/OpenMP threads are set to 1 before NumPy
