@@ -25,7 +25,8 @@ from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
-from streamrec.streams.events import Contract, EventBatch, decode_batch
+from streamrec.storage.batch import EventBatch
+from streamrec.streams.events import Contract, decode_batch
 from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
 
@@ -118,7 +119,7 @@ class BatchProcessor:
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
-        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract)
+        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
         for i, reason in batch.rejected:
             self._dead_letter(raw, i, reason)
         m.stage_duration.labels("decode").observe(time.time() - t0)
@@ -146,10 +147,7 @@ class BatchProcessor:
         self._claim(raw)  # partitions new since the last rebalance: claim, recover
         t0 = time.time()
         idx = batch.index
-        result = self.store.append(
-            batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
-            batch.rating, raw.partitions[idx], raw.offsets[idx],
-        )
+        result = self.store.append(batch)
         t_stored = time.time()
         for j, reason in conflicts(self.store, batch, result.new_mask):
             self._dead_letter(raw, int(idx[j]), reason)
