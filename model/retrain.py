@@ -160,6 +160,25 @@ def _suffix_counts(users: np.ndarray, events: Ratings, mask: np.ndarray) -> np.n
     return out
 
 
+def _vocabulary(ev: Ratings, champ, warm: bool) -> tuple[ItemVocab, np.ndarray]:
+    """The candidate's vocabulary and the item ids new to it (all of them without a champion)."""
+    if warm:  # old items keep their rows even when the events no longer mention them
+        return grow_vocab(champ.vocab, ev.item)
+    vocab = ItemVocab.from_ids(ev.item)
+    return vocab, vocab.ids if champ is None else np.setdiff1d(vocab.ids, champ.vocab.ids)
+
+
+def gate_metrics(model: SequentialTransformer, vocab: ItemVocab, champ, full: list[np.ndarray],
+                 gate_idx: np.ndarray) -> tuple[dict, dict | None]:
+    """Candidate's and champion's metrics on the gate users' newest held-out events (the same
+    users and targets for both; ``full``: sequences as candidate indices)."""
+    test_hist = [vocab.decode(full[i][:-1]) for i in gate_idx]
+    test_targets = vocab.decode(np.array([full[i][-1] for i in gate_idx], dtype=np.int64))
+    cand_m = holdout_metrics(model, vocab, test_hist, test_targets)
+    champ_m = None if champ is None else holdout_metrics(champ.model.cpu(), champ.vocab, test_hist, test_targets)
+    return cand_m, champ_m
+
+
 def _champion(registry: Registry, cfg: RetrainConfig):
     """(version, loaded checkpoint or None, its data cut-off) of the champion, if any."""
     parent = registry.champion()
@@ -267,11 +286,7 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
     ev = _filter(events, cfg.min_rating, cfg.min_user_events)
     if len(ev) == 0:
         raise RetrainError(f"no user has {cfg.min_user_events} events (after min_rating={cfg.min_rating})")
-    if warm:  # old items keep their rows even when the events no longer mention them
-        vocab, new_ids = grow_vocab(champ.vocab, ev.item)
-    else:
-        vocab = ItemVocab.from_ids(ev.item)
-        new_ids = vocab.ids if champ is None else np.setdiff1d(vocab.ids, champ.vocab.ids)
+    vocab, new_ids = _vocabulary(ev, champ, warm)
     seqs, _ = build_sequences(ev, None, 1, vocab=vocab)
     full = seqs.as_list()
     newer = np.ones(len(ev), bool) if since is None else ev.timestamp > since
@@ -292,11 +307,7 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
                           progress=cfg.progress)
     model = model.cpu()
 
-    # Gate on the newest held-out events, both models on the same users.
-    test_hist = [vocab.decode(full[i][:-1]) for i in gate_idx]
-    test_targets = vocab.decode(np.array([full[i][-1] for i in gate_idx], dtype=np.int64))
-    cand_m = holdout_metrics(model, vocab, test_hist, test_targets)
-    champ_m = None if champ is None else holdout_metrics(champ.model.cpu(), champ.vocab, test_hist, test_targets)
+    cand_m, champ_m = gate_metrics(model, vocab, champ, full, gate_idx)
     cand, ch = cand_m["NDCG@10"], None if champ_m is None else champ_m["NDCG@10"]
 
     metrics = {
