@@ -14,7 +14,7 @@ intervals resample users (a user's events stay together).
 
 >>> m = event_metrics(np.array([0, 1, 9, 10, -1]))
 >>> [round(float(m[k].mean()), 4) for k in METRICS]
-[0.4053, 0.6, 0.3222, 0.06, 0.3222]
+[0.384, 0.6, 0.32, 0.06, 0.32]
 """
 
 from __future__ import annotations

@@ -42,6 +42,12 @@ class Settings:
     metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the /metrics endpoint"})
     metrics_port: int = field(default=6066, metadata={"help": "port of the /metrics endpoint"})
     session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})
+    # Reliability (streams/events.py, streams/pipeline.py, the worker): see the README's operations section.
+    max_event_skew: float = field(default=86400.0, metadata={"help": "seconds an event_time may be ahead of its record's Kafka timestamp"})
+    allow_null_keys: bool = field(default=False, metadata={"help": "accept records without a key (else the key must be the user id)"})
+    stage_retries: int = field(default=8, metadata={"help": "attempts at a failing micro-batch before the worker exits"})
+    stage_backoff: float = field(default=1.0, metadata={"help": "seconds before the first retry of a failed batch; doubles each time, up to 30"})
+    broker_outage_limit: float = field(default=300.0, metadata={"help": "seconds the broker may be unreachable before the worker exits"})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -62,7 +68,7 @@ class Settings:
                 continue
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
-                type=type(getattr(defaults, f.name)),
+                type=_bool if isinstance(f.default, bool) else type(getattr(defaults, f.name)),
                 default=getattr(defaults, f.name),
                 help=f"{f.metadata.get('help', '')} (env STREAMREC_{f.name.upper()}; default: %(default)r)",
             )
@@ -76,7 +82,19 @@ class Settings:
 
 def _convert(f: dataclasses.Field, raw: str):
     kind = type(f.default)
+    if kind is bool:  # bool("false") is True
+        return _bool(raw, f"STREAMREC_{f.name.upper()}")
     try:
         return kind(raw)
     except ValueError as e:
         raise ValueError(f"STREAMREC_{f.name.upper()}={raw!r}: expected {kind.__name__}") from e
+
+
+def _bool(raw: str, name: str = "value") -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name}={raw!r}: expected true or false")
