@@ -191,7 +191,7 @@ class BatchProcessor:
             new = result.new_mask
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
             users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
-            self.recommender.observe(items)
+            self.recommender.observe(items, users)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             graded = self.evaluator.score_events(users, items, times)
             if shadow is not None:  # the same events against the candidate's lists: paired
