@@ -1,56 +1,79 @@
-"""All settings of the pipeline in one typed place.
+"""All settings of the pipeline in one typed place, and the Kafka clients' configuration built from them.
 
 Every field can be set by an environment variable ``STREAMREC_<FIELD>`` (upper case) and by the
-command line (``--field-name``); the command line wins.
+command line (``--field-name``); the command line wins. Values are checked here, once: a bad one
+raises :class:`SettingsError` with one line that names the setting and what it accepts.
 
 >>> import os
 >>> os.environ["STREAMREC_TOP_K"] = "7"
 >>> Settings.from_env().top_k
 7
 >>> del os.environ["STREAMREC_TOP_K"]
+>>> Settings(top_k=0)
+Traceback (most recent call last):
+...
+streamrec.streams.config.SettingsError: top_k=0 is out of range: give a number from 1 to 10000 (--top-k or STREAMREC_TOP_K)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class SettingsError(ValueError):
+    """A setting with a value it cannot take (a usage error: the CLI exits with status 2)."""
+
+
+def _f(default, help: str, min=None, max=None):
+    return field(default=default, metadata={"help": help, "min": min, "max": max})
 
 
 @dataclass
 class Settings:
-    bootstrap_servers: str = field(default="", metadata={"help": "Kafka bootstrap servers; empty = start the embedded broker where the command can"})
-    interactions_topic: str = field(default="interactions", metadata={"help": "topic of click events"})
-    dlq_topic: str = field(default="interactions.dlq", metadata={"help": "dead-letter topic for invalid events"})
-    recommendations_topic: str = field(default="recommendations", metadata={"help": "topic of published top-K lists"})
-    partitions: int = field(default=1, metadata={"help": "partitions when the pipeline creates its topics"})
-    group_id: str = field(default="streamrec-worker", metadata={"help": "consumer group (faust app id) of the workers"})
-    db: str = field(default="streamrec.duckdb", metadata={"help": "this worker's DuckDB file"})
-    seq_len: int = field(default=200, metadata={"help": "items kept in each user's rolling sequence"})
-    top_k: int = field(default=20, metadata={"help": "length of published lists"})
-    batch_size: int = field(default=5000, metadata={"help": "largest micro-batch, in events"})
-    batch_within: float = field(default=0.05, metadata={"help": "seconds to wait for a micro-batch to fill"})
-    popularity_window: int = field(default=50_000, metadata={"help": "events in the popularity model's window"})
-    checkpoint: str = field(default="", metadata={"help": "transformer checkpoint directory (empty: popularity only)"})
-    eval_snapshot_seconds: float = field(default=5.0, metadata={"help": "seconds between online-evaluation snapshots (gauges, DuckDB)"})
-    registry: str = field(default="", metadata={"help": "model registry directory: serve its champion, follow promotions"})
-    model_updates_topic: str = field(default="model-updates", metadata={"help": "topic of model promotions, rollbacks and shadow announcements"})
-    model_evaluations_topic: str = field(default="model-evaluations", metadata={"help": "topic of shadow-mode tallies (candidate vs champion)"})
-    export_dir: str = field(default="", metadata={"help": "write Parquet segments of the event log here (for retraining)"})
-    export_every: float = field(default=30.0, metadata={"help": "seconds between event-log exports"})
-    metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the /metrics endpoint"})
-    metrics_port: int = field(default=6066, metadata={"help": "port of the /metrics endpoint"})
-    session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})
+    bootstrap_servers: str = _f("", "Kafka bootstrap servers (host:port,...); `streamrec broker` starts a local one")
+    kafka_config: str = _f("", "Kafka client properties file (client.properties format: security.protocol, sasl.*, ssl.*, client.id, ...) for every client")
+    interactions_topic: str = _f("interactions", "topic of click events")
+    dlq_topic: str = _f("interactions.dlq", "dead-letter topic for invalid events")
+    recommendations_topic: str = _f("recommendations", "topic of published top-K lists (compacted, keyed by user)")
+    partitions: int = _f(1, "partitions when the pipeline creates its topics", min=1)
+    replication_factor: int = _f(0, "replication factor of the topics it creates (0: the smaller of 3 and the cluster's brokers)", min=0)
+    group_id: str = _f("streamrec-worker", "consumer group (faust app id) of the workers")
+    db: str = _f("streamrec.duckdb", "this worker's DuckDB file; faust's data folder goes beside it (<db>.faust/)")
+    seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
+    top_k: int = _f(20, "length of published lists", min=1, max=10_000)
+    batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
+    batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill", min=0.0)
+    popularity_window: int = _f(50_000, "events in the popularity model's window", min=1)
+    checkpoint: str = _f("", "transformer checkpoint directory (empty: popularity only)")
+    eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
+    registry: str = _f("", "model registry directory: serve its champion, follow promotions")
+    model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")
+    model_evaluations_topic: str = _f("model-evaluations", "topic of shadow-mode tallies (candidate vs champion)")
+    export_dir: str = _f("", "write Parquet segments of the event log here (for retraining)")
+    export_every: float = _f(30.0, "seconds between event-log exports", min=0.1)
+    metrics_host: str = _f("127.0.0.1", "address of the /metrics endpoint")
+    metrics_port: int = _f(6066, "port of the /metrics endpoint", min=1, max=65535)
+    session_timeout: float = _f(10.0, "consumer group session timeout, seconds", min=1.0)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check(f, getattr(self, f.name))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         values = {}
         for f in fields(cls):
-            raw = env.get(f"STREAMREC_{f.name.upper()}")
+            raw = env.get(env_name(f))
             if raw is not None:
-                values[f.name] = _convert(f, raw)
+                values[f.name] = convert(f, raw, source=f"{env_name(f)}={raw!r}")
         return cls(**values)
 
     @classmethod
@@ -60,12 +83,16 @@ class Settings:
         for f in fields(cls):
             if only is not None and f.name not in only:
                 continue
+
+            def parse(raw: str, f=f):
+                try:
+                    return convert(f, raw, source=raw)
+                except SettingsError as e:  # argparse prints it after the option's name
+                    raise argparse.ArgumentTypeError(str(e)) from None
+
             parser.add_argument(
-                "--" + f.name.replace("_", "-"),
-                type=type(getattr(defaults, f.name)),
-                default=getattr(defaults, f.name),
-                help=f"{f.metadata.get('help', '')} (env STREAMREC_{f.name.upper()}; default: %(default)r)",
-            )
+                option_name(f), type=parse, default=getattr(defaults, f.name), metavar=f.name.upper(),
+                help=f"{f.metadata.get('help', '')} (env {env_name(f)}; default: %(default)r)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
@@ -73,10 +100,151 @@ class Settings:
         given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         return dataclasses.replace(base, **given)
 
+    def faust_datadir(self) -> Path:
+        """faust's data folder (table state, its pid file): beside the DuckDB file, not in the working directory."""
+        db = Path(self.db)
+        return db.parent / f"{db.name}.faust"
 
-def _convert(f: dataclasses.Field, raw: str):
+    def client_properties(self) -> dict[str, str]:
+        """The ``--kafka-config`` file's settings ({} without one)."""
+        return read_properties(self.kafka_config) if self.kafka_config else {}
+
+    def with_bootstrap(self) -> "Settings":
+        """These settings with ``bootstrap_servers`` taken from the properties file when not given."""
+        if self.bootstrap_servers:
+            return self
+        return dataclasses.replace(self, bootstrap_servers=self.client_properties().get("bootstrap.servers", ""))
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return f"STREAMREC_{f.name.upper()}"
+
+
+def option_name(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def convert(f: dataclasses.Field, raw: str, source: str):
+    """``raw`` as the field's type, range-checked; ``source`` names where it came from in the error."""
     kind = type(f.default)
     try:
-        return kind(raw)
-    except ValueError as e:
-        raise ValueError(f"STREAMREC_{f.name.upper()}={raw!r}: expected {kind.__name__}") from e
+        value = kind(raw)
+    except ValueError:
+        noun = {"int": "a whole number", "float": "a number"}.get(kind.__name__, kind.__name__)
+        raise SettingsError(f"{source}: expected {noun} for {f.name} ({option_name(f)} or {env_name(f)})") from None
+    check(f, value)
+    return value
+
+
+def check(f: dataclasses.Field, value) -> None:
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        want = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        raise SettingsError(f"{f.name}={value!r} is out of range: give a number {want} "
+                            f"({option_name(f)} or {env_name(f)})")
+
+
+# --- Kafka clients ---------------------------------------------------------------------------
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    """A Java-style ``client.properties`` file: ``key=value`` (or ``key: value``) lines, ``#``/``!`` comments.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
+    ...     _ = f.write("# cloud\\nsecurity.protocol=SASL_SSL\\nclient.id = me\\n")
+    >>> read_properties(f.name)
+    {'security.protocol': 'SASL_SSL', 'client.id': 'me'}
+    >>> os.remove(f.name)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"Kafka properties file not found: {path} (--kafka-config or STREAMREC_KAFKA_CONFIG)")
+    props = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        cut = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
+        if cut < 0:
+            raise SettingsError(f"{path}:{n}: expected key=value, found {line[:60]!r}")
+        props[line[:cut].strip()] = line[cut + 1:].strip()
+    return props
+
+
+# librdkafka (confluent-kafka) property -> faust App setting, for what aiokafka can take.
+_FAUST_NAMES = {
+    "client.id": ("broker_client_id", str),
+    "request.timeout.ms": ("broker_request_timeout", lambda v: int(v) / 1000),
+    "session.timeout.ms": ("broker_session_timeout", lambda v: int(v) / 1000),
+    "heartbeat.interval.ms": ("broker_heartbeat_interval", lambda v: int(v) / 1000),
+    "max.poll.interval.ms": ("broker_max_poll_interval", lambda v: int(v) / 1000),
+}
+_SECURITY = {"security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password",
+             "ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.key.password",
+             "sasl.kerberos.service.name"}
+
+
+def kafka_config(kind: str, settings: "Settings | str", required: dict | None = None) -> dict:
+    """The configuration of one Kafka client the project creates, with the user's properties file.
+
+    ``kind``: ``producer``, ``consumer`` or ``admin`` (a confluent-kafka config dict), or ``faust``
+    (keyword arguments for ``faust.App``: broker URL, client id, credentials, timeouts, mapped to
+    faust's names for its aiokafka consumer and producer). ``settings`` may be a bare bootstrap
+    string, meaning :meth:`Settings.from_env` with it (the properties file from the environment).
+    ``required``: what the call site needs for correctness (``group.id``, idempotence, ...); it
+    wins over the file, which wins over nothing else.
+
+    >>> kafka_config("producer", "k:9092", {"enable.idempotence": True})
+    {'bootstrap.servers': 'k:9092', 'enable.idempotence': True}
+    >>> kafka_config("faust", "k:9092")
+    {'broker': 'kafka://k:9092'}
+    """
+    required = required or {}
+    if isinstance(settings, str):
+        settings = dataclasses.replace(Settings.from_env(), bootstrap_servers=settings)
+    props = settings.client_properties()
+    bootstrap = settings.bootstrap_servers or props.get("bootstrap.servers", "")
+    if kind in ("producer", "consumer", "admin"):
+        return {**props, "bootstrap.servers": bootstrap, **required}
+    if kind != "faust":
+        raise ValueError(f"unknown Kafka client kind {kind!r}")
+    conf = {"broker": ",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())}
+    for key, value in props.items():
+        if key in _FAUST_NAMES:
+            name, parse = _FAUST_NAMES[key]
+            conf[name] = parse(value)
+    if props.keys() & _SECURITY:
+        conf["broker_credentials"] = faust_credentials(props)
+    ignored = sorted(props.keys() - _FAUST_NAMES.keys() - _SECURITY - {"bootstrap.servers"})
+    if ignored:
+        log.warning("Kafka properties not applicable to faust's aiokafka clients (used by the others): %s",
+                    ", ".join(ignored))
+    return {**conf, **required}
+
+
+def faust_credentials(props: dict[str, str]):
+    """faust's credentials object for the file's security.protocol, sasl.* and ssl.* settings."""
+    import ssl
+
+    import faust
+
+    protocol = props.get("security.protocol", "PLAINTEXT").upper()
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=props.get("ssl.ca.location"))
+        if "ssl.certificate.location" in props:
+            context.load_cert_chain(props["ssl.certificate.location"], props.get("ssl.key.location"),
+                                    props.get("ssl.key.password"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol not in ("SASL_SSL", "SASL_PLAINTEXT"):
+        raise SettingsError(f"security.protocol={protocol}: faust's clients take PLAINTEXT, SSL, SASL_SSL or SASL_PLAINTEXT")
+    mechanism = props.get("sasl.mechanism", props.get("sasl.mechanisms", "PLAIN")).upper()
+    if mechanism == "GSSAPI":
+        return faust.GSSAPICredentials(kerberos_service_name=props.get("sasl.kerberos.service.name", "kafka"),
+                                       ssl_context=context)
+    if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise SettingsError(f"sasl.mechanism={mechanism}: faust's clients take PLAIN, SCRAM-SHA-256/512 or GSSAPI")
+    return faust.SASLCredentials(username=props.get("sasl.username"), password=props.get("sasl.password"),
+                                 ssl_context=context, mechanism=mechanism)

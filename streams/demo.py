@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
-from streamrec.streams.config import Settings
+from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import WorkerProcess, metric_sum
 from streamrec.streams.replay import replay
@@ -34,8 +34,8 @@ class ListFollower(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str):
         super().__init__(daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamrec-demo",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": "streamrec-demo",
+                                                                     "enable.auto.commit": False}))
         # assign(), not subscribe(): no group join to wait for, every partition from the start.
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])

@@ -54,7 +54,7 @@ def parse_every(text: str) -> tuple[str, float]:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", required=True, help="model registry directory")
-    Settings.add_arguments(p, only=["bootstrap_servers", "model_updates_topic", "model_evaluations_topic"])
+    Settings.add_arguments(p, only=["bootstrap_servers", "kafka_config", "model_updates_topic", "model_evaluations_topic"])
 
 
 def parse_seconds(text: str) -> float:
