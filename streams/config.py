@@ -59,7 +59,7 @@ class Settings:
     export_dir: str = _f("", "write Parquet segments of the event log here (for retraining)")
     export_every: float = _f(30.0, "seconds between event-log exports", min=0.1)
     metrics_host: str = _f("127.0.0.1", "address of the /metrics endpoint")
-    metrics_port: int = _f(6066, "port of the /metrics endpoint", min=1, max=65535)
+    metrics_port: int = _f(6066, "port of the /metrics endpoint (the demo: 0 picks free ones)", min=0, max=65535)
     session_timeout: float = _f(10.0, "consumer group session timeout, seconds", min=1.0)
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from importlib import resources
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from streamrec.streams.processes import WorkerProcess, metric_sum
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (package data)
 log = logging.getLogger(__name__)
 
 
