@@ -39,6 +39,11 @@ class ModelConfig(_Dict):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
+    @classmethod
+    def defaults(cls, kind: str, n_items: int = 0, **overrides) -> "ModelConfig":
+        """The recipe of ``kind``: field defaults plus its ``RECIPES`` entry (what the CLI trains)."""
+        return cls(kind=kind, n_items=n_items, **{**RECIPES[kind]["model"], **overrides})
+
     @property
     def vocab_size(self) -> int:  # pad + items + mask
         return self.n_items + 2
@@ -64,3 +69,14 @@ class TrainConfig(_Dict):
     min_user_events: int = 5  # drop users with fewer events (after the rating filter)
     device: str = "auto"  # "auto" = CUDA if available, else CPU
     max_seconds: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
+
+    @classmethod
+    def defaults(cls, kind: str, **overrides) -> "TrainConfig":
+        return cls(**{**RECIPES[kind]["train"], **overrides})
+
+
+# Per-model departures from the field defaults: the recipe behind docs/accuracy.md's numbers.
+RECIPES: dict[str, dict[str, dict]] = {
+    "sasrec": {"model": {}, "train": {}},
+    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.2}, "train": {"lr": 2e-3}},
+}

@@ -51,11 +51,11 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.model.config import ModelConfig, TrainConfig
-from streamrec.model.data import Sequences, build_sequences, length_sorted_batches, windows
+from streamrec.model.data import Sequences, build_sequences, length_sorted_batches
 from streamrec.model.evaluate import evaluate_histories, full_ranks, model_scorer
 from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
 from streamrec.model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
-from streamrec.model.transformer import BERT4Rec, SequentialTransformer, build_model
+from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
 from streamrec.storage.movielens import Ratings
 
@@ -185,10 +185,7 @@ def fit(
     model = model.to(device)
     cfg = model.cfg
     s = Sequences.from_list(np.arange(len(train_seqs)), train_seqs)
-    if isinstance(model, BERT4Rec):
-        ws = windows(s, cfg.max_len, min_len=1)
-    else:
-        ws = windows(s, cfg.max_len + 1, min_len=2)
+    ws = model.training_windows(s)
     info = {"best_epoch": 0, "valid": {}, "history": [], "train_windows": len(ws), "seconds": 0.0}
     start = time.perf_counter()
     if not ws or tcfg.epochs <= 0:

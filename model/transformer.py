@@ -9,11 +9,13 @@ real items 1..n_items only: padding and the mask token can never be recommended.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from streamrec.model.config import ModelConfig
+from streamrec.model.data import Sequences, pad_left, windows
 
 
 class Block(nn.Module):
@@ -116,6 +118,14 @@ class SequentialTransformer(nn.Module):
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
 
+    def training_windows(self, seqs: Sequences) -> list[np.ndarray]:
+        """Training examples cut from the users' sequences; ``make_batch`` turns a list into tensors."""
+        raise NotImplementedError
+
+    def make_batch(self, ws: list[np.ndarray], gen: torch.Generator | None = None):
+        """(inputs, labels) tensors for ``forward``, trimmed to the longest window of the batch."""
+        raise NotImplementedError
+
     @torch.inference_mode()
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """Next-item scores [B, n_items] for left-padded histories [B, L] (L <= history_len)."""
@@ -144,6 +154,12 @@ class BERT4Rec(SequentialTransformer):
         inputs[swap] = torch.randint(1, cfg.n_items + 1, (int(swap.sum()),), generator=generator)
         return inputs, labels
 
+    def training_windows(self, seqs: Sequences) -> list[np.ndarray]:
+        return windows(seqs, self.cfg.max_len, min_len=1)
+
+    def make_batch(self, ws: list[np.ndarray], gen: torch.Generator | None = None):
+        return self.cloze(torch.from_numpy(pad_left(ws)), generator=gen)
+
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the full item vocabulary at the masked positions."""
         sel = labels > 0
@@ -159,6 +175,12 @@ class SASRec(SequentialTransformer):
     """Causal encoder; every position predicts the item that follows it."""
 
     causal = True
+
+    def training_windows(self, seqs: Sequences) -> list[np.ndarray]:
+        return windows(seqs, self.cfg.max_len + 1, min_len=2)  # input = w[:-1], targets = w[1:]
+
+    def make_batch(self, ws: list[np.ndarray], gen: torch.Generator | None = None):
+        return torch.from_numpy(pad_left([w[:-1] for w in ws])), torch.from_numpy(pad_left([w[1:] for w in ws]))
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Full-softmax cross-entropy (SASRec+), or sampled softmax over cfg.negatives items

@@ -85,25 +85,35 @@ def check_port_free(host: str, port: int, option: str) -> None:
 
 
 def cmd_broker(args) -> int:
-    from streamrec.streams.broker import EmbeddedBroker
+    from streamrec.streams.broker import BrokerError, EmbeddedBroker
     from streamrec.streams.topics import ensure_topics
 
     settings = Settings(partitions=args.partitions)  # checked before anything starts
-    broker = EmbeddedBroker(port=args.port or None).start()
+    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None)
+    try:
+        broker.start()
+    except (BrokerError, OSError, RuntimeError, TimeoutError) as e:  # e.g. a busy --port, named in e
+        raise UserError(str(e)) from e
     settings.bootstrap_servers = broker.bootstrap
     ensure_topics(settings)
-    print(f"Kafka bootstrap servers: {broker.bootstrap}", flush=True)
+    print(f"Kafka bootstrap servers: {broker.bootstrap}"
+          + (f" (persistent: {args.data_dir})" if args.data_dir else " (memory storage: lost when it stops)"), flush=True)
     print(f"  export STREAMREC_BOOTSTRAP_SERVERS={broker.bootstrap}   # then: streamrec worker / replay", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    failure = None
     try:
-        while not stop and broker.proc and broker.proc.poll() is None:
+        while not stop and (failure := broker.failure()) is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        print("stopping broker", flush=True)
+        if failure is None:
+            print("stopping broker", flush=True)
         broker.stop()
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -166,6 +176,8 @@ def _add_replay_options(p: argparse.ArgumentParser, default_speedup: float | Non
 def configure_broker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_nonnegative(int), default=0, help="port (default: a free one)")
     p.add_argument("--partitions", type=int, default=1, help="partitions of the topics it creates")
+    p.add_argument("--data-dir", default="", help="keep topics, data and committed offsets in this folder across "
+                   "restarts (Tansu on a local SeaweedFS); default: memory only")
 
 
 def configure_worker(p: argparse.ArgumentParser) -> None:

@@ -61,6 +61,12 @@ class Settings:
     metrics_host: str = _f("127.0.0.1", "address of the /metrics endpoint")
     metrics_port: int = _f(6066, "port of the /metrics endpoint (the demo: 0 picks free ones)", min=0, max=65535)
     session_timeout: float = _f(10.0, "consumer group session timeout, seconds", min=1.0)
+    # Reliability (streams/events.py, streams/pipeline.py, the worker): see docs/operations.md.
+    max_event_skew: float = _f(86400.0, "seconds an event_time may be ahead of its record's Kafka timestamp", min=0.0)
+    allow_null_keys: bool = _f(False, "accept records without a key (else the key must be the user id)")
+    stage_retries: int = _f(8, "attempts at a failing micro-batch before the worker exits", min=1)
+    stage_backoff: float = _f(1.0, "seconds before the first retry of a failed batch; doubles each time, up to 30", min=0.0)
+    broker_outage_limit: float = _f(300.0, "seconds the broker may be unreachable before the worker exits", min=0.0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -127,6 +133,8 @@ def option_name(f: dataclasses.Field) -> str:
 def convert(f: dataclasses.Field, raw: str, source: str):
     """``raw`` as the field's type, range-checked; ``source`` names where it came from in the error."""
     kind = type(f.default)
+    if kind is bool:  # bool("false") is True
+        return _bool(raw, source, f)
     try:
         value = kind(raw)
     except ValueError:
@@ -134,6 +142,16 @@ def convert(f: dataclasses.Field, raw: str, source: str):
         raise SettingsError(f"{source}: expected {noun} for {f.name} ({option_name(f)} or {env_name(f)})") from None
     check(f, value)
     return value
+
+
+def _bool(raw: str, source: str, f: dataclasses.Field) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{source}: expected true or false for {f.name} ({option_name(f)} or {env_name(f)})")
 
 
 def check(f: dataclasses.Field, value) -> None:

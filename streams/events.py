@@ -7,19 +7,28 @@ user's events share a partition and keep their order::
      "event_type": "rating", "rating": 4.5, "event_id": "optional-unique-string"}
 
 * ``user_id``, ``item_id``: integers in [0, 2**63 - 1].
-* ``event_time``: milliseconds since the Unix epoch (integer, >= 0).
+* ``event_time``: milliseconds since the Unix epoch, from 1995-01-01 on, and at most
+  ``max_event_skew`` (default one day) ahead of the Kafka timestamp of its record: an event
+  from the far future would stay its user's newest event for ever.
 * ``event_type``: one of ``view``, ``click``, ``rating``, ``cart``, ``purchase``.
-* ``rating``: a finite number; required when ``event_type`` is ``rating``, optional otherwise.
+* ``rating``: a finite number within float32's range (it is stored as float32); required when
+  ``event_type`` is ``rating``, optional otherwise.
 * ``event_id``: at most 200 characters. When absent it is derived from the other fields as
   ``"{user_id}:{item_id}:{event_time}:{event_type}"``, so a producer's retry of the same event
   is recognised as the same event. Other fields are ignored (forward compatible).
+* The record's key: the user id as decimal text (``b"42"``); a null key is rejected unless
+  ``allow_null_keys`` is set.
 
-A message that breaks any rule is rejected with a precise reason and goes to the dead-letter topic.
+A message that breaks any rule is rejected with a precise reason and goes to the dead-letter
+topic. Decoding never raises for one bad message, whatever the error (deep nesting, invalid
+UTF-8, anything else): it becomes a dead letter and the rest of the batch goes on. An event id
+seen before with a different payload is a ``conflict`` (found by the store stage,
+``streams/pipeline.py``); a true redelivery is a silent duplicate.
 
->>> batch = decode_batch([b'{"user_id": 1, "item_id": 2, "event_time": 3, "event_type": "click"}',
-...                       b'{"user_id": "1", "item_id": 2, "event_time": 3, "event_type": "click"}'])
+>>> batch = decode_batch([b'{"user_id": 1, "item_id": 2, "event_time": 900000000000, "event_type": "click"}',
+...                       b'{"user_id": "1", "item_id": 2, "event_time": 900000000000, "event_type": "click"}'])
 >>> batch.user.tolist(), batch.event_id
-([1], ['1:2:3:click'])
+([1], ['1:2:900000000000:click'])
 >>> batch.rejected
 [(1, 'Expected `int`, got `str` - at `$.user_id`')]
 """
@@ -36,6 +45,8 @@ import numpy as np
 
 MAX_ID = 2**63 - 1
 EVENT_TYPES = ("view", "click", "rating", "cart", "purchase")
+MIN_EVENT_TIME = 788_918_400_000  # 1995-01-01T00:00:00Z in ms: older data is a unit mistake (seconds)
+MAX_RATING = float(np.finfo(np.float32).max)  # ratings are stored as float32: larger would become inf
 Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 
 
@@ -51,6 +62,14 @@ class Event(msgspec.Struct, omit_defaults=True):
         return self.event_id or f"{self.user_id}:{self.item_id}:{self.event_time}:{self.event_type}"
 
 
+@dataclass(frozen=True)
+class Contract:
+    """The record-level rules (``Settings.max_event_skew`` and ``Settings.allow_null_keys``)."""
+
+    max_skew_ms: int = 86_400_000  # event_time at most this far ahead of the record's Kafka timestamp
+    allow_null_keys: bool = False
+
+
 _decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
 
@@ -60,9 +79,17 @@ class InvalidEvent(ValueError):
 
 
 def decode(value: bytes | None) -> Event:
-    """Decode and validate one message value, or raise :class:`InvalidEvent` with the reason."""
-    if value is None:
-        raise InvalidEvent("empty message (null value)")
+    """Decode and validate one message value, or raise :class:`InvalidEvent` with the reason.
+
+    Raises nothing else: whatever goes wrong while decoding one message is its reason.
+
+    >>> decode(b'{"a": ' * 2000 + b'1' + b'}' * 2000)
+    Traceback (most recent call last):
+    ...
+    streamrec.streams.events.InvalidEvent: malformed JSON: nested too deeply (RecursionError)
+    """
+    if not value:
+        raise InvalidEvent("empty message (null value)" if value is None else "empty message (zero bytes)")
     try:
         ev = _decoder.decode(value)
     except msgspec.ValidationError as e:
@@ -72,11 +99,43 @@ def decode(value: bytes | None) -> Event:
         if b"NaN" in value or b"Infinity" in value:
             reason += " (NaN and Infinity are not JSON numbers; ratings must be finite)"
         raise InvalidEvent(f"malformed JSON: {reason}") from None
-    if ev.rating is not None and not math.isfinite(ev.rating):
-        raise InvalidEvent(f"rating must be a finite number, got {ev.rating}")
+    except RecursionError:  # an unknown field nested ~1,000 levels deep
+        raise InvalidEvent("malformed JSON: nested too deeply (RecursionError)") from None
+    except UnicodeDecodeError as e:  # invalid UTF-8 inside a JSON string
+        raise InvalidEvent(f"malformed JSON: invalid UTF-8 in a string ({e.reason})") from None
+    except Exception as e:  # anything else: a dead letter too, never a crash
+        raise InvalidEvent(f"undecodable: {type(e).__name__}: {str(e)[:200]}") from None
+    if ev.rating is not None:
+        if not math.isfinite(ev.rating):
+            raise InvalidEvent(f"rating must be a finite number, got {ev.rating}")
+        if abs(ev.rating) > MAX_RATING:
+            raise InvalidEvent(f"rating {ev.rating!r} out of range (float32: |rating| <= {MAX_RATING:.7g})")
     if ev.event_type == "rating" and ev.rating is None:
         raise InvalidEvent("event_type 'rating' requires a 'rating' field")
+    if ev.event_time < MIN_EVENT_TIME:
+        raise InvalidEvent(f"event_time {ev.event_time} out of range: before 1995-01-01 "
+                           f"({MIN_EVENT_TIME} ms; event times are milliseconds)")
     return ev
+
+
+def check_record(ev: Event, key: bytes | None, timestamp: int, contract: Contract) -> None:
+    """The rules that need the Kafka record: its key and its timestamp (ms; <= 0: none).
+
+    >>> ev = decode(b'{"user_id": 7, "item_id": 1, "event_time": 900000000000, "event_type": "view"}')
+    >>> check_record(ev, b"8", 900000000000, Contract())
+    Traceback (most recent call last):
+    ...
+    streamrec.streams.events.InvalidEvent: wrong key: b'8' is not the user id 7 as decimal text
+    """
+    if key is None:
+        if not contract.allow_null_keys:
+            raise InvalidEvent(f"wrong key: null, expected the user id {ev.user_id} as decimal text "
+                               "(allow_null_keys accepts null keys)")
+    elif key != str(ev.user_id).encode():
+        raise InvalidEvent(f"wrong key: {key[:40]!r} is not the user id {ev.user_id} as decimal text")
+    if timestamp > 0 and ev.event_time > timestamp + contract.max_skew_ms:
+        raise InvalidEvent(f"event_time {ev.event_time} out of range: more than {contract.max_skew_ms} ms "
+                           f"ahead of the record's Kafka timestamp {timestamp}")
 
 
 def encode(ev: Event) -> bytes:
@@ -101,19 +160,27 @@ class EventBatch:
     rating: np.ndarray  # float32, NaN where absent
     index: np.ndarray  # int64: position of each valid event in the input batch
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+    conflicts: int = 0  # valid events found by the store stage to conflict with a stored one
 
     def __len__(self) -> int:
         return len(self.user)
 
 
-def decode_batch(values: Sequence[bytes | None]) -> EventBatch:
-    """Decode a micro-batch; invalid messages are reported in ``rejected``, never dropped."""
+def decode_batch(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
+                 timestamps: Sequence[int] | None = None, contract: Contract = Contract()) -> EventBatch:
+    """Decode a micro-batch; invalid messages are reported in ``rejected``, never dropped.
+
+    ``keys`` and ``timestamps`` (of the Kafka records): checked by :func:`check_record` when given.
+    """
     events: list[Event] = []
     index: list[int] = []
     rejected: list[tuple[int, str]] = []
     for i, v in enumerate(values):
         try:
-            events.append(decode(v))
+            ev = decode(v)
+            if keys is not None:
+                check_record(ev, keys[i], int(timestamps[i]) if timestamps is not None else 0, contract)
+            events.append(ev)
             index.append(i)
         except InvalidEvent as e:
             rejected.append((i, str(e)))

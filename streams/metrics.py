@@ -14,7 +14,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
 # DLQ reasons are free text; the label is one of these classes (bounded cardinality).
-REJECT_CLASSES = ("malformed_json", "missing_field", "wrong_type", "out_of_range", "invalid_value", "empty")
+REJECT_CLASSES = ("malformed_json", "missing_field", "wrong_type", "out_of_range", "invalid_value", "empty",
+                  "wrong_key", "conflict")
 
 
 def process_registry() -> CollectorRegistry:
@@ -61,6 +62,9 @@ def reject_class(reason: str) -> str:
     'out_of_range'
     """
     r = reason.lower()
+    for cls in ("conflict", "wrong key", "empty"):  # reasons of streams/events.py that name their class
+        if r.startswith(cls):
+            return cls.replace(" ", "_")
     if r.startswith("malformed json"):
         return "malformed_json"
     if "missing required field" in r:

@@ -57,6 +57,7 @@ class UpdateFollower:
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self.decode = msgspec.json.Decoder(ModelUpdate).decode
+        self.skipped = 0  # records that are not announcements (logged, counted, skipped)
 
     def poll(self) -> list[ModelUpdate]:
         out = []
@@ -64,9 +65,11 @@ class UpdateFollower:
             if msg.error():
                 continue
             try:
-                update = self.decode(msg.value())
-            except msgspec.DecodeError as e:
-                log.error("ignoring malformed model update at offset %d: %s", msg.offset(), e)
+                update = self.decode(msg.value() or b"")
+            except Exception as e:  # msgspec errors, RecursionError, UnicodeDecodeError: never a crash
+                self.skipped += 1
+                log.error("%s@%d: skipping a record that is not a model update: %s: %s",
+                          msg.topic(), msg.offset(), type(e).__name__, str(e)[:200])
                 continue
             if update.announced_at > self.since_ms:
                 out.append(update)

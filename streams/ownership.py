@@ -47,7 +47,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import kafka_config
-from streamrec.streams.events import decode_batch
+from streamrec.streams.events import Contract, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class OwnershipLog:
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
         self.producer = Producer(kafka_config("producer", bootstrap, {"enable.idempotence": True}))
         self._decode = msgspec.json.Decoder(Claim).decode
+        self.skipped = 0  # records of the log that are not claims (logged once each, skipped)
+        self._bad_offsets: set[int] = set()
 
     def read(self, until_nonce: str | None = None, timeout: float = 30.0) -> list[Claim]:
         """Every claim of this group in log order (up to and including ``until_nonce``'s)."""
@@ -109,13 +111,28 @@ class OwnershipLog:
                     if found:
                         return claims
                     continue
-                claim = self._decode(msg.value())
+                claim = self._claim_of(msg)
+                if claim is None:
+                    continue
                 if claim.group == self.group:
                     claims.append(claim)
                 found = found or claim.nonce == until_nonce
         finally:
             c.close()
         raise TimeoutError(f"ownership log {self.topic}: not read to its end in {timeout}s")
+
+    def _claim_of(self, msg) -> Claim | None:
+        """The claim in a record, or None (logged and counted once) for one that is not a claim:
+        a stray record must not stop every worker of the group, as a crash here would."""
+        try:
+            return self._decode(msg.value() or b"")
+        except Exception as e:  # msgspec errors, RecursionError, UnicodeDecodeError, ...
+            if msg.offset() not in self._bad_offsets:
+                self._bad_offsets.add(msg.offset())
+                self.skipped += 1
+                log.error("ownership log %s@%d: skipping a record that is not a claim: %s: %s",
+                          self.topic, msg.offset(), type(e).__name__, str(e)[:200])
+            return None
 
     def claim(self, partition: int, start: int, db_id: str) -> list[Claim]:
         """Append a claim, wait for the broker's ack; returns the log up to and including it."""
@@ -137,11 +154,11 @@ def fence(store: EventStore, claims: list[Claim]) -> int:
 
 
 def read_partition(bootstrap: str, topic: str, partition: int, lo: int, hi: int, timeout: float = 120.0):
-    """Raw records of ``topic[partition]`` at offsets [lo, hi) as (values, offsets)."""
+    """Raw records of ``topic[partition]`` at offsets [lo, hi) as (values, offsets, keys, timestamps)."""
     c = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}",
                                                   "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024**2}))
     c.assign([TopicPartition(topic, partition, lo)])
-    values, offsets, deadline = [], [], time.monotonic() + timeout
+    values, offsets, keys, stamps, deadline = [], [], [], [], time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             msgs = [m for m in c.consume(10_000, timeout=0.5) if not m.error()]
@@ -149,6 +166,8 @@ def read_partition(bootstrap: str, topic: str, partition: int, lo: int, hi: int,
                 if m.offset() < hi:
                     values.append(m.value())
                     offsets.append(m.offset())
+                    keys.append(m.key())
+                    stamps.append(m.timestamp()[1])
             if msgs and msgs[-1].offset() >= hi - 1:
                 break
         else:
@@ -158,14 +177,15 @@ def read_partition(bootstrap: str, topic: str, partition: int, lo: int, hi: int,
     if offsets and offsets[0] > lo:
         log.warning("%s[%d]: offsets %d..%d are gone from Kafka (retention); those users' history is partial",
                     topic, partition, lo, offsets[0] - 1)
-    return values, np.asarray(offsets, np.int64)
+    return values, np.asarray(offsets, np.int64), keys, stamps
 
 
 class Ownership:
     """A worker's side of it: claim each partition once per assignment, fence, recover."""
 
-    def __init__(self, store: EventStore, bootstrap: str, interactions_topic: str, group: str):
-        self.store, self.bootstrap, self.topic = store, bootstrap, interactions_topic
+    def __init__(self, store: EventStore, bootstrap: str, interactions_topic: str, group: str,
+                 contract: Contract = Contract()):
+        self.store, self.bootstrap, self.topic, self.contract = store, bootstrap, interactions_topic, contract
         self.log = OwnershipLog(bootstrap, owners_topic(interactions_topic), group)
         self.claimed: set[int] = set()
         self.recovered_events = 0  # copies stored by recoveries, for the metric
@@ -213,8 +233,9 @@ class Ownership:
             hi = start if hi is None or hi > start else hi
             if db == self.store.db_id or lo >= hi or self.store.is_recovered(partition, lo, hi):
                 continue
-            values, offsets = read_partition(self.bootstrap, self.topic, partition, lo, hi)
-            batch = decode_batch(values)  # invalid ones were dead-lettered by their owner
+            values, offsets, keys, stamps = read_partition(self.bootstrap, self.topic, partition, lo, hi)
+            # The owner's rules: what it dead-lettered is not copied either.
+            batch = decode_batch(values, keys, stamps, self.contract)
             idx = batch.index
             result = self.store.append(batch.key, batch.event_id, batch.user, batch.item, batch.event_time,
                                        batch.event_type, batch.rating, np.full(len(idx), partition, np.int32),

@@ -24,7 +24,8 @@ from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
-from streamrec.streams.events import EventBatch, decode_batch
+from streamrec.streams.dead_letters import conflicts, dead_letter
+from streamrec.streams.events import Contract, EventBatch, decode_batch
 from streamrec.streams.metrics import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
 
@@ -80,19 +81,9 @@ class Stored:
     trigger_offset: np.ndarray
 
 
-@dataclass
-class BatchReport:
-    consumed: int
-    stored: int
-    duplicates: int
-    rejected: int
-    lists: int
-    max_event_time: int | None
-
-
 class BatchProcessor:
     def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
-                 producer: Producer, metrics: WorkerMetrics):
+                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership):
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
@@ -101,7 +92,9 @@ class BatchProcessor:
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
-        self.ownership: Ownership | None = None  # set by a worker in a consumer group (scale-out)
+        self.ownership = ownership  # which partitions' rows this database holds (scale-out)
+        self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
+        self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -125,19 +118,24 @@ class BatchProcessor:
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
-        batch = decode_batch(raw.values)
-
+        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract)
         for i, reason in batch.rejected:
-            self.producer.produce(
-                s.dlq_topic, value=raw.values[i], key=raw.keys[i], on_delivery=self._on_delivery,
-                headers=[("reason", reason.encode()), ("source_topic", raw.topic.encode()),
-                         ("source_partition", str(int(raw.partitions[i])).encode()),
-                         ("source_offset", str(int(raw.offsets[i])).encode())],
-            )
-            m.rejected.labels(reject_class(reason)).inc()
-            log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+            self._dead_letter(raw, i, reason)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch
+
+    def _dead_letter(self, raw: RawBatch, i: int, reason: str) -> None:
+        """Copy record ``i`` to the DLQ (delivered by this batch's ``publish``, before its commit)."""
+        key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i], reason)
+        try:
+            self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
+                                  on_delivery=self._on_delivery)
+        except BufferError:  # local queue full: wait for deliveries, then retry once
+            self.producer.poll(1)
+            self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
+                                  on_delivery=self._on_delivery)
+        self.metrics.rejected.labels(reject_class(reason)).inc()
+        log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
 
     def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
         """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of
@@ -145,18 +143,21 @@ class BatchProcessor:
         of the next one changes that memory."""
         m = self.metrics
         t0 = time.time()
-        if self.ownership is not None:  # partitions new since the last rebalance: claim, recover
-            self._claim(raw)
-            t0 = time.time()
+        self._claim(raw)  # partitions new since the last rebalance: claim, recover
+        t0 = time.time()
         idx = batch.index
         result = self.store.append(
             batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
             batch.rating, raw.partitions[idx], raw.offsets[idx],
         )
         t_stored = time.time()
+        for j, reason in conflicts(self.store, batch, result.new_mask):
+            self._dead_letter(raw, int(idx[j]), reason)
+            result.new_mask[j] = False  # (already False: a conflict is never stored)
+            batch.conflicts += 1
         m.stored.inc(result.n_new)
         m.store_events.set(self.store.n_events)
-        m.duplicates.inc(len(batch) - result.n_new)
+        m.duplicates.inc(len(batch) - result.n_new - batch.conflicts)
         m.stage_duration.labels("store").observe(t_stored - t0)
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
         # Every user with a valid event in the batch gets a list, triggered by their newest event
@@ -183,7 +184,7 @@ class BatchProcessor:
             m.recovery_seconds.observe(time.time() - t0)
             m.store_events.set(self.store.n_events)
 
-    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> BatchReport:
+    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> None:
         """Stage 3: grade, score, publish, flush; batches must come in the order they were stored."""
         m = self.metrics
         shadow = self.shadow  # read once: the worker may start or end a shadow between two batches
@@ -211,8 +212,6 @@ class BatchProcessor:
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
         observe_many(m.freshness, np.maximum(t_done - stored.trigger_ts / 1000.0, 0.0))
-        return BatchReport(len(raw), result.n_new, len(batch) - result.n_new, len(batch.rejected),
-                           len(stored.users), int(batch.event_time.max()) if len(batch) else None)
 
     def snapshot_evaluation(self) -> None:
         """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table; while a
@@ -258,8 +257,6 @@ class BatchProcessor:
         return recs
 
     # --- shadow mode (streams/shadow.py) -----------------------------------------------------------
-
-    shadow: "Shadow | None" = None  # a candidate scored beside the champion; the worker sets it
 
     def _score_shadow(self, shadow: "Shadow", stored: "Stored") -> None:
         """The candidate's lists for the batch's users: recorded for grading, never published."""

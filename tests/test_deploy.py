@@ -528,3 +528,12 @@ def test_readme_documents_every_retrain_metric(retrain_exposition):
     assert all(f["samples"] for f in actual.values()), "every job metric exists from the start"
     check_documented(docs, actual)
     assert not set(docs) & set(documented_metrics(WORKER_TABLE)), "a metric is in both tables"
+
+
+def test_compose_publishes_host_ports_on_loopback_only():
+    """Kafka, the workers' metrics, Prometheus and Grafana have no authentication: never on 0.0.0.0."""
+    compose = load_yaml(COMPOSE)
+    published = [(name, str(p)) for name, svc in compose["services"].items() for p in svc.get("ports", [])]
+    assert len(published) >= 6
+    for name, port in published:
+        assert port.startswith("127.0.0.1:") and port.count(":") == 2, f"{name}: {port} is not bound to 127.0.0.1"

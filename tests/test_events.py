@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from streamrec.streams.events import Event, InvalidEvent, decode, decode_batch, encode, event_key
+from streamrec.streams.events import Contract, Event, InvalidEvent, decode, decode_batch, encode, event_key
 from streamrec.streams.metrics import reject_class
 
-VALID = b'{"user_id": 5, "item_id": 9, "event_time": 1000, "event_type": "rating", "rating": 4.5}'
+T = 900_000_000_000  # 1998-07-09, ms
+VALID = b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "rating", "rating": 4.5}'
 
 
 @pytest.mark.parametrize("value, reason, cls", [
@@ -29,6 +30,17 @@ VALID = b'{"user_id": 5, "item_id": 9, "event_time": 1000, "event_type": "rating
     (b'{"user_id": 5, "item_id": 9, "event_time": 1, "event_type": "rating", "rating": 1e400}', "Number out of range - at `$.rating`", "out_of_range"),
     (b'{"user_id": 5, "item_id": 9, "event_time": 1, "event_type": "view", "event_id": ""}', "length >= 1", "out_of_range"),
     (None, "empty message", "empty"),
+    (b"", "empty message (zero bytes)", "empty"),
+    (b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "rating", "rating": 1e39}',
+     "rating 1e+39 out of range", "out_of_range"),
+    (b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "rating", "rating": -3.5e38}',
+     "out of range (float32", "out_of_range"),
+    (b'{"user_id": 5, "item_id": 9, "event_time": 788918399999, "event_type": "view"}', "before 1995-01-01", "out_of_range"),
+    (b'{"user_id": 5, "item_id": 9, "event_time": 1260759144, "event_type": "view"}', "before 1995-01-01", "out_of_range"),
+    (b'{"a": ' * 3000 + b"1" + b"}" * 3000, "nested too deeply (RecursionError)", "malformed_json"),
+    (b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "view", "event_id": "\xff\xfe"}',
+     "malformed JSON: invalid UTF-8 in a string", "malformed_json"),
+    (bytes(range(256)), "malformed JSON", "malformed_json"),
 ])
 def test_invalid_events_have_precise_reasons(value, reason, cls):
     with pytest.raises(InvalidEvent) as e:
@@ -39,14 +51,16 @@ def test_invalid_events_have_precise_reasons(value, reason, cls):
 
 def test_valid_event_and_derived_id():
     ev = decode(VALID)
-    assert (ev.user_id, ev.item_id, ev.event_time, ev.event_type, ev.rating) == (5, 9, 1000, "rating", 4.5)
-    assert ev.id() == "5:9:1000:rating"
-    assert decode(b'{"user_id": 5, "item_id": 9, "event_time": 1000, "event_type": "click", "event_id": "abc", "extra": 1}').id() == "abc"
+    assert (ev.user_id, ev.item_id, ev.event_time, ev.event_type, ev.rating) == (5, 9, T, "rating", 4.5)
+    assert ev.id() == f"5:9:{T}:rating"
+    assert decode(b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "click", "event_id": "abc",'
+                  b' "extra": 1}').id() == "abc"
+    assert decode(VALID.replace(b"4.5", b"3.4e38")).rating == 3.4e38  # float32's largest order still fits
     assert decode(encode(ev)) == ev
 
 
 def test_event_key_is_deterministic_and_64_bit():
-    assert event_key("5:9:1000:rating") == event_key("5:9:1000:rating")
+    assert event_key(f"5:9:{T}:rating") == event_key(f"5:9:{T}:rating")
     assert event_key("a") != event_key("b")
     assert 0 <= event_key("x") < 2**64
 
@@ -57,10 +71,37 @@ def test_decode_batch_keeps_positions_of_valid_and_rejected():
     assert [i for i, _ in b.rejected] == [1, 3]
     assert b.rating.tolist() == [4.5, 3.0]
     assert b.key.dtype == np.uint64 and len(set(b.key.tolist())) == 1  # same derived id twice
-    nb = decode_batch([b'{"user_id": 1, "item_id": 2, "event_time": 3, "event_type": "view"}'])
+    nb = decode_batch([b'{"user_id": 1, "item_id": 2, "event_time": 900000000000, "event_type": "view"}'])
     assert math.isnan(nb.rating[0])
 
 
 def test_round_trip_of_struct():
     ev = Event(1, 2, 3, "view")
     assert encode(ev) == b'{"user_id":1,"item_id":2,"event_time":3,"event_type":"view"}'
+
+
+def test_record_rules_key_and_clock_skew():
+    """The key must be the user id; event_time at most the skew ahead of the Kafka timestamp."""
+    day = 86_400_000
+    values = [VALID] * 6 + [VALID.replace(b"900000000000", str(T + day + 1).encode())] * 2
+    keys = [b"5", b"05", b"6", None, b"5", b" 5", b"5", b"5"]
+    stamps = [T] * 6 + [T, T + 1]
+    b = decode_batch(values, keys, stamps, Contract())
+    assert b.index.tolist() == [0, 4, 7]  # T + day + 1 is one day + 1 ms ahead of T, exactly one day of T + 1
+    reasons = dict(b.rejected)
+    assert [reject_class(reasons[i]) for i in (1, 2, 3, 5)] == ["wrong_key"] * 4
+    assert "not the user id 5" in reasons[1] and "null" in reasons[3]
+    assert "ahead of the record's Kafka timestamp" in reasons[6] and reject_class(reasons[6]) == "out_of_range"
+    lenient = decode_batch(values[:4], keys[:4], stamps[:4], Contract(max_skew_ms=day, allow_null_keys=True))
+    assert lenient.index.tolist() == [0, 3]
+    # No Kafka timestamp (<= 0): no skew check; no keys given: no key check.
+    assert len(decode_batch(values[6:], [b"5", b"5"], [0, -1])) == 2 and len(decode_batch(values)) == 8
+
+
+def test_decode_never_raises_anything_but_invalid_event():
+    """Whatever a message holds, one bad message is a reason, not an exception that stops the batch."""
+    bad = [b'{"a": ' * 5000 + b"1" + b"}" * 5000, b'[' * 100_000, b'{"user_id": "\xc3\x28"}',
+           rb'{"user_id": 1, "item_id": 2, "event_time": 900000000000, "event_type": "view", "event_id": "\ud800"}',
+           b"\x00" * 10, b"1e999999", b'"' + b"\\" * 1001 + b'"']
+    b = decode_batch([VALID] * 5 + bad + [VALID] * 5)
+    assert len(b) == 10 and [i for i, _ in b.rejected] == list(range(5, 5 + len(bad)))

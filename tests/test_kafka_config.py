@@ -14,7 +14,7 @@ import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from streamrec.streams import demo, model_updates, ownership, replay, shadow, topics
+from streamrec.streams import demo, model_updates, ownership, replay, shadow, topics, worker
 from streamrec.streams.config import Settings, SettingsError, kafka_config
 from streamrec.storage.movielens import load_ratings
 from tests.test_cli_errors import DATA
@@ -43,7 +43,7 @@ def recorded(monkeypatch) -> list[tuple[str, str, dict]]:
                 super().__init__(conf, **kw)
         return Recorded
 
-    for module in (replay, ownership, model_updates, shadow, demo, topics):
+    for module in (replay, ownership, model_updates, shadow, demo, topics, worker):
         for cls in (confluent_kafka.Producer, confluent_kafka.Consumer, AdminClient):
             if getattr(module, cls.__name__, None) is cls:
                 monkeypatch.setattr(module, cls.__name__, recorder(cls, module))
@@ -67,8 +67,11 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
                                       timeout=0.5, min_events=10, margin=0.0, alpha=0.05)  # consumer
     assert decision.verdict != "promote"
 
+    w = worker.Worker(s)  # the faust app; its pipeline's producer, ownership log and recovery reader
+    w.open_pipeline().store.con.close()
+
     kinds = {(module, cls) for module, cls, _ in recorded}
-    assert {("topics", "AdminClient"), ("replay", "Producer"), ("ownership", "Producer"), ("ownership", "Consumer"),
+    assert {("worker", "Producer"), ("topics", "AdminClient"), ("replay", "Producer"), ("ownership", "Producer"), ("ownership", "Consumer"),
             ("model_updates", "Producer"), ("model_updates", "Consumer"), ("demo", "Consumer"),
             ("shadow", "Consumer")} <= kinds, kinds
     for module, cls, conf in recorded:
@@ -79,9 +82,15 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
     assert len(groups) >= 4
 
 
-def test_faust_gets_the_mapped_names(props_file):
+def test_faust_gets_the_mapped_names(props_file, tmp_path):
     conf = kafka_config("faust", "127.0.0.1:9092")
     assert conf == {"broker": "kafka://127.0.0.1:9092", "broker_client_id": CLIENT_ID, "broker_session_timeout": 12.0}
+    # The worker's app: faust builds its aiokafka consumer and producer from these settings.
+    s = Settings(bootstrap_servers="127.0.0.1:9092", kafka_config=str(props_file), db=str(tmp_path / "w.duckdb"))
+    app = worker.Worker(s).app
+    assert (app.conf.broker_client_id, app.conf.broker_session_timeout) == (CLIENT_ID, 12.0)
+    assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:9092"]
+    assert app.conf.datadir == tmp_path / "w.duckdb.faust"  # beside the DuckDB file, not in the working directory
 
 
 def test_faust_credentials_from_sasl_properties(tmp_path):
