@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from streamrec import __version__
 from streamrec.model import commands as model_commands
@@ -152,6 +153,13 @@ def cmd_replay(args) -> int:
 def cmd_demo(args) -> int:
     from streamrec.streams.demo import run_demo
 
+    # What can be wrong is found before the broker and workers start.
+    for path, option in ((args.ratings, "--ratings"), (args.movies, "--movies")):
+        if path and not Path(path).is_file():
+            raise UserError(f"{option} {path}: file not found")
+    if args.metrics_port:
+        for w in range(args.workers):
+            check_port_free("127.0.0.1", args.metrics_port + w, "--metrics-port (0: free ports)")
     return run_demo(args)
 
 

@@ -45,7 +45,7 @@ class Settings:
     partitions: int = _f(1, "partitions when the pipeline creates its topics", min=1)
     replication_factor: int = _f(0, "replication factor of the topics it creates (0: the smaller of 3 and the cluster's brokers)", min=0)
     group_id: str = _f("streamrec-worker", "consumer group (faust app id) of the workers")
-    db: str = _f("streamrec.duckdb", "this worker's DuckDB file; faust's data folder goes beside it (<db>.faust/)")
+    db: str = _f("streamrec.duckdb", "this worker's DuckDB file; faust's data folder goes beside it (DB.faust/)")
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
     top_k: int = _f(20, "length of published lists", min=1, max=10_000)
     batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
@@ -266,3 +266,12 @@ def faust_credentials(props: dict[str, str]):
         raise SettingsError(f"sasl.mechanism={mechanism}: faust's clients take PLAIN, SCRAM-SHA-256/512 or GSSAPI")
     return faust.SASLCredentials(username=props.get("sasl.username"), password=props.get("sasl.password"),
                                  ssl_context=context, mechanism=mechanism)
+
+
+def settings_markdown() -> str:
+    """The README's configuration table, generated from :class:`Settings` (a test keeps them equal)."""
+    rows = ["| setting | environment variable | default | what it is |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        default = "(empty)" if f.default == "" else f"`{f.default}`"
+        rows.append(f"| `{option_name(f)}` | `{env_name(f)}` | {default} | {f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

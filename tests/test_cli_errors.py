@@ -53,6 +53,8 @@ def test_usage_errors_exit_2(args, env, words):
 
 def test_missing_and_unrecognised_files_exit_1(tmp_path):
     one_line_error(streamrec("replay", "/nope.csv", "--bootstrap-servers", "127.0.0.1:9"), 1, "not found", "/nope.csv")
+    one_line_error(streamrec("demo", "--ratings", "/nope.csv", cwd=tmp_path), 1, "--ratings", "not found")
+    assert not (tmp_path / "demo-run").exists()  # found before anything started
     readme = tmp_path / "README.md"
     readme.write_text("# not ratings\nsome text\n")
     one_line_error(streamrec("replay", str(readme), "--bootstrap-servers", "127.0.0.1:9"), 1,
@@ -105,7 +107,9 @@ def test_busy_metrics_port(broker, settings):
         port = s.getsockname()[1]
         r = streamrec("worker", "--bootstrap-servers", settings.bootstrap_servers, "--db", settings.db,
                       "--metrics-port", str(port))
+        demo = streamrec("demo", "--metrics-port", str(port), "--workdir", str(Path(settings.db).parent / "demo"))
     one_line_error(r, 1, f"127.0.0.1:{port}", "busy", "--metrics-port")
+    one_line_error(demo, 1, f"127.0.0.1:{port}", "busy", "--metrics-port")
 
 
 def test_ctrl_c_during_replay_flushes_and_counts(broker, settings):
