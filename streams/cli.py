@@ -122,6 +122,12 @@ def cmd_worker(args) -> int:
     from streamrec.streams.topics import ensure_topics
 
     settings = _settings(args)
+    if settings.checkpoint:
+        from streamrec.model.checkpoint import CARD, WEIGHTS
+
+        if not all((Path(settings.checkpoint) / name).is_file() for name in (CARD, WEIGHTS)):
+            raise UserError(f"{settings.checkpoint} is not a checkpoint (expected {CARD} and {WEIGHTS}): "
+                            "give a directory written by `streamrec train` with --checkpoint or STREAMREC_CHECKPOINT")
     check_db_free(settings.db)
     check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port (STREAMREC_METRICS_PORT)")
     ensure_topics(settings)  # also: an unreachable broker is reported here, within seconds
@@ -249,13 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _exit_status(e: BaseException) -> tuple[int, str]:
     """(exit status, one line) for an error that ends a command."""
+    from streamrec.model.registry import RegistryError
+    from streamrec.model.retrain import RetrainError
     from streamrec.storage.movielens import FormatError
+    from streamrec.streams.broker import BrokerError
     from streamrec.streams.topics import KafkaUnreachable
 
     if isinstance(e, SettingsError):
         return 2, str(e)
-    if isinstance(e, (UserError, FormatError, KafkaUnreachable, FileNotFoundError, IsADirectoryError,
-                      PermissionError, NotADirectoryError)):
+    if isinstance(e, (UserError, FormatError, KafkaUnreachable, BrokerError, RegistryError, RetrainError,
+                      FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)):
         return 1, str(e)
     if isinstance(e, KeyboardInterrupt):
         return 130, "interrupted"

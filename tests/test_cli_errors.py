@@ -59,6 +59,9 @@ def test_missing_and_unrecognised_files_exit_1(tmp_path):
     readme.write_text("# not ratings\nsome text\n")
     one_line_error(streamrec("replay", str(readme), "--bootstrap-servers", "127.0.0.1:9"), 1,
                    "unrecognised header", "userId,movieId,rating,timestamp")
+    one_line_error(streamrec("worker", "--checkpoint", str(tmp_path), "--bootstrap-servers", "127.0.0.1:9",
+                             "--db", str(tmp_path / "w.duckdb")), 1, "not a checkpoint", "--checkpoint")
+    one_line_error(streamrec("rollback", "--registry", str(tmp_path / "registry")), 1, "nothing to roll back")
     bad = tmp_path / "client.properties"
     bad.write_text("security.protocol=PLAINTEXT\nthis line has no separator\n")
     one_line_error(streamrec("worker", "--kafka-config", str(bad), "--bootstrap-servers", "127.0.0.1:9"), 2,
