@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from importlib import resources
 import threading
 import time
 from pathlib import Path
@@ -19,13 +20,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
-from streamrec.streams.config import Settings
+from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import WorkerProcess, metric_sum
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (package data)
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +35,8 @@ class ListFollower(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str):
         super().__init__(daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamrec-demo",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": "streamrec-demo",
+                                                                     "enable.auto.commit": False}))
         # assign(), not subscribe(): no group join to wait for, every partition from the start.
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])

@@ -37,7 +37,7 @@ from faust.types import TP
 
 from streamrec.storage.export import export_new_events
 from streamrec.storage.store import EventStore
-from streamrec.streams.config import Settings
+from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
 from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
@@ -48,12 +48,9 @@ log = logging.getLogger(__name__)
 
 
 def make_app(settings: Settings, buffer: RecordBuffer, worker: "Worker") -> BulkApp:
-    return BulkApp(
-        settings.group_id,
-        record_buffer=buffer,
-        before_revoke=worker.before_revoke,
-        broker=f"kafka://{settings.bootstrap_servers}",
+    conf = dict(
         store="memory://",
+        datadir=str(settings.faust_datadir()),  # beside the DuckDB file, not in the working directory
         web_bind=settings.metrics_host,
         web_port=settings.metrics_port,
         web_host=settings.metrics_host,
@@ -66,6 +63,8 @@ def make_app(settings: Settings, buffer: RecordBuffer, worker: "Worker") -> Bulk
         broker_commit_interval=1.0,
         consumer_max_fetch_size=8 * 1024**2,  # per partition: fewer, larger fetches to parse in bulk
     )
+    conf.update(kafka_config("faust", settings))  # broker, client id, credentials of --kafka-config
+    return BulkApp(settings.group_id, record_buffer=buffer, before_revoke=worker.before_revoke, **conf)
 
 
 class Worker:
@@ -110,8 +109,8 @@ class Worker:
         store = EventStore(s.db, seq_len=s.seq_len)
         recommender = self.models.first_model(store)
         metrics.store_events.set(store.n_events)
-        producer = Producer({"bootstrap.servers": s.bootstrap_servers, "linger.ms": 5,
-                             "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
+        producer = Producer(kafka_config("producer", s, {"linger.ms": 5, "enable.idempotence": True,
+                                                         "queue.buffering.max.messages": 1_000_000}))
         ownership = Ownership(store, s.bootstrap_servers, s.interactions_topic, s.group_id)
         metrics.disowned.inc(ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
