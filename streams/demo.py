@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import _thread
 import logging
+import shutil
 import sys
+from importlib import resources
 import threading
 import time
 from pathlib import Path
@@ -33,15 +35,13 @@ from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, ch
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (package data)
 log = logging.getLogger(__name__)
 
 
 def clear_workdir(work: Path) -> None:
     """Empty the demo's folder, except DuckDB files another process holds open (a demo still
     running there): those stay, and the worker that needs one fails with DuckDB's message."""
-    import shutil
-
     import duckdb
 
     work.mkdir(parents=True, exist_ok=True)

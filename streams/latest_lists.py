@@ -24,7 +24,9 @@ import time
 
 import msgspec
 
+from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.topics import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,9 @@ class Peers:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
         self.topic, self.url = topic, url
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"peers-{os.getpid()}",
-                                   "enable.auto.commit": False})
+        self._producer = Producer(kafka_config("producer", bootstrap, {"linger.ms": 0}))
+        self._consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"peers-{os.getpid()}",
+                                                                      "enable.auto.commit": False}))
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self.seen: dict[str, float] = {}  # url -> time of its last announcement (its wall clock)
@@ -101,20 +103,9 @@ class Peers:
         self._consumer.close()
 
 
-def ensure_workers_topic(bootstrap: str, topic: str) -> None:
+def ensure_workers_topic(settings: Settings, topic: str) -> None:
     """The peers' topic: one partition, compacted (the key is the worker's address)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    futures = admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})])
-    for f in futures.values():
-        try:
-            f.result()
-        except Exception as e:  # created meanwhile by another worker
-            if "TOPIC_ALREADY_EXISTS" not in str(e).upper().replace(" ", "_"):
-                raise
+    create_topics(settings, {topic: (1, {"cleanup.policy": "compact"})}, settings.replication_factor)
 
 
 def web_address(host: str, port: int) -> str:

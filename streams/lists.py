@@ -12,6 +12,7 @@ import msgspec
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from streamrec.streams.config import kafka_config
 from streamrec.streams.pipeline import Recommendation
 
 
@@ -24,8 +25,8 @@ class ListFollower(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str, keep: int = 0):
         super().__init__(daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamrec-lists",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": "streamrec-lists",
+                                                                     "enable.auto.commit": False}))
         # assign(), not subscribe(): no group join to wait for, every partition from the start.
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])

@@ -39,10 +39,10 @@ from faust.types import TP
 from streamrec.storage.evaluation_log import export_evaluation
 from streamrec.storage.export import export_new_events
 from streamrec.storage.store import EventStore
-from streamrec.streams.config import Settings
+from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
 from streamrec.streams.latest_lists import ANNOUNCE_EVERY, LatestLists, Peers, add_views, ensure_workers_topic, web_address
-from streamrec.streams.metrics import WorkerMetrics
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
@@ -51,12 +51,9 @@ log = logging.getLogger(__name__)
 
 
 def make_app(settings: Settings, buffer: RecordBuffer, worker: "Worker") -> BulkApp:
-    return BulkApp(
-        settings.group_id,
-        record_buffer=buffer,
-        before_revoke=worker.before_revoke,
-        broker=f"kafka://{settings.bootstrap_servers}",
+    conf = dict(
         store="memory://",
+        datadir=str(settings.faust_datadir()),  # beside the DuckDB file, not in the working directory
         web_bind=settings.metrics_host,
         web_port=settings.metrics_port,
         web_host=settings.metrics_host,
@@ -69,6 +66,8 @@ def make_app(settings: Settings, buffer: RecordBuffer, worker: "Worker") -> Bulk
         broker_commit_interval=1.0,
         consumer_max_fetch_size=8 * 1024**2,  # per partition: fewer, larger fetches to parse in bulk
     )
+    conf.update(kafka_config("faust", settings))  # broker, client id, credentials of --kafka-config
+    return BulkApp(settings.group_id, record_buffer=buffer, before_revoke=worker.before_revoke, **conf)
 
 
 class Worker:
@@ -117,8 +116,8 @@ class Worker:
         store = EventStore(s.db, seq_len=s.seq_len)
         recommender = self.models.first_model(store)
         metrics.store_events.set(store.n_events)
-        producer = Producer({"bootstrap.servers": s.bootstrap_servers, "linger.ms": 5,
-                             "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
+        producer = Producer(kafka_config("producer", s, {"linger.ms": 5, "enable.idempotence": True,
+                                                         "queue.buffering.max.messages": 1_000_000}))
         ownership = Ownership(store, s.bootstrap_servers, s.interactions_topic, s.group_id)
         metrics.disowned.inc(ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
@@ -206,7 +205,7 @@ class Worker:
         s = self.settings
         if self.peers is None:
             topic = f"{s.group_id}.workers"
-            await self._run(self.loader, ensure_workers_topic, s.bootstrap_servers, topic)
+            await self._run(self.loader, ensure_workers_topic, s, topic)
             self.peers = await self._run(self.loader, Peers, s.bootstrap_servers, topic,
                                          web_address(s.metrics_host, s.metrics_port))
         await self._run(self.loader, self.peers.announce_and_read)
