@@ -1,30 +1,39 @@
-"""Accuracy of BERT4Rec, SASRec and popularity on MovieLens, leave-one-out, full ranking.
+"""Every model x protocol on MovieLens, with the transformers trained from the CLI defaults.
 
-    python benchmarks/bench_accuracy.py                      # ml-latest-small + ML-100K, both models
-    python benchmarks/bench_accuracy.py --datasets ml-100k --models sasrec --max-minutes 2
+    python benchmarks/bench_accuracy.py                        # ml-latest-small + ML-100K, all models
+    python benchmarks/bench_accuracy.py --datasets ml-100k --models sasrec --protocols a
 
-Protocol: all ratings (no rating filter), users with >= 5 events, newest item = test target,
-second newest = validation target (early stopping), the rest is training data. Full ranking
-over every item the user has not seen; sampled metrics (100 negatives, uniform and
-popularity-sampled) are printed alongside for comparison with the papers.
+Protocols (``model.protocols``): (a) leave-one-out, full ranking, seen items masked and unmasked;
+(b) global temporal split at the 90% time quantile, every later event scored with the user's strictly
+earlier events. Same data, users (>= 5 events), candidates and masking for every model. Baselines
+are fit on everything the transformer may use (for (a), the test inputs, validation item included;
+for (b), every event before T). Same-second ties in hash order (``--ties file`` for file order).
+For each transformer: paired bootstrap 95% interval over users of its difference to the best
+baseline of that protocol.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 import platform
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streamrec.model.baselines import ItemKNNRecommender, TransitionRecommender  # noqa: E402
 from streamrec.model.config import ModelConfig, TrainConfig  # noqa: E402
 from streamrec.model.data import build_sequences, leave_one_out  # noqa: E402
-from streamrec.model.evaluate import evaluate_split, model_scorer  # noqa: E402
+from streamrec.model.evaluate import item_counts, model_scorer, popularity_scorer  # noqa: E402
+from streamrec.model.protocols import (METRICS, event_metrics, loo_set, paired_bootstrap,  # noqa: E402
+                                       rank_events, temporal_split)
+from streamrec.model.recommender import PopularityRecommender  # noqa: E402
 from streamrec.model.train import train  # noqa: E402
 from streamrec.storage.movielens import load_ratings, recbole_ml100k_path  # noqa: E402
 
@@ -32,65 +41,114 @@ DATASETS = {
     "ml-latest-small": lambda: Path(__file__).resolve().parents[1] / "tests" / "data" / "ratings.csv",
     "ml-100k": recbole_ml100k_path,
 }
-COLS = ["NDCG@10", "Recall@10", "MRR@10", "NDCG@20", "Recall@20"]
+BASELINES = ["popularity", "recent-pop", "item2item", "itemknn"]
+TRANSFORMERS = ["sasrec", "bert4rec"]
+RECENT = 10_000  # events in the recent-popularity window
+SETS: dict = {}  # --set overrides of the defaults (experiments only; the table uses none)
+
+
+def baseline_scorers(seqs, n_items: int) -> dict:
+    """Scorers of the four baselines fit on per-user sequences ``seqs`` (with times)."""
+    hs = seqs.as_list()
+    recent = PopularityRecommender(window=RECENT)
+    recent.observe(seqs.recent_items(RECENT))
+    ids, cnt = recent.ranked()
+    rc = np.zeros(n_items + 1)
+    rc[ids] = cnt
+    return {"popularity": popularity_scorer(item_counts(hs, n_items)),
+            "recent-pop": popularity_scorer(rc + 1e-3 * item_counts(hs, n_items)),  # all-time breaks ties
+            "item2item": TransitionRecommender().fit(hs).scorer(n_items),
+            "itemknn": ItemKNNRecommender().fit(hs).scorer(n_items)}
+
+
+def train_default(kind: str, split, n_items: int, log: dict) -> torch.nn.Module:
+    sets = {k.split(".", 1)[1]: v for k, v in SETS.items() if k.startswith(kind + ".")}
+    mf = {f.name for f in fields(ModelConfig)}
+    mcfg = ModelConfig.defaults(kind, n_items, **{k: v for k, v in sets.items() if k in mf})
+    tcfg = TrainConfig.defaults(kind, **{k: v for k, v in sets.items() if k not in mf})
+    res = train(split, mcfg, tcfg, progress=sys.stderr.isatty())
+    log.update(seconds=round(res.seconds, 1), best_epoch=res.best_epoch, epochs=res.history[-1]["epoch"],
+               valid_ndcg10=round(res.valid.get("NDCG@10", 0.0), 4))
+    print(f"  {kind}: {res.seconds:.0f}s, best epoch {res.best_epoch} of {res.history[-1]['epoch']}, "
+          f"valid NDCG@10 {res.valid.get('NDCG@10', 0):.4f}", flush=True)
+    return res.model
+
+
+def run_dataset(ds: str, args) -> dict:
+    ratings = load_ratings(DATASETS[ds](), ties=args.ties, seed=args.seed)
+    seqs, vocab = build_sequences(ratings, min_user_events=5)
+    split = leave_one_out(seqs)
+    out = {"events": len(ratings), "users": len(split.users), "items": len(vocab), "train": {}, "metrics": {},
+           "intervals": {}}
+    print(f"\n== {ds}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items", flush=True)
+    ranks: dict[str, dict[str, np.ndarray]] = {}  # protocol -> model -> ranks
+    users: dict[str, np.ndarray] = {}
+    if "a" in args.protocols:
+        es = loo_set(split)
+        users["a"] = es.users
+        scorers = baseline_scorers(split.test_inputs, len(vocab))
+        for kind in args.models:
+            scorers[kind] = model_scorer(train_default(kind, split, len(vocab), out["train"].setdefault(f"{kind}/a", {})))
+        for name, s in scorers.items():
+            r = rank_events(s, es)
+            ranks.setdefault("a-masked", {})[name] = r["masked"]
+            ranks.setdefault("a-unmasked", {})[name] = r["unmasked"]
+    if "b" in args.protocols:
+        tsp = temporal_split(ratings, quantile=args.quantile)
+        users["b"] = tsp.test.users
+        print(f"  (b): T = {time.strftime('%Y-%m-%d', time.gmtime(tsp.cut_time))}, {len(tsp.test.targets)} events "
+              f"after T, {np.mean(tsp.test.targets == 0):.1%} of their items unknown at T", flush=True)
+        scorers = baseline_scorers(tsp.train_seqs, len(tsp.vocab))
+        for kind in args.models:
+            scorers[kind] = model_scorer(train_default(kind, tsp.train, len(tsp.vocab),
+                                                       out["train"].setdefault(f"{kind}/b", {})))
+        ranks["b"] = {name: rank_events(s, tsp.test)["masked"] for name, s in scorers.items()}
+    for proto, by_model in ranks.items():
+        u = users[proto[0]]
+        per = {name: event_metrics(r) for name, r in by_model.items()}
+        out["metrics"][proto] = {name: {k: float(v.mean()) for k, v in m.items()} for name, m in per.items()}
+        best = max(BASELINES, key=lambda b: out["metrics"][proto][b]["NDCG@10"])
+        for kind in args.models:
+            d, lo, hi = paired_bootstrap(per[kind]["NDCG@10"], per[best]["NDCG@10"], u, seed=args.seed)
+            out["intervals"][f"{proto}/{kind}"] = {"vs": best, "diff": d, "lo": lo, "hi": hi}
+    print_table(out, args.models)
+    return out
+
+
+def print_table(out: dict, kinds: list[str]) -> None:
+    print(f"{'model':12s}{'protocol':>11s}" + "".join(f"{c:>13s}" for c in METRICS) + f"{'train s':>9s}")
+    for proto, by_model in out["metrics"].items():
+        for name, m in by_model.items():
+            t = out["train"].get(f"{name}/{proto[0]}", {}).get("seconds")
+            print(f"{name:12s}{proto:>11s}" + "".join(f"{m[c]:13.4f}" for c in METRICS)
+                  + (f"{t:9.0f}" if t is not None else ""))
+    for key, iv in out["intervals"].items():
+        print(f"{key}: NDCG@10 - {iv['vs']} = {iv['diff']:+.4f}  95% CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]"
+              + ("" if iv["lo"] > 0 or iv["hi"] < 0 else "  (includes 0)"))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    p.add_argument("--models", nargs="+", choices=["sasrec", "bert4rec"], default=["sasrec", "bert4rec"])
-    p.add_argument("--max-len", type=int, default=200, help="input length (default 200)")
-    p.add_argument("--d-model", type=int, default=64, help="hidden size (default 64)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=200, help="maximum epochs (early stopping usually ends sooner)")
-    p.add_argument("--patience", type=int, default=8, help="validation rounds without improvement before stopping")
-    p.add_argument("--max-minutes", type=float, default=4.0, help="training budget per model and dataset")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--models", nargs="*", choices=TRANSFORMERS, default=TRANSFORMERS)
+    p.add_argument("--protocols", nargs="+", choices=["a", "b"], default=["a", "b"])
+    p.add_argument("--ties", choices=["hash", "file"], default="hash", help="same-second order (default: hash)")
+    p.add_argument("--quantile", type=float, default=0.9, help="(b): share of events before T (default 0.9)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
+    p.add_argument("--set", nargs="*", default=[], metavar="KIND.FIELD=JSON",
+                   help="experiment: override a default, e.g. sasrec.lr=0.002 (results then are not the defaults')")
     args = p.parse_args(argv)
+    SETS.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
     torch.set_num_threads(args.threads)
-
-    # Per-model recipe: SASRec+ (full softmax) learns fast; BERT4Rec's cloze signal is sparser
-    # (15% of positions), so it gets a higher learning rate and lower dropout.
-    recipes = {
-        "sasrec": dict(model=dict(dropout=0.2), train=dict(lr=1e-3)),
-        "bert4rec": dict(model=dict(dropout=0.1, mask_prob=0.2), train=dict(lr=2e-3)),
-    }
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__, "runs": {}}
+    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+               "ties": args.ties, "overrides": SETS, "runs": {}}
     for ds in args.datasets:
-        ratings = load_ratings(DATASETS[ds]())
-        seqs, vocab = build_sequences(ratings, min_rating=None, min_user_events=5)
-        split = leave_one_out(seqs)
-        print(f"\n== {ds}: {len(ratings)} ratings, {len(split.users)} users, {len(vocab)} items", flush=True)
-        scorers, seconds, epochs = {}, {}, {}
-        for kind in args.models:
-            r = recipes[kind]
-            mcfg = ModelConfig(kind=kind, n_items=len(vocab), max_len=args.max_len, d_model=args.d_model,
-                               n_heads=args.heads, n_layers=args.layers, **r["model"])
-            tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-                               warmup_steps=100, seed=args.seed, max_seconds=60 * args.max_minutes, **r["train"])
-            res = train(split, mcfg, tcfg, progress=sys.stderr.isatty())
-            scorers[kind], seconds[kind] = model_scorer(res.model), res.seconds
-            epochs[kind] = (res.best_epoch, res.history[-1]["epoch"])
-            print(f"{kind}: {res.seconds:.0f}s, best epoch {res.best_epoch} of {res.history[-1]['epoch']}, "
-                  f"valid NDCG@10 {res.valid['NDCG@10']:.4f}", flush=True)
-        t0 = time.perf_counter()
-        test = evaluate_split(scorers, split, len(vocab), seed=args.seed)
-        print(f"(test evaluation {time.perf_counter() - t0:.1f}s)")
-        print(f"{'model':12s}{'protocol':>12s}" + "".join(f"{c:>11s}" for c in COLS) + f"{'train s':>9s}")
-        for name, m in test.items():
-            for prefix, label in (("", "full"), ("uniform100/", "uniform100"), ("popular100/", "popular100")):
-                if prefix + "NDCG@10" in m:
-                    t = f"{seconds[name]:9.0f}" if name in seconds and not prefix else ""
-                    print(f"{name:12s}{label:>12s}" + "".join(f"{m[prefix + c]:11.4f}" for c in COLS) + t)
-        results["runs"][ds] = {"users": len(split.users), "items": len(vocab), "events": len(ratings),
-                               "metrics": test, "train_seconds": seconds, "epochs_best_of_run": epochs}
-    if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=1))
+        results["runs"][ds] = run_dataset(ds, args)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(results, indent=1))
     return 0
 
 

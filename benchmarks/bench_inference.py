@@ -34,7 +34,7 @@ from streamrec.model.checkpoint import Checkpoint  # noqa: E402
 from streamrec.model.config import ModelConfig, TrainConfig  # noqa: E402
 from streamrec.model.data import pad_left  # noqa: E402
 from streamrec.model.inference import TransformerRecommender  # noqa: E402
-from streamrec.model.train import configure_optimizer, make_batch  # noqa: E402
+from streamrec.model.train import configure_optimizer  # noqa: E402
 from streamrec.model.transformer import build_model  # noqa: E402
 from streamrec.model.vocab import ItemVocab  # noqa: E402
 from streamrec.storage.movielens import load_ratings  # noqa: E402
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
 
             def step(i):
                 batch = [windows[(i * args.train_batch + j) % len(windows)] for j in range(args.train_batch)]
-                inputs, labels = make_batch(model, batch, gen)
+                inputs, labels = model.make_batch(batch, gen)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     loss = model(inputs.to(device), labels.to(device))
                 opt.zero_grad(set_to_none=True)

@@ -32,12 +32,19 @@ class ModelConfig(_Dict):
     pre_ln: bool = True  # pre-LN (GPT-2) trains stably without warm-up tricks; False = original post-LN
     mask_prob: float = 0.15  # BERT4Rec: fraction of positions to predict
     negatives: int = 0  # SASRec: 0 = full softmax ("SASRec+"); N > 0 = sampled softmax with N negatives
+    future: int = 1  # SASRec: each position learns the next `future` items (1 = the classic next item)
+    label_smoothing: float = 0.0  # SASRec, full softmax: share of the target mass spread over all items
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):
             raise ValueError(f"kind must be 'bert4rec' or 'sasrec', not {self.kind!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    @classmethod
+    def defaults(cls, kind: str, n_items: int = 0, **overrides) -> "ModelConfig":
+        """The recipe of ``kind``: field defaults plus its ``RECIPES`` entry (what the CLI trains)."""
+        return cls(kind=kind, n_items=n_items, **{**RECIPES[kind]["model"], **overrides})
 
     @property
     def vocab_size(self) -> int:  # pad + items + mask
@@ -64,3 +71,14 @@ class TrainConfig(_Dict):
     min_user_events: int = 5  # drop users with fewer events (after the rating filter)
     device: str = "auto"  # "auto" = CUDA if available, else CPU
     max_seconds: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
+
+    @classmethod
+    def defaults(cls, kind: str, **overrides) -> "TrainConfig":
+        return cls(**{**RECIPES[kind]["train"], **overrides})
+
+
+# Per-model departures from the field defaults: the recipe behind docs/accuracy.md's numbers.
+RECIPES: dict[str, dict[str, dict]] = {
+    "sasrec": {"model": {}, "train": {}},
+    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.2}, "train": {"lr": 2e-3}},
+}

@@ -28,6 +28,7 @@ class Sequences:
     users: np.ndarray  # external user ids, one per sequence
     offsets: np.ndarray  # int64 [n + 1]
     items: np.ndarray  # int64 item indices (1..n_items)
+    times: np.ndarray | None = None  # int64 Unix seconds per item, where known
 
     def __len__(self) -> int:
         return len(self.users)
@@ -40,6 +41,23 @@ class Sequences:
 
     def as_list(self) -> list[np.ndarray]:
         return np.split(self.items, self.offsets[1:-1]) if len(self) else []
+
+    def cut(self, start: int, stop: int, min_len: int = 1) -> "Sequences":
+        """Per user ``seq[start:stop]`` (Python slice semantics) of the users with >= min_len items."""
+        keep = self.lengths() >= min_len
+        sl = slice(start, stop)
+        parts = [(self.items[a:b][sl], None if self.times is None else self.times[a:b][sl])
+                 for a, b, k in zip(self.offsets[:-1], self.offsets[1:], keep) if k]
+        out = Sequences.from_list(self.users[keep], [p[0] for p in parts])
+        if self.times is not None:
+            out.times = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        return out
+
+    def recent_items(self, n: int) -> np.ndarray:
+        """The ``n`` newest items over all users, oldest first (needs ``times``)."""
+        if self.times is None:
+            raise ValueError("these sequences carry no times")
+        return self.items[np.argsort(self.times, kind="stable")[-n:]]
 
     @classmethod
     def from_list(cls, users, seqs: list[np.ndarray]) -> "Sequences":
@@ -67,12 +85,12 @@ def build_sequences(
         vocab = ItemVocab.from_ids(ratings.item)
     idx = vocab.encode(ratings.item)
     known = idx > 0
-    user, idx = ratings.user[known], idx[known]
+    user, idx, ts = ratings.user[known], idx[known], np.asarray(ratings.timestamp)[known]
     order = np.argsort(user, kind="stable")  # stable: keeps each user's events in time order
-    user, idx = user[order], idx[order]
+    user, idx, ts = user[order], idx[order], ts[order].astype(np.int64)
     uniq, start, counts = np.unique(user, return_index=True, return_counts=True)
     offsets = np.concatenate([start, [len(user)]]).astype(np.int64)
-    return Sequences(uniq, offsets, idx), vocab
+    return Sequences(uniq, offsets, idx, ts), vocab
 
 
 @dataclass
@@ -89,15 +107,23 @@ class Split:
 
 def leave_one_out(seqs: Sequences) -> Split:
     keep = seqs.lengths() >= 3  # need a training item, a validation and a test target
-    full = [s for s, k in zip(seqs.as_list(), keep) if k]
-    users = seqs.users[keep]
+    full = seqs.cut(0, None, min_len=3)
     return Split(
-        users=users,
-        train=Sequences.from_list(users, [s[:-2] for s in full]),
-        valid_targets=np.array([s[-2] for s in full], dtype=np.int64),
-        test_inputs=Sequences.from_list(users, [s[:-1] for s in full]),
-        test_targets=np.array([s[-1] for s in full], dtype=np.int64),
+        users=seqs.users[keep],
+        train=full.cut(0, -2),
+        valid_targets=full.items[full.offsets[1:] - 2],
+        test_inputs=full.cut(0, -1),
+        test_targets=full.items[full.offsets[1:] - 1],
     )
+
+
+def holdout_last(seqs: Sequences) -> Split:
+    """Everything known is for training except each user's newest item, which is the validation
+    target (early stopping); there are no test targets (the temporal protocol scores later events)."""
+    full = seqs.cut(0, None, min_len=2)
+    empty = np.zeros(0, np.int64)
+    return Split(full.users, full.cut(0, -1), full.items[full.offsets[1:] - 1],
+                 Sequences(empty, np.zeros(1, np.int64), empty), empty)
 
 
 def windows(seqs: Sequences, length: int, min_len: int = 1) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """Training loop: AdamW, linear warm-up then cosine decay, early stopping on validation NDCG@10.
 
-The loop is the same for both models; only the batch differs (BERT4Rec: cloze-masked windows;
-SASRec: windows shifted by one item, every position predicting its successor).
+The loop is the same for both models; each model class cuts its own training windows and makes
+its own batches (BERT4Rec: cloze-masked windows; SASRec: windows shifted by one item, every
+position predicting its successor).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.model.config import ModelConfig, TrainConfig
-from streamrec.model.data import Split, pad_left, windows
+from streamrec.model.data import Split
 from streamrec.model.evaluate import evaluate_histories, model_scorer
-from streamrec.model.transformer import BERT4Rec, SequentialTransformer, build_model
+from streamrec.model.transformer import SequentialTransformer, build_model
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -33,20 +34,6 @@ class TrainResult:
     valid: dict[str, float]  # validation metrics of the best epoch
     seconds: float
     history: list[dict] = field(default_factory=list)  # per evaluation: epoch, loss, metrics
-
-
-def training_windows(model: SequentialTransformer, split: Split) -> list[np.ndarray]:
-    cfg = model.cfg
-    if isinstance(model, BERT4Rec):
-        return windows(split.train, cfg.max_len, min_len=1)
-    return windows(split.train, cfg.max_len + 1, min_len=2)  # input = w[:-1], targets = w[1:]
-
-
-def make_batch(model: SequentialTransformer, ws: list[np.ndarray], gen: torch.Generator):
-    """(inputs, labels) tensors, trimmed to the longest window of the batch."""
-    if isinstance(model, BERT4Rec):
-        return model.cloze(torch.from_numpy(pad_left(ws)), generator=gen)
-    return torch.from_numpy(pad_left([w[:-1] for w in ws])), torch.from_numpy(pad_left([w[1:] for w in ws]))
 
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -98,7 +85,7 @@ def train_epoch(model: SequentialTransformer, ws: list[np.ndarray], opt, sched, 
     losses: list[float] = []
     perm = rng.permutation(len(ws))
     for i in range(0, len(ws), tcfg.batch_size):
-        inputs, labels = make_batch(model, [ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
+        inputs, labels = model.make_batch([ws[j] for j in perm[i : i + tcfg.batch_size]], gen)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(inputs.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
@@ -120,7 +107,7 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     device = resolve_device(tcfg.device)
     model = build_model(mcfg).to(device)
     opt = configure_optimizer(model, tcfg)
-    ws = training_windows(model, split)
+    ws = model.training_windows(split.train)
     if not ws:
         raise ValueError("no training sequences: every user needs at least 3 events")
     steps_per_epoch = math.ceil(len(ws) / tcfg.batch_size)

@@ -18,19 +18,20 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
-from streamrec.model.metrics import NO_LIST
+from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
-from streamrec.streams.events import Contract, EventBatch, decode_batch
-from streamrec.streams.metrics import WorkerMetrics, observe_many, reject_class
+from streamrec.storage.batch import EventBatch
+from streamrec.streams.events import Contract, decode_batch
+from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
-    from streamrec.streams.shadow import Shadow
+    from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,9 @@ class Stored:
     trigger_offset: np.ndarray
 
 
-@dataclass
-class BatchReport:
-    consumed: int
-    stored: int
-    duplicates: int
-    rejected: int
-    lists: int
-    max_event_time: int | None
-
-
 class BatchProcessor:
     def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
-                 producer: Producer, metrics: WorkerMetrics):
+                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership):
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
@@ -102,7 +93,8 @@ class BatchProcessor:
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
-        self.ownership: Ownership | None = None  # set by a worker in a consumer group (scale-out)
+        self.ownership = ownership  # which partitions' rows this database holds (scale-out)
+        self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
     def _on_delivery(self, err, msg) -> None:
@@ -127,7 +119,7 @@ class BatchProcessor:
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
-        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract)
+        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
         for i, reason in batch.rejected:
             self._dead_letter(raw, i, reason)
         m.stage_duration.labels("decode").observe(time.time() - t0)
@@ -152,14 +144,10 @@ class BatchProcessor:
         of the next one changes that memory."""
         m = self.metrics
         t0 = time.time()
-        if self.ownership is not None:  # partitions new since the last rebalance: claim, recover
-            self._claim(raw)
-            t0 = time.time()
+        self._claim(raw)  # partitions new since the last rebalance: claim, recover
+        t0 = time.time()
         idx = batch.index
-        result = self.store.append(
-            batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
-            batch.rating, raw.partitions[idx], raw.offsets[idx],
-        )
+        result = self.store.append(batch)
         t_stored = time.time()
         for j, reason in conflicts(self.store, batch, result.new_mask):
             self._dead_letter(raw, int(idx[j]), reason)
@@ -194,7 +182,7 @@ class BatchProcessor:
             m.recovery_seconds.observe(time.time() - t0)
             m.store_events.set(self.store.n_events)
 
-    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> BatchReport:
+    def publish(self, raw: RawBatch, batch: EventBatch, stored: "Stored") -> None:
         """Stage 3: grade, score, publish, flush; batches must come in the order they were stored."""
         m = self.metrics
         shadow = self.shadow  # read once: the worker may start or end a shadow between two batches
@@ -203,7 +191,7 @@ class BatchProcessor:
             new = result.new_mask
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
             users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
-            self.recommender.observe(items)
+            self.recommender.observe(items, users)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             graded = self.evaluator.score_events(users, items, times)
             if shadow is not None:  # the same events against the candidate's lists: paired
@@ -222,9 +210,6 @@ class BatchProcessor:
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
         observe_many(m.freshness, np.maximum(t_done - stored.trigger_ts / 1000.0, 0.0))
-        return BatchReport(len(raw), result.n_new, len(batch) - result.n_new - batch.conflicts,
-                           len(batch.rejected) + batch.conflicts,
-                           len(stored.users), int(batch.event_time.max()) if len(batch) else None)
 
     def snapshot_evaluation(self) -> None:
         """Online metrics to the Prometheus gauges and the DuckDB ``evaluation`` table; while a
@@ -269,9 +254,7 @@ class BatchProcessor:
             m.lists.labels(model).inc(count)
         return recs
 
-    # --- shadow mode (streams/shadow.py) -----------------------------------------------------------
-
-    shadow: "Shadow | None" = None  # a candidate scored beside the champion; the worker sets it
+    # --- shadow mode (streams/shadow_topic.py) -----------------------------------------------------------
 
     def _score_shadow(self, shadow: "Shadow", stored: "Stored") -> None:
         """The candidate's lists for the batch's users: recorded for grading, never published."""

@@ -16,20 +16,23 @@ def test_ml_latest_small_is_complete_and_stably_sorted():
     r = load_ratings(DATA / "ratings.csv")
     assert len(r) == 100_004 and len(np.unique(r.user)) == 671
     assert np.all(np.diff(r.timestamp) >= 0)
-    # Ties keep file order: compare with a stable sort of the raw file.
+    # ties="file" keeps file order: compare with a stable sort of the raw file.
     raw = np.loadtxt(DATA / "ratings.csv", delimiter=",", skiprows=1)
     order = np.argsort(raw[:, 3], kind="stable")
-    assert np.array_equal(r.user, raw[order, 0].astype(np.int64))
-    assert np.array_equal(r.item, raw[order, 1].astype(np.int64))
+    f = load_ratings(DATA / "ratings.csv", ties="file")
+    assert np.array_equal(f.user, raw[order, 0].astype(np.int64))
+    assert np.array_equal(f.item, raw[order, 1].astype(np.int64))
+    # the default order is a permutation of it within seconds
+    assert np.array_equal(r.timestamp, f.timestamp) and not np.array_equal(r.item, f.item)
     assert load_titles(DATA / "movies.csv")[1] == "Toy Story (1995)"
 
 
 def test_ml1m_dat_and_filters(tmp_path):
     p = tmp_path / "ratings.dat"
     p.write_text("1::1193::5::978300760\n1::661::3::978302109\n2::3::4::978300760\n3::1::1::5\n")
-    r = load_ratings(p)
+    r = load_ratings(p, ties="file")
     assert r.user.tolist() == [3, 1, 2, 1] and r.item.tolist() == [1, 1193, 3, 661]
-    assert load_ratings(p, min_rating=4).item.tolist() == [1193, 3]
+    assert load_ratings(p, min_rating=4, ties="file").item.tolist() == [1193, 3]
     assert r.slice(1, 3).item.tolist() == [1193, 3]
 
 

@@ -1,0 +1,107 @@
+"""The faust internals ``streams/faust_bulk.py`` relies on still exist, with the same shapes.
+
+If faust-streaming is upgraded and one of these fails, read ``streams/faust_bulk.py`` against
+the new faust before changing the expectation here: the bulk path copies faust's drain loop.
+"""
+
+import asyncio
+import hashlib
+import inspect
+from collections import defaultdict
+
+import faust
+import pytest
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types import tuples as faust_tuples
+
+from streamrec.streams.faust_bulk import FAUST_VERSION, BulkApp, BulkConsumer, BulkTransport, RecordBuffer
+
+# sha256 of faust's own Consumer._drain_messages, which BulkConsumer replaces: a change there may
+# be a fix our copy lacks.
+DRAIN_SOURCE_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_written_against_the_installed_faust():
+    assert faust.__version__ == FAUST_VERSION
+
+
+def test_faust_drain_loop_unchanged():
+    source = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest() == DRAIN_SOURCE_SHA256
+
+
+def test_private_methods_keep_their_signatures():
+    base = faust_aiokafka.Consumer
+    assert params(base._drain_messages) == ["self", "fetcher"]
+    assert params(base._wait_next_records) == ["self", "timeout"]
+    assert params(base._add_gap) == ["self", "tp", "offset_from", "offset_to"]
+    assert params(base._to_message) == ["self", "tp", "record"]
+    assert params(base.on_partitions_revoked) == ["self", "revoked"]
+    assert params(base.on_partitions_assigned) == ["self", "assigned", "generation_id"]
+    assert params(base.highwater) == ["self", "tp"]
+    assert params(faust.App._new_transport) == ["self"]
+    assert faust_aiokafka.Transport.Consumer is faust_aiokafka.Consumer
+    assert BulkTransport.Consumer is BulkConsumer
+    assert hasattr(faust_tuples, "ack_lock") and hasattr(faust_tuples.ack_lock, "__enter__")
+    assert faust.App.consumer_generation_id == 0
+
+
+def test_private_attributes_on_a_built_consumer():
+    """Build (not start) a bulk app and its consumer: the attributes the drain loop reads exist."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = BulkApp("faust-bulk-check", record_buffer=RecordBuffer({"t"}, 10), broker="kafka://127.0.0.1:1",
+                      store="memory://")
+        consumer = app.consumer
+        assert isinstance(consumer, BulkConsumer)
+        for name in ("_read_offset", "_committed_offset", "_acked_index", "_acked"):
+            assert isinstance(getattr(consumer, name), defaultdict), name
+        tp = TP("t", 0)
+        assert consumer._read_offset[tp] is None and consumer._committed_offset[tp] is None
+        assert consumer._acked_index[tp] == set() and consumer._acked[tp] == []
+        assert consumer._n_acked == 0
+        assert consumer._buffered_partitions == set()
+        assert hasattr(consumer, "_commit_every") and hasattr(consumer._stopped, "is_set")
+        assert consumer.flow_active is True and callable(consumer.callback)
+        assert callable(app.monitor.track_tp_end_offset)
+        # The bulk ack does what faust's ack does for one message, on the same bookkeeping.
+        assert consumer.ack_offsets(tp, [3, 4]) == 2
+        assert consumer.ack_offsets(tp, [4, 5]) == 1  # 4 was acked already
+        assert consumer._acked[tp] == [3, 4, 5] and consumer._acked_index[tp] == {3, 4, 5}
+        assert consumer._n_acked == 3
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_record_buffer_takes_at_most_n(n):
+    async def run():
+        buf = RecordBuffer({"t"}, maxsize=100)
+        tp = TP("t", 0)
+        assert await buf.put(tp, [1, 2, 3])
+        assert await buf.put(tp, [4])
+        taken, _ = await buf.take(n, within=0.0)
+        return [r for _, recs in taken for r in recs], buf.size
+
+    got, left = asyncio.run(run())
+    assert got == [1, 2, 3, 4][:n] and left == 4 - len(got)
+
+
+def test_record_buffer_pause_drops_revoked_partitions():
+    async def run():
+        buf = RecordBuffer({"t"}, maxsize=100)
+        await buf.put(TP("t", 0), [1, 2])
+        await buf.put(TP("t", 1), [3])
+        dropped = buf.pause({TP("t", 0)})
+        refused = await buf.put(TP("t", 1), [4])
+        return dropped, refused, buf.size
+
+    assert asyncio.run(run()) == (2, False, 1)
