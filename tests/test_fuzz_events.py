@@ -22,7 +22,8 @@ from streamrec.model.recommender import PopularityRecommender
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.events import decode, event_key
-from streamrec.streams.metrics import WorkerMetrics
+from streamrec.streams.ownership import Ownership
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
 from streamrec.streams.topics import ensure_topics
 
@@ -94,6 +95,7 @@ class Harness:
     def __init__(self, broker, tmp_path):
         tag = uuid.uuid4().hex[:8]
         self.s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic=f"fuzz-{tag}", dlq_topic=f"fuzz-{tag}.dlq",
+                          group_id=f"fuzz-{tag}",
                           recommendations_topic=f"fuzz-{tag}.recs", db=str(tmp_path / "fuzz.duckdb"))
         ensure_topics(self.s)
         self.producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
@@ -102,7 +104,8 @@ class Harness:
         self.consumer.assign([TopicPartition(self.s.interactions_topic, 0, 0)])
         self.store = EventStore(self.s.db)
         self.processor = BatchProcessor(self.s, self.store, PopularityRecommender(window=1000),
-                                        Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5}), WorkerMetrics())
+                                        Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5}), WorkerMetrics(),
+                                        Ownership(self.store, broker.bootstrap, self.s.interactions_topic, self.s.group_id))
         self.sent: list[tuple[int, bytes | None]] = []  # (offset, value)
 
     def run(self, batch: list[tuple[bytes | None, bytes | None]]) -> None:
