@@ -60,7 +60,9 @@ def describe(exc: BaseException) -> str:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if not isinstance(e, StageFailed):
-            chain.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            notes = " ".join(getattr(e, "__notes__", ()))  # e.g. the store's "(rollback failed too: ...)"
+            chain.append(f"{type(e).__name__}: {text}" + (f" {notes}" if notes else ""))
         e = e.__cause__ or e.__context__
     chain.reverse()
     return chain[0] + "".join(f" (then: {c})" for c in chain[1:]) if chain else repr(exc)

@@ -178,7 +178,7 @@ class Worker:
                     await self._run(self.publisher, processor.publish, raw, decoded, stored)
                 except Exception as e:
                     raise StageFailed("publish", e) from e
-            await self.with_retries("store", again, first_error=error)
+            await self.with_retries("batch (store, publish)", again, first_error=error)
             if asyncio.current_task() is self.last_batch:  # no batch behind it: carry on
                 self.health.halted = False
                 self.health.stage_problem = None
