@@ -154,3 +154,39 @@ class BrokerMonitor(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class QuietRepeats(logging.Filter):
+    """Lets one record per logger and message template through every ``every`` seconds.
+
+    aiokafka logs every failed reconnect (~50 lines a second while the broker is gone); one line
+    per template per 10 s says the same, with the count of what was held back.
+
+    >>> f, rec = QuietRepeats(every=10), lambda: logging.LogRecord("aiokafka", 40, "", 0, "down %s", ("x",), None)
+    >>> [f.filter(rec()) for _ in range(3)]
+    [True, False, False]
+    """
+
+    def __init__(self, every: float = 10.0):
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, str(record.msg)), time.monotonic()
+        last, held = self._last.get(key, (-1e18, 0))
+        if now - last < self.every:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {now - last:.0f} s)"
+        return True
+
+
+def quiet_kafka_client_logs(every: float = 10.0) -> None:
+    """Install :class:`QuietRepeats` on every aiokafka logger (a logger's filters see only its own records)."""
+    quiet = QuietRepeats(every)
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("aiokafka"):
+            logging.getLogger(name).addFilter(quiet)

@@ -40,7 +40,8 @@ from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.events import Contract
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
-from streamrec.streams.health import BrokerMonitor, Health, Skipped, StageFailed, backoff, describe, fatal
+from streamrec.streams.health import (BrokerMonitor, Health, Skipped, StageFailed, backoff, describe, fatal,
+                                      quiet_kafka_client_logs)
 from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership
@@ -87,6 +88,7 @@ class Worker:
         self.busy = asyncio.Lock()  # held while a batch is handed to the stage threads
         self.processor: BatchProcessor | None = None  # opened by the ingest task
         self.health = Health()  # failures: retries, /ready, fatal exit (streams/health.py)
+        quiet_kafka_client_logs()  # a broker outage: one line per kind of error per 10 s, not 50 a second
         self.healthy = asyncio.Event()  # cleared while a failed batch is being retried
         self.healthy.set()
         self.last_batch: asyncio.Future | None = None  # the newest batch's completion
