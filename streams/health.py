@@ -113,11 +113,11 @@ class Health:
 class BrokerMonitor(threading.Thread):
     """Asks the cluster for metadata every ``interval`` s; knows since when it has not answered."""
 
-    def __init__(self, bootstrap: str, limit: float, metrics, interval: float = 1.0, log_every: float = 10.0):
+    def __init__(self, admin_config: dict, limit: float, metrics, interval: float = 1.0, log_every: float = 10.0):
         super().__init__(name="broker-monitor", daemon=True)
         self.limit, self.metrics, self.interval, self.log_every = limit, metrics, interval, log_every
         # log_level 0: librdkafka's own connection errors would print several lines a second.
-        self.admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": 3000})
+        self.admin = AdminClient({**admin_config, "log_level": 0, "socket.timeout.ms": 3000})
         self.down_since: float | None = None
         self._stop = threading.Event()
 
