@@ -47,7 +47,7 @@ from streamrec.streams.health import (BrokerMonitor, Health, Skipped, StageFaile
 from streamrec.streams.latest_lists import ANNOUNCE_EVERY, LatestLists, Peers, add_views, ensure_workers_topic, web_address
 from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
-from streamrec.streams.ownership import Ownership
+from streamrec.streams.ownership import Ownership, owners_topic
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class Worker:
         self.processor: BatchProcessor | None = None  # opened by the ingest task
         self.health = Health()  # failures: retries, /ready, fatal exit (streams/health.py)
         quiet_kafka_client_logs()  # a broker outage: one line per kind of error per 10 s, not 50 a second
+        for topic in (owners_topic(settings.interactions_topic), settings.model_updates_topic):
+            self.metrics.skipped_records.labels(topic)  # exported at 0 from the start
         self.healthy = asyncio.Event()  # cleared while a failed batch is being retried
         self.healthy.set()
         self.last_batch: asyncio.Future | None = None  # the newest batch's completion
