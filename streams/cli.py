@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -90,7 +91,11 @@ def cmd_broker(args) -> int:
     from streamrec.streams.topics import ensure_topics
 
     settings = Settings(partitions=args.partitions)  # checked before anything starts
-    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None)
+    log_file = None
+    if not args.data_dir:  # its last lines are printed if it dies (with --data-dir: DIR/tansu.log)
+        fd, log_file = tempfile.mkstemp(prefix="streamrec-tansu-", suffix=".log")
+        os.close(fd)
+    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None, log_file=log_file)
     try:
         broker.start()
     except (BrokerError, OSError, RuntimeError, TimeoutError) as e:  # e.g. a busy --port, named in e
