@@ -122,12 +122,16 @@ class BatchProcessor:
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
         batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
-        for i, reason in batch.rejected:
-            self._dead_letter(raw, i, reason)
+        self.dead_letter_all(raw, batch)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch
 
-    def _dead_letter(self, raw: RawBatch, i: int, reason: str) -> None:
+    def dead_letter_all(self, raw: RawBatch, batch: EventBatch, count: bool = True) -> None:
+        """The batch's rejected records to the DLQ (again, uncounted, when the worker retries a failed batch)."""
+        for i, reason in batch.rejected:
+            self._dead_letter(raw, i, reason, count)
+
+    def _dead_letter(self, raw: RawBatch, i: int, reason: str, count: bool = True) -> None:
         """Copy record ``i`` to the DLQ (delivered by this batch's ``publish``, before its commit)."""
         key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i], reason)
         try:
@@ -137,8 +141,9 @@ class BatchProcessor:
             self.producer.poll(1)
             self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
                                   on_delivery=self._on_delivery)
-        self.metrics.rejected.labels(reject_class(reason)).inc()
-        log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+        if count:
+            self.metrics.rejected.labels(reject_class(reason)).inc()
+            log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
 
     def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
         """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of

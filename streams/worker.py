@@ -183,6 +183,8 @@ class Worker:
 
             async def again():  # the same threads as always: each stage's state stays in one thread
                 try:
+                    # Its dead letters again: a failed flush may have lost them (the DLQ is at least once).
+                    await self._run(self.decoder, processor.dead_letter_all, raw, decoded, False)
                     stored = await self._run(self.storer, processor.store_batch, raw, decoded)
                 except Exception as e:
                     raise StageFailed("store", e) from e
@@ -227,6 +229,8 @@ class Worker:
                 continue
             if attempt:
                 log.warning("%s succeeded after %d failed attempts", stage, attempt)
+                if not health.halted:  # no batch is being retried: nothing stands in the way now
+                    health.stage_problem = None
             return result
 
     def _count_failure(self, error: BaseException) -> None:
