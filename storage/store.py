@@ -276,6 +276,16 @@ class EventStore:
         ).fetchnumpy()
         return rows["item_id"]
 
+    def recent_events(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user ids, item ids) of the newest ``n`` stored events in event-time order (to warm
+        the item-to-item baselines)."""
+        rows = self.con.execute(
+            "SELECT user_id, item_id FROM (SELECT user_id, item_id, event_time, kafka_partition, kafka_offset"
+            " FROM events ORDER BY event_time DESC, kafka_partition DESC, kafka_offset DESC LIMIT ?)"
+            " ORDER BY event_time, kafka_partition, kafka_offset", [n]
+        ).fetchnumpy()
+        return rows["user_id"], rows["item_id"]
+
 
 def read_ratings(db_path: str | Path):
     """The event log of a (stopped) worker's database as :class:`storage.movielens.Ratings`,

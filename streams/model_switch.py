@@ -36,9 +36,24 @@ def registry_champion(registry: str) -> tuple[str, str] | None:
     return None if champion is None else (champion, str(reg.path(champion)))
 
 
+def build_baseline(settings: Settings, store: EventStore) -> Recommender:
+    """``settings.baseline``, warmed from the newest stored events (after a restart)."""
+    from streamrec.model.baselines import BASELINES
+
+    if settings.baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {sorted(BASELINES)}, not {settings.baseline!r}")
+    if settings.baseline == "popularity":
+        popularity = PopularityRecommender(window=settings.popularity_window)
+        popularity.observe(store.recent_items(settings.popularity_window))
+        return popularity
+    base = BASELINES[settings.baseline](popularity_window=settings.popularity_window)
+    users, items = store.recent_events(settings.popularity_window)
+    base.observe(items, users)
+    return base
+
+
 def build_recommender(settings: Settings, store: EventStore) -> Recommender:
-    popularity = PopularityRecommender(window=settings.popularity_window)
-    popularity.observe(store.recent_items(settings.popularity_window))  # warm after a restart
+    popularity = build_baseline(settings, store)
     checkpoint, version = settings.checkpoint, None
     champion = registry_champion(settings.registry) if settings.registry else None
     if champion is not None:
@@ -48,8 +63,8 @@ def build_recommender(settings: Settings, store: EventStore) -> Recommender:
     return with_model(checkpoint, popularity, version)
 
 
-def with_model(checkpoint: str, popularity: PopularityRecommender, version: str | None = None) -> FallbackRecommender:
-    """The transformer of ``checkpoint`` with ``popularity`` for users it cannot score.
+def with_model(checkpoint: str, popularity: Recommender, version: str | None = None) -> FallbackRecommender:
+    """The transformer of ``checkpoint`` with the baseline ``popularity`` for users it cannot score.
 
     ``version``: the registry's name for it (``v2``), carried by lists and metrics.
     """
@@ -61,8 +76,9 @@ def with_model(checkpoint: str, popularity: PopularityRecommender, version: str 
     return FallbackRecommender(model, popularity)
 
 
-def popularity_of(rec: Recommender) -> PopularityRecommender:
-    return rec if isinstance(rec, PopularityRecommender) else rec.fallback
+def popularity_of(rec: Recommender) -> Recommender:
+    """The baseline (fallback) of the served recommender."""
+    return rec.fallback if isinstance(rec, FallbackRecommender) else rec
 
 
 class ModelSwitch:

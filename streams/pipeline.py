@@ -95,6 +95,8 @@ class BatchProcessor:
         self._delivery_errors: list[str] = []
         self.ownership = ownership  # which partitions' rows this database holds (scale-out)
         self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
+        self.latest = None  # LatestLists (streams/latest_lists.py): delivered lists per user, for the web page
+        self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
     def _on_delivery(self, err, msg) -> None:
@@ -191,7 +193,7 @@ class BatchProcessor:
             new = result.new_mask
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
             users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
-            self.recommender.observe(items)
+            self.recommender.observe(items, users)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             graded = self.evaluator.score_events(users, items, times)
             if shadow is not None:  # the same events against the candidate's lists: paired
@@ -206,6 +208,9 @@ class BatchProcessor:
             self.snapshot_evaluation()
         t_scored = time.time()
         self._flush()  # DLQ records and lists delivered before the caller commits offsets
+        if self.latest is not None:
+            self.latest.put_many(self._sent)
+        self._sent = []
         t_done = time.time()
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
@@ -250,6 +255,8 @@ class BatchProcessor:
             except BufferError:  # local queue full: wait for deliveries, then retry once
                 self.producer.poll(1)
                 produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
+            if self.latest is not None:
+                self._sent.append((u, value))
         for model, count in Counter(recs.models).items():
             m.lists.labels(model).inc(count)
         return recs

@@ -22,7 +22,7 @@ from streamrec.streams.config import RetrainSettings, Settings
 log = logging.getLogger(__name__)
 
 
-KAFKA = ["bootstrap_servers", "model_updates_topic", "model_evaluations_topic"]
+KAFKA = ["bootstrap_servers", "kafka_config", "model_updates_topic", "model_evaluations_topic"]
 
 
 def _settings(args: argparse.Namespace) -> tuple[RetrainSettings, Settings]:
