@@ -165,7 +165,8 @@ class BatchProcessor:
         # crash between storing and publishing, that is how their list still gets out.
         order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
         users_sorted = batch.user[order]
-        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
+        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True)) if len(order) else order
+        # (no valid event in the batch, e.g. a burst of bad messages: no user, nothing to score)
         pick = lambda col: col[order][last]  # noqa: E731
         users = users_sorted[last]
         user_list = users.tolist()
