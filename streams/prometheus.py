@@ -143,6 +143,16 @@ class WorkerMetrics:
                          "Records of the interactions partition not yet processed (high watermark from fetch responses)",
                          ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
+        # Reliability (streams/health.py): failures are counted where they happen, never silent.
+        self.stage_failures = Counter("streamrec_stage_failures_total", "Failed attempts at a micro-batch stage "
+                                      "(the batch is retried with backoff)", ["stage"], registry=r)
+        for stage in ("decode", "store", "publish"):
+            self.stage_failures.labels(stage)
+        self.broker_reachable = Gauge("streamrec_broker_reachable", "1 while the Kafka cluster answers metadata "
+                                      "requests, 0 while it does not", registry=r)
+        self.broker_reachable.set(1)
+        self.skipped_records = Counter("streamrec_control_records_skipped_total", "Records of the ownership log or "
+                                       "model-updates topic that do not decode (logged and skipped)", ["topic"], registry=r)
         # Scale-out (streams/ownership.py): partitions taken over, their history copied from Kafka.
         self.partition_claims = Counter("streamrec_partition_claims_total",
                                         "Partitions claimed in the ownership log (one per partition per assignment)", registry=r)
