@@ -226,6 +226,9 @@ def retrain_exposition(tmp_path_factory) -> str:
 
 
 
+STANDARD_PREFIXES = ("process_", "python_")  # documented once, as prometheus_client's standard collectors
+
+
 def exported(text: str) -> dict[str, dict]:
     """``{name as queried: {"type", "help", "labels", "samples"}}`` from an exposition.
 
@@ -237,6 +240,8 @@ def exported(text: str) -> dict[str, dict]:
     out = {}
     for f in families:
         if f.name.endswith("_created") and f.name[: -len("_created")] in bases:
+            continue
+        if f.name.startswith(STANDARD_PREFIXES):  # prometheus_client's process/platform/GC collectors
             continue
         name = f.name + "_total" if f.type == "counter" else f.name
         out[name] = {"type": f.type, "help": f.documentation,
