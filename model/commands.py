@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -179,9 +180,47 @@ def configure_recommend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR", help="directory written by `streamrec train`")
     p.add_argument("--movies", type=Path, required=True, metavar="FILE", help="movies.csv with movieId,title")
     p.add_argument("--titles", nargs="+", required=True, metavar="TITLE",
-                   help='watched movies in order, oldest first, exactly as in movies.csv, e.g. "Toy Story (1995)"')
+                   help='watched movies in order, oldest first: whole or partial titles ("toy story", '
+                   '"fellowship of the ring"); an ambiguous one lists the films it could be')
     p.add_argument("-k", type=int, default=10, help="how many recommendations (default: 10)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda ...")
+
+
+def _normal(title: str) -> str:
+    """Lower case, MovieLens' trailing article moved back ("Matrix, The (1999)" -> "the matrix (1999)")."""
+    t = title.lower().strip()
+    m = re.match(r"^(.*), (the|a|an)( \(\d{4}\))?$", t)
+    if m:
+        t = f"{m.group(2)} {m.group(1)}{m.group(3) or ''}"
+    return re.sub(r"\s+", " ", t)
+
+
+def find_title(query: str, titles: dict[int, str]) -> tuple[int | None, list[str]]:
+    """Resolve a possibly partial title: (movieId, []) when one film fits; (None, the films that
+    fit) when several do; (None, close spellings) when none does.
+
+    A film fits when its title equals the query, contains it, or contains all its words (any
+    order, case and MovieLens' trailing "..., The" ignored); several fits are ambiguous.
+
+    >>> t = {1: "Matrix, The (1999)", 2: "Matrix Reloaded, The (2003)", 3: "Toy Story (1995)"}
+    >>> find_title("the matrix", t), find_title("reloaded matrix", t), find_title("toy story (1995)", t)
+    ((1, []), (2, []), (3, []))
+    >>> find_title("matrix", t)
+    (None, ['Matrix Reloaded, The (2003)', 'Matrix, The (1999)'])
+    """
+    q = _normal(query)
+    norm = {mid: _normal(t) for mid, t in titles.items()}
+    exact = [m for m, t in norm.items() if t == q or re.sub(r" \(\d{4}\)$", "", t) == q]
+    fits = exact or [m for m, t in norm.items() if q in t]
+    if not fits:
+        words = set(re.findall(r"\w+", q))
+        fits = [m for m, t in norm.items() if words and words <= set(re.findall(r"\w+", t))]
+    if len(fits) == 1:
+        return fits[0], []
+    if fits:
+        return None, sorted(titles[m] for m in fits)
+    bare = {re.sub(r" \(\d{4}\)$", "", t): m for m, t in norm.items()}
+    return None, [titles[bare[c]] for c in difflib.get_close_matches(q, bare, n=5, cutoff=0.6)]
 
 
 def run_recommend(args) -> int:
@@ -189,16 +228,15 @@ def run_recommend(args) -> int:
     from streamrec.storage.movielens import load_titles
 
     titles = load_titles(args.movies)
-    by_title: dict[str, int] = {}
-    for mid, t in titles.items():
-        by_title.setdefault(t, mid)
-    lower = {t.lower(): mid for t, mid in by_title.items()}
     ids = []
     for t in args.titles:
-        mid = by_title.get(t, lower.get(t.lower()))
+        mid, options = find_title(t, titles)
         if mid is None:
-            close = difflib.get_close_matches(t, by_title.keys(), n=3)
-            print(f"error: unknown title {t!r}" + (f"; did you mean {close}?" if close else ""), file=sys.stderr)
+            words = set(re.findall(r"\w+", _normal(t)))
+            fits = bool(options) and words <= set(re.findall(r"\w+", _normal(options[0])))
+            shown = "\n  ".join(options[:10]) + (f"\n  ... and {len(options) - 10} more" if len(options) > 10 else "")
+            why = f"fits {len(options)} films; say which" if fits else "is unknown"
+            print(f"error: title {t!r} {why}" + (f"; did you mean:\n  {shown}" if options else ""), file=sys.stderr)
             return 2
         ids.append(mid)
     rec = TransformerRecommender(args.checkpoint, device=args.device)
@@ -208,7 +246,7 @@ def run_recommend(args) -> int:
         return 2
     out = rec.recommend([seq], [seq], args.k)
     items, scores = out.row(0)
-    print(f"{rec.name} {rec.version}: top {len(items)} after {len(ids)} movies")
+    print(f"{rec.name} {rec.version}: top {len(items)} after " + "; ".join(titles[i] for i in ids))
     for rank, (i, s) in enumerate(zip(items, scores), 1):
         print(f"{rank:3d}. {titles.get(i, f'movieId {i}')}  ({s:.2f})")
     return 0

@@ -32,6 +32,8 @@ class ModelConfig(_Dict):
     pre_ln: bool = True  # pre-LN (GPT-2) trains stably without warm-up tricks; False = original post-LN
     mask_prob: float = 0.15  # BERT4Rec: fraction of positions to predict
     negatives: int = 0  # SASRec: 0 = full softmax ("SASRec+"); N > 0 = sampled softmax with N negatives
+    future: int = 1  # SASRec: each position learns the next `future` items (1 = the classic next item)
+    label_smoothing: float = 0.0  # SASRec, full softmax: share of the target mass spread over all items
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):

@@ -43,8 +43,9 @@ class Recommender(abc.ABC):
     name: str = "recommender"
     version: str = "0"
 
-    def observe(self, items: np.ndarray) -> None:  # noqa: B027 - optional hook
-        """Learn from accepted events' item ids, in event-time order. Default: nothing."""
+    def observe(self, items: np.ndarray, users: np.ndarray | None = None) -> None:  # noqa: B027 - optional hook
+        """Learn from accepted events' item ids (and their users, where given), in event-time
+        order. Default: nothing."""
 
     @abc.abstractmethod
     def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
@@ -72,7 +73,7 @@ class PopularityRecommender(Recommender):
         self._counts: dict[int, int] = {}
         self._ranked: np.ndarray | None = None  # cache, reset by observe
 
-    def observe(self, items: np.ndarray) -> None:
+    def observe(self, items: np.ndarray, users: np.ndarray | None = None) -> None:
         items = np.asarray(items, dtype=np.int64)[-self.window :]
         if len(items) == 0:
             return
@@ -149,9 +150,9 @@ class FallbackRecommender(Recommender):
         self.primary, self.fallback, self.min_history = primary, fallback, min_history
         self.name, self.version = primary.name, primary.version
 
-    def observe(self, items: np.ndarray) -> None:
-        self.primary.observe(items)
-        self.fallback.observe(items)
+    def observe(self, items: np.ndarray, users: np.ndarray | None = None) -> None:
+        self.primary.observe(items, users)
+        self.fallback.observe(items, users)
 
     def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
         can = getattr(self.primary, "can_score", lambda s: True)

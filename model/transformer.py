@@ -172,7 +172,12 @@ class BERT4Rec(SequentialTransformer):
 
 
 class SASRec(SequentialTransformer):
-    """Causal encoder; every position predicts the item that follows it."""
+    """Causal encoder; every position predicts the items that follow it.
+
+    ``cfg.future`` > 1: each position learns the next ``future`` items (a multi-target softmax),
+    not only the very next one. Order inside a burst of same-second events is unknown, so "the
+    next item" is a random member of the burst; the items of the near future are the signal.
+    """
 
     causal = True
 
@@ -180,16 +185,31 @@ class SASRec(SequentialTransformer):
         return windows(seqs, self.cfg.max_len + 1, min_len=2)  # input = w[:-1], targets = w[1:]
 
     def make_batch(self, ws: list[np.ndarray], gen: torch.Generator | None = None):
-        return torch.from_numpy(pad_left([w[:-1] for w in ws])), torch.from_numpy(pad_left([w[1:] for w in ws]))
+        """(inputs [B, L], targets [B, L, future]): targets[:, p, j] is the item j + 1 steps after
+        position p within the window (0 past its end)."""
+        x = torch.from_numpy(pad_left(ws))  # [B, L + 1]
+        L, k = x.size(1) - 1, self.cfg.future
+        shifted = F.pad(x, (0, k - 1))  # zeros after the window's end
+        targets = torch.stack([shifted[:, 1 + j : 1 + j + L] for j in range(k)], dim=2)
+        targets[x[:, :-1] == 0] = 0  # padding positions predict nothing
+        return x[:, :-1], targets
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Full-softmax cross-entropy (SASRec+), or sampled softmax over cfg.negatives items
-        shared by the batch when the catalogue is too large for full logits."""
-        sel = targets > 0
-        h, t = self.encode(inputs)[sel], targets[sel]
-        n = self.cfg.negatives
+        """Full-softmax cross-entropy (SASRec+) with label smoothing, averaged over the next
+        ``future`` items; or sampled softmax over cfg.negatives items shared by the batch (next
+        item only) when the catalogue is too large for full logits."""
+        if targets.dim() == 2:
+            targets = targets[..., None]
+        sel = targets[..., 0] > 0
+        h, t = self.encode(inputs)[sel], targets[sel]  # [N, d], [N, future]
+        n, ls = self.cfg.negatives, self.cfg.label_smoothing
         if n <= 0:
-            return F.cross_entropy(self.logits(h).float(), t - 1)
+            logp = F.log_softmax(self.logits(h).float(), dim=-1)
+            valid = t > 0
+            picked = logp.gather(1, (t - 1).clamp(min=0)) * valid
+            nll = -picked.sum(1) / valid.sum(1)
+            return ((1 - ls) * nll - ls * logp.mean(1)).mean()
+        t = t[:, 0]
         neg = torch.randint(1, self.cfg.n_items + 1, (n,), device=h.device)
         w, b = self.item_emb.weight, self.out_bias
         pos = (h * w[t]).sum(-1, keepdim=True) + b[t - 1, None]

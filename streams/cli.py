@@ -23,7 +23,7 @@ from pathlib import Path
 from streamrec import __version__
 from streamrec.model import commands as model_commands
 from streamrec.model import report as model_report
-from streamrec.streams import retraining
+from streamrec.streams import retrain_job
 from streamrec.streams.config import Settings, SettingsError
 
 KAFKA = ["bootstrap_servers", "kafka_config"]
@@ -233,7 +233,7 @@ COMMANDS = {
              "broker + worker + replay of ml-latest-small, lists and metrics on screen"),
     **model_commands.COMMANDS,
     **model_report.COMMANDS,
-    **retraining.COMMANDS,
+    **retrain_job.COMMANDS,
 }
 
 

@@ -1,8 +1,8 @@
-"""All settings of the pipeline in one typed place, and the Kafka clients' configuration built from them.
+"""All settings in one typed place, checked once, and the Kafka clients' configuration built from them.
 
-Every field can be set by an environment variable ``STREAMREC_<FIELD>`` (upper case) and by the
-command line (``--field-name``); the command line wins. Values are checked here, once: a bad one
-raises :class:`SettingsError` with one line that names the setting and what it accepts.
+Every field can be set by an environment variable (``STREAMREC_<FIELD>``, upper case) and by the
+command line (``--field-name``); the command line wins. A bad value raises :class:`SettingsError`
+with one line that names the setting, where it came from and what it accepts.
 
 >>> import os
 >>> os.environ["STREAMREC_TOP_K"] = "7"
@@ -21,8 +21,11 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable, ClassVar, Mapping, Self, get_type_hints
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,124 @@ class SettingsError(ValueError):
     """A setting with a value it cannot take (a usage error: the CLI exits with status 2)."""
 
 
-def _f(default, help: str, min=None, max=None):
-    return field(default=default, metadata={"help": help, "min": min, "max": max})
+def _f(default, help: str, min=None, max=None, choices=None):
+    """A field with its help and the values it accepts (checked by :class:`EnvSettings`)."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+
+
+class EnvSettings:
+    """Typed settings: each dataclass field read from the environment (``env_prefix`` + the
+    field's name in upper case) and from the command line (``--field-name``); the command line wins.
+
+    A field's ``metadata`` holds its ``help``, and optionally ``parse`` (text to value, for both the
+    environment and the command line), ``required`` (the command needs it, from either), ``min``,
+    ``max`` and ``choices`` (checked on every construction). ``bool`` fields take ``--flag`` alone
+    or ``--flag false``; ``list[str]`` fields take several values (in the environment: separated by
+    ``os.pathsep``).
+    """
+
+    env_prefix: ClassVar[str] = "STREAMREC_"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            self.check(f, getattr(self, f.name))
+
+    @classmethod
+    def env_name(cls, f: dataclasses.Field) -> str:
+        return f"{cls.env_prefix}{f.name.upper()}"
+
+    @classmethod
+    def where(cls, f: dataclasses.Field) -> str:
+        return f"--{f.name.replace('_', '-')} or {cls.env_name(f)}"
+
+    @classmethod
+    def check(cls, f: dataclasses.Field, value) -> None:
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            want = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+            raise SettingsError(f"{f.name}={value!r} is out of range: give a number {want} ({cls.where(f)})")
+        if choices is not None and value not in choices:
+            raise SettingsError(f"{f.name}={value!r}: choose one of {', '.join(choices)} ({cls.where(f)})")
+
+    @classmethod
+    def convert(cls, f: dataclasses.Field, raw: str, source: str, one: bool = False):
+        """``raw`` as the field's value (``one``: a single item of a list field), checked."""
+        hint = get_type_hints(cls)[f.name]
+        parse = _parser(f, hint)
+        try:
+            value = [parse(v) for v in raw.split(os.pathsep)] if _kind(hint) is list and not one else parse(raw)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            kind = _kind(hint)
+            want = ({int: "a whole number", float: "a number", bool: "true or false"}.get(kind)
+                    if "parse" not in f.metadata else str(e))
+            raise SettingsError(f"{source}: expected {want or kind.__name__} for {f.name} ({cls.where(f)})") from None
+        if not one or _kind(hint) is not list:
+            cls.check(f, value)
+        return value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(cls.env_name(f))
+            if raw is not None:
+                values[f.name] = cls.convert(f, raw, source=f"{cls.env_name(f)}={raw!r}")
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                      only: list[str] | None = None) -> None:
+        """Add ``--field`` options (default: from the environment) for the named fields."""
+        defaults, hints = cls.from_env(), get_type_hints(cls)
+        for f in fields(cls):
+            if only is not None and f.name not in only:
+                continue
+
+            def parse(raw: str, f=f):
+                try:
+                    return cls.convert(f, raw, source=repr(raw), one=True)
+                except SettingsError as e:  # argparse prints it after the option's name
+                    raise argparse.ArgumentTypeError(str(e)) from None
+
+            default, hint = getattr(defaults, f.name), hints[f.name]
+            shape: dict = {"type": parse}
+            if _kind(hint) is bool:
+                shape.update(nargs="?", const=True)  # --flag alone, or --flag false
+            elif _kind(hint) is list:
+                shape.update(nargs="+")
+            required = bool(f.metadata.get("required")) and default in ("", None, [])
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"), default=default, required=required, metavar=f.name.upper(),
+                help=f"{f.metadata.get('help', '')} (env {cls.env_name(f)}; default: %(default)r)", **shape)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, only: list[str] | None = None) -> Self:
+        """The environment's settings with those given on the command line (of ``only``, if given)."""
+        base = cls.from_env()
+        given = {f.name: getattr(args, f.name) for f in fields(cls)
+                 if hasattr(args, f.name) and (only is None or f.name in only)}
+        return dataclasses.replace(base, **given)
+
+
+def _kind(hint) -> type:
+    """The type a field's text converts to: ``X`` for ``X | None``, ``list`` for ``list[...]``."""
+    if typing.get_origin(hint) is list:
+        return list
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _parser(f: dataclasses.Field, hint) -> Callable[[str], object]:
+    """Text to the field's value (one item of it, for a list): its ``parse``, else by its type."""
+    if "parse" in f.metadata:
+        return f.metadata["parse"]
+    kind = _kind(hint)
+    return _bool if kind is bool else str if kind is list else kind
 
 
 @dataclass
-class Settings:
+class Settings(EnvSettings):
     bootstrap_servers: str = _f("", "Kafka bootstrap servers (host:port,...); `streamrec broker` starts a local one")
     kafka_config: str = _f("", "Kafka client properties file (client.properties format: security.protocol, sasl.*, ssl.*, client.id, ...) for every client")
     interactions_topic: str = _f("interactions", "topic of click events")
@@ -51,7 +166,9 @@ class Settings:
     batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
     batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill", min=0.0)
     popularity_window: int = _f(50_000, "events in the popularity model's window", min=1)
-    checkpoint: str = _f("", "transformer checkpoint directory (empty: popularity only)")
+    baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: popularity, item2item or itemknn",
+                       choices=("popularity", "item2item", "itemknn"))
+    checkpoint: str = _f("", "transformer checkpoint directory (empty: the baseline only)")
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
     model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")
@@ -67,44 +184,6 @@ class Settings:
     stage_retries: int = _f(8, "attempts at a failing micro-batch before the worker exits", min=1)
     stage_backoff: float = _f(1.0, "seconds before the first retry of a failed batch; doubles each time, up to 30", min=0.0)
     broker_outage_limit: float = _f(300.0, "seconds the broker may be unreachable before the worker exits", min=0.0)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            check(f, getattr(self, f.name))
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            raw = env.get(env_name(f))
-            if raw is not None:
-                values[f.name] = convert(f, raw, source=f"{env_name(f)}={raw!r}")
-        return cls(**values)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, only: list[str] | None = None) -> None:
-        """Add ``--field`` options (default: from the environment) for the named fields."""
-        defaults = cls.from_env()
-        for f in fields(cls):
-            if only is not None and f.name not in only:
-                continue
-
-            def parse(raw: str, f=f):
-                try:
-                    return convert(f, raw, source=raw)
-                except SettingsError as e:  # argparse prints it after the option's name
-                    raise argparse.ArgumentTypeError(str(e)) from None
-
-            parser.add_argument(
-                option_name(f), type=parse, default=getattr(defaults, f.name), metavar=f.name.upper(),
-                help=f"{f.metadata.get('help', '')} (env {env_name(f)}; default: %(default)r)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Settings":
-        base = cls.from_env()
-        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        return dataclasses.replace(base, **given)
 
     def faust_datadir(self) -> Path:
         """faust's data folder (table state, its pid file): beside the DuckDB file, not in the working directory."""
@@ -122,44 +201,77 @@ class Settings:
         return dataclasses.replace(self, bootstrap_servers=self.client_properties().get("bootstrap.servers", ""))
 
 
-def env_name(f: dataclasses.Field) -> str:
-    return f"STREAMREC_{f.name.upper()}"
-
-
-def option_name(f: dataclasses.Field) -> str:
-    return "--" + f.name.replace("_", "-")
-
-
-def convert(f: dataclasses.Field, raw: str, source: str):
-    """``raw`` as the field's type, range-checked; ``source`` names where it came from in the error."""
-    kind = type(f.default)
-    if kind is bool:  # bool("false") is True
-        return _bool(raw, source, f)
-    try:
-        value = kind(raw)
-    except ValueError:
-        noun = {"int": "a whole number", "float": "a number"}.get(kind.__name__, kind.__name__)
-        raise SettingsError(f"{source}: expected {noun} for {f.name} ({option_name(f)} or {env_name(f)})") from None
-    check(f, value)
-    return value
-
-
-def _bool(raw: str, source: str, f: dataclasses.Field) -> bool:
+def _bool(raw: str) -> bool:
     """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
     v = raw.strip().lower()
     if v in ("1", "true", "yes", "on"):
         return True
     if v in ("0", "false", "no", "off", ""):
         return False
-    raise SettingsError(f"{source}: expected true or false for {f.name} ({option_name(f)} or {env_name(f)})")
+    raise ValueError(f"{raw!r}: expected true or false")
 
 
-def check(f: dataclasses.Field, value) -> None:
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        want = f">= {lo}" if hi is None else f"from {lo} to {hi}"
-        raise SettingsError(f"{f.name}={value!r} is out of range: give a number {want} "
-                            f"({option_name(f)} or {env_name(f)})")
+def parse_every(text: str) -> tuple[str, float]:
+    """``"10m"`` -> ("seconds", 600); ``"5000ev"`` -> ("events", 5000).
+
+    >>> parse_every("90s"), parse_every("2h"), parse_every("20000ev")
+    (('seconds', 90.0), ('seconds', 7200.0), ('events', 20000.0))
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|ev|events)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"--every {text!r}: use e.g. 90s, 10m, 2h or 50000ev")
+    value, unit = float(m.group(1)), m.group(2)
+    if unit in ("ev", "events"):
+        return "events", value
+    return "seconds", value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def parse_seconds(text: str) -> float:
+    """``"90"`` or ``"90s"`` -> 90.0; ``"10m"`` -> 600.0; ``"1h"`` -> 3600.0.
+
+    >>> parse_seconds("45"), parse_seconds("10m")
+    (45.0, 600.0)
+    """
+    unit, value = parse_every(text if text.strip()[-1:].isalpha() else f"{text}s")
+    if unit != "seconds":
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration, e.g. 300, 90s, 10m or 1h")
+    return value
+
+
+@dataclass
+class RetrainSettings(EnvSettings):
+    """The retraining job's own options (``streamrec retrain | shadow | models | promote | rollback``);
+    the Kafka side (bootstrap servers, topics) comes from :class:`Settings`.
+
+    >>> RetrainSettings.from_env({"STREAMREC_RETRAIN_EVERY": "10m", "STREAMREC_RETRAIN_SHADOW": "yes"}).every
+    ('seconds', 600.0)
+    """
+
+    env_prefix: ClassVar[str] = "STREAMREC_RETRAIN_"
+
+    registry: str = field(default="", metadata={"help": "model registry directory", "required": True})
+    export_dir: list[str] = field(default_factory=list, metadata={"help": "workers' Parquet export directories"})
+    ratings: str = field(default="", metadata={"help": "a ratings file instead (ML-20M csv, ML-1M dat, RecBole .inter)"})
+    cold: bool = field(default=False, metadata={"help": "train from scratch instead of warm-starting the champion"})
+    margin: float = field(default=0.005, metadata={"help": "offline gate: pass iff candidate NDCG@10 >= champion NDCG@10 - margin"})
+    epochs: int | None = field(default=None, metadata={"help": "fine-tuning epochs (None: the job's default)"})
+    threads: int = field(default=1, metadata={"help": "torch threads (1: leave the other core to the workers)"})
+    every: tuple[str, float] | None = field(default=None, metadata={
+        "help": "repeat: a period (90s, 10m, 2h) or a number of new events (50000ev); None: once", "parse": parse_every})
+    shadow: bool = field(default=False, metadata={
+        "help": "after the offline gate, have the workers score the candidate beside the champion on live traffic "
+                "and promote it only if the paired comparison says it is not worse"})
+    shadow_events: int = field(default=2000, metadata={"help": "paired events (summed over the workers) before deciding"})
+    shadow_timeout: float = field(default=3600.0, metadata={
+        "help": "reject for lack of evidence after this long: 600, 90s, 10m, 2h", "parse": parse_seconds})
+    shadow_alpha: float = field(default=0.05, metadata={"help": "one-sided error rate of the confidence bounds"})
+    shadow_margin: float = field(default=0.005, metadata={
+        "help": "promote iff the lower bound of mean NDCG@10(candidate - champion) >= -margin, reject iff its upper "
+                "bound < -margin"})
+    metrics_port: int = field(default=0, metadata={"help": "serve Prometheus /metrics of the job on this port (0: off)"})
+    metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the job's /metrics"})
+
+    SHADOW: ClassVar[list[str]] = ["shadow_events", "shadow_timeout", "shadow_alpha", "shadow_margin"]
 
 
 # --- Kafka clients ---------------------------------------------------------------------------
@@ -273,5 +385,6 @@ def settings_markdown() -> str:
     rows = ["| setting | environment variable | default | what it is |", "|---|---|---|---|"]
     for f in fields(Settings):
         default = "(empty)" if f.default == "" else f"`{f.default}`"
-        rows.append(f"| `{option_name(f)}` | `{env_name(f)}` | {default} | {f.metadata['help'].replace('|', '/')} |")
+        option = "--" + f.name.replace("_", "-")
+        rows.append(f"| `{option}` | `{Settings.env_name(f)}` | {default} | {f.metadata['help'].replace('|', '/')} |")
     return "\n".join(rows) + "\n"

@@ -3,7 +3,7 @@
 A worker serving a registry follows the announcements on ``model-updates``
 (``streams/model_updates.py``). Models load in the background (the ``loader`` thread); a swap
 happens between two micro-batches (``between_batches``), and a shadowed candidate is scored
-beside the champion from the next batch on (``streams/shadow.py``). A model that fails to load
+beside the champion from the next batch on (``streams/shadow_topic.py``). A model that fails to load
 is counted and changes nothing.
 """
 
@@ -19,10 +19,10 @@ from typing import Callable
 from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommender
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
-from streamrec.streams.metrics import WorkerMetrics
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_updates import ModelUpdate, UpdateFollower, ensure_topic
 from streamrec.streams.pipeline import BatchProcessor
-from streamrec.streams.shadow import Shadow
+from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,24 @@ def registry_champion(registry: str) -> tuple[str, str] | None:
     return None if champion is None else (champion, str(reg.path(champion)))
 
 
+def build_baseline(settings: Settings, store: EventStore) -> Recommender:
+    """``settings.baseline``, warmed from the newest stored events (after a restart)."""
+    from streamrec.model.baselines import BASELINES
+
+    if settings.baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {sorted(BASELINES)}, not {settings.baseline!r}")
+    if settings.baseline == "popularity":
+        popularity = PopularityRecommender(window=settings.popularity_window)
+        popularity.observe(store.recent_items(settings.popularity_window))
+        return popularity
+    base = BASELINES[settings.baseline](popularity_window=settings.popularity_window)
+    users, items = store.recent_events(settings.popularity_window)
+    base.observe(items, users)
+    return base
+
+
 def build_recommender(settings: Settings, store: EventStore) -> Recommender:
-    popularity = PopularityRecommender(window=settings.popularity_window)
-    popularity.observe(store.recent_items(settings.popularity_window))  # warm after a restart
+    popularity = build_baseline(settings, store)
     checkpoint, version = settings.checkpoint, None
     champion = registry_champion(settings.registry) if settings.registry else None
     if champion is not None:
@@ -48,8 +63,8 @@ def build_recommender(settings: Settings, store: EventStore) -> Recommender:
     return with_model(checkpoint, popularity, version)
 
 
-def with_model(checkpoint: str, popularity: PopularityRecommender, version: str | None = None) -> FallbackRecommender:
-    """The transformer of ``checkpoint`` with ``popularity`` for users it cannot score.
+def with_model(checkpoint: str, popularity: Recommender, version: str | None = None) -> FallbackRecommender:
+    """The transformer of ``checkpoint`` with the baseline ``popularity`` for users it cannot score.
 
     ``version``: the registry's name for it (``v2``), carried by lists and metrics.
     """
@@ -61,8 +76,9 @@ def with_model(checkpoint: str, popularity: PopularityRecommender, version: str 
     return FallbackRecommender(model, popularity)
 
 
-def popularity_of(rec: Recommender) -> PopularityRecommender:
-    return rec if isinstance(rec, PopularityRecommender) else rec.fallback
+def popularity_of(rec: Recommender) -> Recommender:
+    """The baseline (fallback) of the served recommender."""
+    return rec.fallback if isinstance(rec, FallbackRecommender) else rec
 
 
 class ModelSwitch:
@@ -135,7 +151,7 @@ class ModelSwitch:
         log.info("%s: now serving %s/%s (was %s/%s)", update.action, new.name, new.version, old.name, old.version)
 
     async def follow_shadow(self, processor: BatchProcessor, update: ModelUpdate) -> None:
-        """Start or stop scoring a candidate beside the champion (streams/shadow.py): loaded in the
+        """Start or stop scoring a candidate beside the champion (streams/shadow_topic.py): loaded in the
         background like a promotion; a failed load is counted and changes nothing."""
         s, current = self.settings, processor.shadow
         if update.action == "unshadow":

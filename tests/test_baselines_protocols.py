@@ -88,3 +88,29 @@ def test_metrics_and_paired_bootstrap():
     assert lo < 0 < hi  # no difference: it includes zero
     es = EvalSet([np.array([1])], np.array([2]), np.array([5]))
     assert rank_events(lambda hs: torch.zeros(len(hs), 3), es)["unmasked"].tolist() == [2]  # ties count against
+
+
+@pytest.mark.parametrize("name", ["popularity", "item2item", "itemknn"])
+def test_worker_builds_the_configured_baseline_warm_from_the_store(name, tmp_path):
+    from streamrec.storage.store import EventStore
+    from streamrec.streams.config import Settings
+    from streamrec.streams.events import event_key
+    from streamrec.streams.model_switch import build_recommender
+
+    items, users = _stream(n_events=200)
+    ids = [f"{u}:{i}:{t}" for t, (u, i) in enumerate(zip(users, items))]
+    store = EventStore(tmp_path / "w.duckdb")
+    try:
+        store.append(key=np.array([event_key(i) for i in ids], np.uint64), event_id=ids, user=users, item=items,
+                     event_time=np.arange(200) * 1000, event_type=["view"] * 200, rating=np.full(200, np.nan, np.float32),
+                     partition=np.zeros(200, np.int32), offset=np.arange(200))
+        rec = build_recommender(Settings(baseline=name, popularity_window=1000), store)
+    finally:
+        store.close()
+    assert rec.name == name
+    top = rec.recommend([np.array([30])], [np.array([30])], k=3).items[0].tolist()
+    if name == "item2item":
+        assert top[0] == 1  # learnt from the stored events: after 30 comes 1
+    assert 30 not in top and min(top) >= 1
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        build_recommender(Settings(baseline="nope"), None)
