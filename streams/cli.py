@@ -23,7 +23,7 @@ from pathlib import Path
 from streamrec import __version__
 from streamrec.model import commands as model_commands
 from streamrec.model import report as model_report
-from streamrec.streams import retrain_job
+from streamrec.streams import lists, retrain_job
 from streamrec.streams.config import Settings, SettingsError
 
 KAFKA = ["bootstrap_servers", "kafka_config"]
@@ -82,7 +82,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UserError(f"port {host}:{port} is busy ({e.strerror}): give another with {option}") from e
+            raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
 
 
 def cmd_broker(args) -> int:
@@ -207,6 +207,16 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=["sasrec", "bert4rec", "popularity"], default="sasrec",
+                   help="what serves the live replay (default %(default)s)")
+    p.add_argument("--train-fraction", type=float, default=0.5,
+                   help="share of the events, by time, replayed as history and trained on (default %(default)s)")
+    p.add_argument("--train-seconds", type=float, default=60.0,
+                   help="training budget; stops after the epoch that passes it (default %(default)s)")
+    p.add_argument("--retrain-at", type=float, default=0.5,
+                   help="retrain once this share of the live part was replayed (0: never; default %(default)s)")
+    p.add_argument("--retrain-seconds", type=float, default=30.0,
+                   help="fine-tuning budget of the mid-stream retraining (default %(default)s)")
     p.add_argument("--ratings", default=None, help="ratings file (default: the bundled ml-latest-small)")
     p.add_argument("--movies", default=None, help="movies.csv for titles (default: the bundled one)")
     p.add_argument("--workdir", default="demo-run", help="folder for the worker's DuckDB and logs")
@@ -218,8 +228,12 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                         "to show the handover (0: never; default %(default)s)")
     Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
     _add_replay_options(p, default_speedup=None)
-    p.add_argument("--duration", type=_nonnegative(float), default=20.0,
-                   help="without --speedup, replay the whole file in about this many seconds (default %(default)s)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="without --speedup, replay the live part in about this many seconds "
+                        "(default: 120 with a transformer, 20 with popularity)")
+    # A free port unless one is asked for (option or environment): a busy default port would
+    # otherwise be answered by whoever holds it.
+    p.set_defaults(metrics_port=Settings.from_env().metrics_port if "STREAMREC_METRICS_PORT" in os.environ else 0)
 
 
 # The one registry: name -> (configure the parser, run, one line of help).
@@ -230,10 +244,12 @@ COMMANDS = {
     "replay": (configure_replay, cmd_replay,
                "produce a ratings file (ml-latest/ML-20M csv, ML-1M .dat, RecBole .inter) to Kafka as a timed stream"),
     "demo": (configure_demo, cmd_demo,
-             "broker + worker + replay of ml-latest-small, lists and metrics on screen"),
+             "the whole mission on ml-latest-small: train a transformer, serve it live, retrain it, compare it "
+             "with popularity (a few minutes; --model popularity: the quick run)"),
     **model_commands.COMMANDS,
     **model_report.COMMANDS,
     **retrain_job.COMMANDS,
+    **lists.COMMANDS,
 }
 
 
@@ -263,6 +279,8 @@ def _exit_status(e: BaseException) -> tuple[int, str]:
 
     if isinstance(e, SettingsError):
         return 2, str(e)
+    if (why := database_in_use(e)) is not None:
+        return 1, why
     if isinstance(e, (UserError, FormatError, KafkaUnreachable, BrokerError, RegistryError, RetrainError,
                       FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)):
         return 1, str(e)
@@ -287,6 +305,23 @@ def main(argv: list[str] | None = None) -> int:
         command = next((a for a in argv if a in COMMANDS), "")
         print(f"streamrec{' ' + command if command else ''}: error: {line}", file=sys.stderr)
         return status
+
+
+def database_in_use(e: Exception) -> str | None:
+    """One line for DuckDB's lock error (a running worker holds its file), else None.
+
+    >>> print(database_in_use(OSError('IO Error: Could not set lock on file "/r/w.duckdb": Conflicting lock is held in python (PID 7)')))
+    /r/w.duckdb is held by another process (pid 7), e.g. a running worker: DuckDB lets one process open it. Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain --export-dir DIR, streamrec report --export-dir DIR), or wait until it stops
+    """
+    import re
+
+    m = re.search(r'Could not set lock on file "([^"]+)".*?(?:\(PID (\d+)\))?$', str(e))
+    if m is None:
+        return None
+    pid = f" (pid {m.group(2)})" if m.group(2) else ""
+    return (f"{m.group(1)} is held by another process{pid}, e.g. a running worker: DuckDB lets one process open it. "
+            "Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain "
+            "--export-dir DIR, streamrec report --export-dir DIR), or wait until it stops")
 
 
 if __name__ == "__main__":

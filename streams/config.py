@@ -1,8 +1,9 @@
-"""All settings in one typed place, checked once, and the Kafka clients' configuration built from them.
+"""All settings in one typed place (the pipeline's, the retraining job's), and the Kafka clients'
+configuration built from them.
 
-Every field can be set by an environment variable (``STREAMREC_<FIELD>``, upper case) and by the
-command line (``--field-name``); the command line wins. A bad value raises :class:`SettingsError`
-with one line that names the setting, where it came from and what it accepts.
+Every field can be set by an environment variable ``STREAMREC_<FIELD>`` (upper case) and by the
+command line (``--field-name``); the command line wins. Values are checked here, once: a bad one
+raises :class:`SettingsError` with one line that names the setting and what it accepts.
 
 >>> import os
 >>> os.environ["STREAMREC_TOP_K"] = "7"
@@ -34,9 +35,9 @@ class SettingsError(ValueError):
     """A setting with a value it cannot take (a usage error: the CLI exits with status 2)."""
 
 
-def _f(default, help: str, min=None, max=None, choices=None):
-    """A field with its help and the values it accepts (checked by :class:`EnvSettings`)."""
-    return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+def _f(default, help: str, min=None, max=None, **more):
+    """A setting: its default, help text and, for numbers, the range it accepts."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max, **more})
 
 
 class EnvSettings:
@@ -44,59 +45,33 @@ class EnvSettings:
     field's name in upper case) and from the command line (``--field-name``); the command line wins.
 
     A field's ``metadata`` holds its ``help``, and optionally ``parse`` (text to value, for both the
-    environment and the command line), ``required`` (the command needs it, from either), ``min``,
-    ``max`` and ``choices`` (checked on every construction). ``bool`` fields take ``--flag`` alone
-    or ``--flag false``; ``list[str]`` fields take several values (in the environment: separated by
-    ``os.pathsep``).
+    environment and the command line) and ``required`` (the command needs it, from either).
+    ``bool`` fields take ``--flag`` alone or ``--flag false``; ``list[str]`` fields take several
+    values (in the environment: separated by ``os.pathsep``).
     """
 
     env_prefix: ClassVar[str] = "STREAMREC_"
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            self.check(f, getattr(self, f.name))
+            check(f, getattr(self, f.name), type(self).env_name(f))
 
     @classmethod
     def env_name(cls, f: dataclasses.Field) -> str:
         return f"{cls.env_prefix}{f.name.upper()}"
 
     @classmethod
-    def where(cls, f: dataclasses.Field) -> str:
-        return f"--{f.name.replace('_', '-')} or {cls.env_name(f)}"
-
-    @classmethod
-    def check(cls, f: dataclasses.Field, value) -> None:
-        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            want = f">= {lo}" if hi is None else f"from {lo} to {hi}"
-            raise SettingsError(f"{f.name}={value!r} is out of range: give a number {want} ({cls.where(f)})")
-        if choices is not None and value not in choices:
-            raise SettingsError(f"{f.name}={value!r}: choose one of {', '.join(choices)} ({cls.where(f)})")
-
-    @classmethod
-    def convert(cls, f: dataclasses.Field, raw: str, source: str, one: bool = False):
-        """``raw`` as the field's value (``one``: a single item of a list field), checked."""
-        hint = get_type_hints(cls)[f.name]
-        parse = _parser(f, hint)
-        try:
-            value = [parse(v) for v in raw.split(os.pathsep)] if _kind(hint) is list and not one else parse(raw)
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
-            kind = _kind(hint)
-            want = ({int: "a whole number", float: "a number", bool: "true or false"}.get(kind)
-                    if "parse" not in f.metadata else str(e))
-            raise SettingsError(f"{source}: expected {want or kind.__name__} for {f.name} ({cls.where(f)})") from None
-        if not one or _kind(hint) is not list:
-            cls.check(f, value)
-        return value
-
-    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
-        values = {}
+        values, hints = {}, get_type_hints(cls)
         for f in fields(cls):
             raw = env.get(cls.env_name(f))
-            if raw is not None:
-                values[f.name] = cls.convert(f, raw, source=f"{cls.env_name(f)}={raw!r}")
+            if raw is None:
+                continue
+            parse = _parser(f, hints[f.name], cls.env_name(f))
+            source = f"{cls.env_name(f)}={raw!r}"
+            values[f.name] = ([parse(v, source) for v in raw.split(os.pathsep)] if _kind(hints[f.name]) is list
+                              else parse(raw, source))
         return cls(**values)
 
     @classmethod
@@ -107,22 +82,22 @@ class EnvSettings:
         for f in fields(cls):
             if only is not None and f.name not in only:
                 continue
+            default, hint = getattr(defaults, f.name), hints[f.name]
 
-            def parse(raw: str, f=f):
+            def parse(raw: str, convert=_parser(f, hint, cls.env_name(f))):
                 try:
-                    return cls.convert(f, raw, source=repr(raw), one=True)
+                    return convert(raw, raw)
                 except SettingsError as e:  # argparse prints it after the option's name
                     raise argparse.ArgumentTypeError(str(e)) from None
 
-            default, hint = getattr(defaults, f.name), hints[f.name]
-            shape: dict = {"type": parse}
+            shape: dict = {"type": parse, "metavar": f.name.upper()}
             if _kind(hint) is bool:
                 shape.update(nargs="?", const=True)  # --flag alone, or --flag false
             elif _kind(hint) is list:
                 shape.update(nargs="+")
             required = bool(f.metadata.get("required")) and default in ("", None, [])
             parser.add_argument(
-                "--" + f.name.replace("_", "-"), default=default, required=required, metavar=f.name.upper(),
+                option_name(f), default=default, required=required,
                 help=f"{f.metadata.get('help', '')} (env {cls.env_name(f)}; default: %(default)r)", **shape)
 
     @classmethod
@@ -142,16 +117,29 @@ def _kind(hint) -> type:
     return args[0] if args else hint
 
 
-def _parser(f: dataclasses.Field, hint) -> Callable[[str], object]:
-    """Text to the field's value (one item of it, for a list): its ``parse``, else by its type."""
-    if "parse" in f.metadata:
-        return f.metadata["parse"]
+def _parser(f: dataclasses.Field, hint, env: str) -> Callable[[str, str], object]:
+    """Text to the field's value (one item of it, for a list), range-checked: its ``parse``, else by
+    its type. The returned function takes the text and where it came from (named in the error)."""
+    custom = f.metadata.get("parse")
     kind = _kind(hint)
-    return _bool if kind is bool else str if kind is list else kind
+    noun = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(kind.__name__, kind.__name__)
+
+    def convert(raw: str, source: str):
+        try:
+            value = custom(raw) if custom else _bool(raw) if kind is bool else str(raw) if kind is list else kind(raw)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            detail = f" ({e})" if custom else ""
+            raise SettingsError(f"{source}: expected {noun} for {f.name} ({option_name(f)} or {env}){detail}") from None
+        if kind is not list:
+            check(f, value, env)
+        return value
+    return convert
 
 
 @dataclass
 class Settings(EnvSettings):
+    """The pipeline's settings: Kafka, topics, the worker, its models and its limits."""
+
     bootstrap_servers: str = _f("", "Kafka bootstrap servers (host:port,...); `streamrec broker` starts a local one")
     kafka_config: str = _f("", "Kafka client properties file (client.properties format: security.protocol, sasl.*, ssl.*, client.id, ...) for every client")
     interactions_topic: str = _f("interactions", "topic of click events")
@@ -166,8 +154,7 @@ class Settings(EnvSettings):
     batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
     batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill", min=0.0)
     popularity_window: int = _f(50_000, "events in the popularity model's window", min=1)
-    baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: popularity, item2item or itemknn",
-                       choices=("popularity", "item2item", "itemknn"))
+    baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: popularity, item2item or itemknn")
     checkpoint: str = _f("", "transformer checkpoint directory (empty: the baseline only)")
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
@@ -201,6 +188,15 @@ class Settings(EnvSettings):
         return dataclasses.replace(self, bootstrap_servers=self.client_properties().get("bootstrap.servers", ""))
 
 
+def env_name(f: dataclasses.Field) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    return Settings.env_name(f)
+
+
+def option_name(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
 def _bool(raw: str) -> bool:
     """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
     v = raw.strip().lower()
@@ -208,7 +204,16 @@ def _bool(raw: str) -> bool:
         return True
     if v in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"{raw!r}: expected true or false")
+    raise ValueError(f"{raw!r} is not true or false")
+
+
+def check(f: dataclasses.Field, value, env: str) -> None:
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if value is None or (lo is None and hi is None):
+        return
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        want = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        raise SettingsError(f"{f.name}={value!r} is out of range: give a number {want} ({option_name(f)} or {env})")
 
 
 def parse_every(text: str) -> tuple[str, float]:
@@ -385,6 +390,5 @@ def settings_markdown() -> str:
     rows = ["| setting | environment variable | default | what it is |", "|---|---|---|---|"]
     for f in fields(Settings):
         default = "(empty)" if f.default == "" else f"`{f.default}`"
-        option = "--" + f.name.replace("_", "-")
-        rows.append(f"| `{option}` | `{Settings.env_name(f)}` | {default} | {f.metadata['help'].replace('|', '/')} |")
+        rows.append(f"| `{option_name(f)}` | `{env_name(f)}` | {default} | {f.metadata['help'].replace('|', '/')} |")
     return "\n".join(rows) + "\n"

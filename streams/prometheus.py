@@ -18,14 +18,6 @@ REJECT_CLASSES = ("malformed_json", "missing_field", "wrong_type", "out_of_range
                   "wrong_key", "conflict")
 
 
-def process_registry() -> CollectorRegistry:
-    """A registry with the standard process (CPU, memory, open files), platform and GC collectors."""
-    r = CollectorRegistry()
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        r.register(collector)
-    return r
-
-
 #: A Prometheus gauge per online-evaluation snapshot metric (``model.online.OnlineEvaluator.snapshot``;
 #: labels model, version, k, window). Counts are exported as gauges too: they come from snapshots,
 #: not from increments.
@@ -43,6 +35,14 @@ PROMETHEUS_GAUGES = {
     "lists_closed": ("streamrec_online_lists_closed", "Lists whose recall horizon closed"),
     "lists_no_future": ("streamrec_online_lists_no_future", "Closed lists whose user consumed nothing in the horizon"),
 }
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry with the standard process (CPU, memory, open files), platform and GC collectors."""
+    r = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        r.register(collector)
+    return r
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

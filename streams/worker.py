@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,12 @@ import numpy as np
 from confluent_kafka import Producer
 from faust.types import TP
 
+from streamrec.storage.evaluation_log import export_evaluation
 from streamrec.storage.export import export_new_events
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
+from streamrec.streams.latest_lists import ANNOUNCE_EVERY, LatestLists, Peers, add_views, ensure_workers_topic, web_address
 from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership
@@ -84,6 +87,8 @@ class Worker:
         self.busy = asyncio.Lock()  # held while a batch is handed to the stage threads
         self.processor: BatchProcessor | None = None  # opened by the ingest task
         self.models = ModelSwitch(settings, self.metrics, self.loader, self.publisher, self.between_batches)
+        self.latest = LatestLists()  # each user's latest list, for /recommendations/{user_id}
+        self.peers: Peers | None = None  # the group's other workers, who answer for their users
         self._register()
 
     def _register(self) -> None:
@@ -98,6 +103,8 @@ class Worker:
         app.timer(interval=1.0)(self.follow_model_updates)
         app.page("/metrics")(self.metrics_page)
         app.page("/ready")(self.ready_page)
+        add_views(app, s, self.latest, lambda: self.peers.live() if self.peers else [], self.assigned_partitions)
+        app.timer(interval=ANNOUNCE_EVERY)(self.announce_address)
 
     async def _run(self, executor: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -116,7 +123,9 @@ class Worker:
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
-        return BatchProcessor(s, store, recommender, producer, metrics, ownership)
+        processor = BatchProcessor(s, store, recommender, producer, metrics, ownership)
+        processor.latest = self.latest
+        return processor
 
     async def ingest(self) -> None:
         """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""
@@ -188,6 +197,21 @@ class Worker:
         if self.processor is not None:
             n = await self._run(self.storer, export_new_events, self.processor.store.con, self.settings.export_dir)
             self.metrics.exported.inc(n)
+            # ``streamrec report --export-dir`` reads this while we hold the database.
+            await self._run(self.storer, export_evaluation, self.processor.store.con, self.settings.export_dir)
+
+    async def announce_address(self) -> None:
+        """Tell the group's other workers our web address; hear theirs (streams/latest_lists.py)."""
+        s = self.settings
+        if self.peers is None:
+            topic = f"{s.group_id}.workers"
+            await self._run(self.loader, ensure_workers_topic, s, topic)
+            self.peers = await self._run(self.loader, Peers, s.bootstrap_servers, topic,
+                                         web_address(s.metrics_host, s.metrics_port))
+        await self._run(self.loader, self.peers.announce_and_read)
+
+    def assigned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.interactions_topic}
 
     async def follow_model_updates(self) -> None:
         """Load announced models in the background; swap between two micro-batches ("promote",
@@ -201,10 +225,11 @@ class Worker:
         return self.app.web.bytes(self.metrics.expose(), content_type="text/plain; version=0.0.4")
 
     async def ready_page(self, request):
-        """Ready once the pipeline is open and this worker owns partitions of the topic."""
+        """Ready once the pipeline is open and this worker owns partitions of the topic. ``pid``:
+        whoever started us can tell our answer from another process's on the same port."""
         assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.settings.interactions_topic]
         ok = self.processor is not None and bool(assigned)
-        return self.app.web.json({"ready": ok, "partitions": sorted(tp.partition for tp in assigned)},
+        return self.app.web.json({"ready": ok, "partitions": sorted(tp.partition for tp in assigned), "pid": os.getpid()},
                                  status=200 if ok else 503)
 
 

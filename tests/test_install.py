@@ -59,7 +59,7 @@ def test_version_from_outside_the_repository(fresh, tmp_path):
 
 
 def test_short_demo_from_outside_the_repository(fresh, tmp_path):
-    r = run([str(fresh / "bin" / "streamrec"), "demo", "--limit", "2000", "--duration", "2", "--workdir", "run",
+    r = run([str(fresh / "bin" / "streamrec"), "demo", "--model", "popularity", "--limit", "2000", "--duration", "2", "--workdir", "run",
              "--metrics-port", "0", "--show-users", "1"], cwd=tmp_path, timeout=240)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     assert re.search(r"events stored\s+2,000 in DuckDB, rejected 0", r.stdout), r.stdout

@@ -14,7 +14,7 @@ import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from streamrec.streams import demo, model_updates, ownership, replay, shadow_topic, topics, worker
+from streamrec.streams import demo, lists, model_updates, ownership, replay, shadow_topic, topics, worker
 from streamrec.streams.config import Settings, SettingsError, kafka_config
 from streamrec.storage.movielens import load_ratings
 from tests.test_cli_errors import DATA
@@ -43,7 +43,7 @@ def recorded(monkeypatch) -> list[tuple[str, str, dict]]:
                 super().__init__(conf, **kw)
         return Recorded
 
-    for module in (replay, ownership, model_updates, shadow_topic, demo, topics, worker):
+    for module in (replay, ownership, model_updates, shadow_topic, demo, lists, topics, worker):
         for cls in (confluent_kafka.Producer, confluent_kafka.Consumer, AdminClient):
             if getattr(module, cls.__name__, None) is cls:
                 monkeypatch.setattr(module, cls.__name__, recorder(cls, module))
@@ -61,7 +61,7 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
     updates = f"updates-{uuid.uuid4().hex[:6]}"
     model_updates.announce(s.bootstrap_servers, updates, "v1", "/nowhere")  # admin + producer
     model_updates.UpdateFollower(s.bootstrap_servers, updates, since_ms=0).close()  # consumer
-    follower = demo.ListFollower(s.bootstrap_servers, s.recommendations_topic)  # consumer
+    follower = lists.ListFollower(s.bootstrap_servers, s.recommendations_topic)  # consumer
     follower.consumer.close()
     decision = shadow_topic.wait_for_shadow(s.bootstrap_servers, f"evals-{uuid.uuid4().hex[:6]}", "v1", "v2", since_ms=0,
                                       timeout=0.5, min_events=10, margin=0.0, alpha=0.05)  # consumer
@@ -72,7 +72,7 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
 
     kinds = {(module, cls) for module, cls, _ in recorded}
     assert {("worker", "Producer"), ("topics", "AdminClient"), ("replay", "Producer"), ("ownership", "Producer"), ("ownership", "Consumer"),
-            ("model_updates", "Producer"), ("model_updates", "Consumer"), ("demo", "Consumer"),
+            ("model_updates", "Producer"), ("model_updates", "Consumer"), ("lists", "Consumer"),
             ("shadow_topic", "Consumer")} <= kinds, kinds
     for module, cls, conf in recorded:
         assert conf.get("client.id") == CLIENT_ID, (module, cls, conf)
