@@ -82,7 +82,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UserError(f"port {host}:{port} is busy ({e.strerror}): give another with {option}") from e
+            raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
 
 
 def cmd_broker(args) -> int:
