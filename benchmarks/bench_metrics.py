@@ -2,7 +2,7 @@
 
 The workload is the online evaluator's hot path for every event: pick the list shown to the
 user before the event (current or previous list, by trigger time), find the event's item in
-it, and compute HitRate/NDCG/MRR at each cut-off (``model.metrics.prequential_ranks`` +
+it, and compute HitRate/NDCG/MRR at each cut-off (``model.prequential.prequential_ranks`` +
 ``metric_matrix``). All three implementations produce the same arrays; the script checks it.
 
 Runs on one core: ``NUMBA_NUM_THREADS=1`` and BLAS/OpenMP threads are set to 1 before NumPy
@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamrec.model import metrics as mk  # noqa: E402
+from streamrec.model import prequential as pq  # noqa: E402
 
 
 def make_workload(n_events: int, n_users: int, n_items: int, width: int, seed: int):
@@ -43,13 +44,13 @@ def make_workload(n_events: int, n_users: int, n_items: int, width: int, seed: i
     cur_t = rng.integers(1_000, 2_000, size=n_users, dtype=np.int64)
     prev_t = cur_t - rng.integers(1, 500, size=n_users, dtype=np.int64)
     no_list = rng.random(n_users) < 0.02
-    cur_t[no_list], prev_t[no_list] = mk.NO_LIST, mk.NO_LIST
+    cur_t[no_list], prev_t[no_list] = pq.NO_LIST, pq.NO_LIST
     no_prev = rng.random(n_users) < 0.1
-    prev_t[no_prev] = mk.NO_LIST
+    prev_t[no_prev] = pq.NO_LIST
 
     slots = rng.integers(-1, n_users, size=n_events, dtype=np.int64)  # -1: unknown user
     times = cur_t[np.maximum(slots, 0)] + rng.integers(-600, 600, size=n_events, dtype=np.int64)
-    times[cur_t[np.maximum(slots, 0)] == mk.NO_LIST] = 1_500
+    times[cur_t[np.maximum(slots, 0)] == pq.NO_LIST] = 1_500
     items = rng.integers(0, n_items, size=n_events, dtype=np.int64)
     from_list = rng.random(n_events) < 0.3
     pos = rng.integers(0, width, size=n_events)
@@ -61,20 +62,20 @@ def make_workload(n_events: int, n_users: int, n_items: int, width: int, seed: i
 
 
 def score_numba(slots, items, times, cur, cur_t, prev, prev_t, ks):
-    ranks, _, status = mk._prequential_ranks(slots, items, times, cur, cur_t, prev, prev_t)
+    ranks, _, status = pq._prequential_ranks(slots, items, times, cur, cur_t, prev, prev_t)
     return status, mk._metric_matrix(ranks, ks)
 
 
 def score_numpy(slots, items, times, cur, cur_t, prev, prev_t, ks):
     s = np.maximum(slots, 0)
     ct, pt = cur_t[s], prev_t[s]
-    known = (slots >= 0) & (ct != mk.NO_LIST)
+    known = (slots >= 0) & (ct != pq.NO_LIST)
     use_cur = known & (ct < times)
-    has_prev = pt != mk.NO_LIST
+    has_prev = pt != pq.NO_LIST
     use_prev = known & ~use_cur & has_prev & (pt < times)
     late = known & ~use_cur & has_prev & ~(pt < times)
     warm = use_cur | use_prev
-    status = np.where(warm, mk.WARM, np.where(late, mk.LATE, mk.COLD))
+    status = np.where(warm, pq.WARM, np.where(late, pq.LATE, pq.COLD))
     lists = np.where(use_cur[:, None], cur[s], prev[s])  # gathers a [n, width] copy
     eq = (lists == items[:, None]) & (warm & (items >= 0))[:, None]
     found = eq.any(axis=1)
@@ -104,7 +105,7 @@ def _py(a: np.ndarray) -> list:
 def score_python(slots, items, times, cur, cur_t, prev, prev_t, ks):
     slots, items, times = slots.tolist(), items.tolist(), times.tolist()
     cur, prev, cur_t, prev_t, ks = _py(cur), _py(prev), _py(cur_t), _py(prev_t), ks.tolist()
-    no_list = int(mk.NO_LIST)
+    no_list = int(pq.NO_LIST)
     status, out = [], []
     zeros = [0.0] * (3 * len(ks))
     for s, it, t in zip(slots, items, times):
@@ -115,14 +116,14 @@ def score_python(slots, items, times, cur, cur_t, prev, prev_t, ks):
             elif prev_t[s] != no_list and prev_t[s] < t:
                 lst = prev[s]
             elif prev_t[s] != no_list:
-                status.append(mk.LATE)
+                status.append(pq.LATE)
                 out.append(zeros)
                 continue
         if lst is None:
-            status.append(mk.COLD)
+            status.append(pq.COLD)
             out.append(zeros)
             continue
-        status.append(mk.WARM)
+        status.append(pq.WARM)
         rank = lst.index(it) if it >= 0 and it in lst else -1
         row = []
         for k in ks:
@@ -159,7 +160,7 @@ def bench_evaluator(data, n_events: int, batch: int) -> tuple[float, int]:
     from streamrec.model.online import OnlineEvaluator
 
     slots, items, times, cur, cur_t, *_ = data
-    users = np.flatnonzero(cur_t != mk.NO_LIST)
+    users = np.flatnonzero(cur_t != pq.NO_LIST)
     ev = OnlineEvaluator(ks=(5, 10, 20), window_events=10_000, window_seconds=600)
     half = len(users) // 2  # two recommenders, so the per-group path is exercised
     ev.record_lists(users[:half], cur[users[:half]], cur_t[users[:half]], "sasrec", "v1")
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
     t_py, _ = run_chunks(score_python, sub, ks, args.chunk)
     t_py_full = t_py * args.events / n_py
 
-    warm = ref_status == mk.WARM
+    warm = ref_status == pq.WARM
     n = args.events
     print(f"date (UTC)     {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}")
     print(f"machine        {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "

@@ -1,7 +1,21 @@
 """The transformer as a ``Recommender`` for the worker.
 
->>> # rec = TransformerRecommender("checkpoints/sasrec")       # a directory written by `streamrec train`
->>> # worker_rec = FallbackRecommender(rec, PopularityRecommender())  # unknown / short users -> popularity
+>>> import tempfile
+>>> from streamrec.model.checkpoint import save_checkpoint
+>>> from streamrec.model.config import ModelConfig
+>>> from streamrec.model.recommender import FallbackRecommender, PopularityRecommender
+>>> from streamrec.model.transformer import build_model
+>>> from streamrec.model.vocab import ItemVocab
+>>> model = build_model(ModelConfig(n_items=4, max_len=8, d_model=8))  # untrained: any order
+>>> path = save_checkpoint(tempfile.mkdtemp(), model, ItemVocab.from_ids([10, 20, 30, 40]))
+>>> rec = TransformerRecommender(path, device="cpu")  # a directory written by `streamrec train`
+>>> sorted(rec.recommend([np.array([10, 20])], [np.array([10, 20])], k=3).items[0].tolist())  # never a seen item
+[-1, 30, 40]
+>>> popularity = PopularityRecommender(window=100); popularity.observe(np.array([50, 50, 60]))
+>>> worker_rec = FallbackRecommender(rec, popularity)  # unknown / short users -> popularity
+>>> lists = worker_rec.recommend([np.array([10, 20]), np.array([99])], [np.array([10, 20]), np.array([99])], k=2)
+>>> lists.models, lists.items[1].tolist()
+(['sasrec', 'popularity'], [50, 60])
 
 Per call: external ids are mapped to indices (unknown items dropped), users are grouped into
 batches of similar length, each batch is trimmed to its longest history, the last layer and the

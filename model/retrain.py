@@ -1,9 +1,10 @@
 """Continuous retraining: warm start from the champion, fine-tune on recent events plus replay,
 gate on the newest held-out events, register (and promote or reject) the candidate.
 
->>> # from streamrec.storage.export import read_events
->>> # res = retrain(Registry("models"), read_events("export"), RetrainConfig())
->>> # res.version, res.promoted, res.reason
+Use (``streamrec retrain`` does this; ``tests/test_retrain.py`` runs it on small data)::
+
+    res = retrain(Registry("models"), read_events("export"), RetrainConfig())
+    res.version, res.status, res.reason   # ("v4", "champion", "NDCG@10 candidate 0.0912 >= ...")
 
 **Vocabulary growth.** The new vocabulary is the champion's items plus every item seen in the
 events that it does not know. ``ItemVocab`` keeps ids in ascending order (its lookups are a
@@ -42,21 +43,19 @@ With ``promote=False`` (``streamrec retrain --shadow``) a candidate that passes 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Sequences, build_sequences, length_sorted_batches
-from streamrec.model.evaluate import evaluate_histories, full_ranks, model_scorer
+from streamrec.model.evaluate import full_ranks, model_scorer
 from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
-from streamrec.model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
 from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
+from streamrec.model.warm_start import fit, grow_model, grow_vocab
 from streamrec.storage.movielens import Ratings
 
 log = logging.getLogger(__name__)
@@ -115,122 +114,6 @@ class RetrainResult:
     status: str = ""  # in the registry after the run: champion, rejected, or candidate (passed, not promoted)
 
 
-# --- warm start -------------------------------------------------------------------------------
-
-
-def grow_vocab(old: ItemVocab, items: np.ndarray) -> tuple[ItemVocab, np.ndarray]:
-    """(old items + unseen ``items``, the new ids). Old items are never dropped."""
-    new_ids = np.setdiff1d(np.unique(np.asarray(items, np.int64)), old.ids)
-    return ItemVocab(np.union1d(old.ids, new_ids)), new_ids
-
-
-def grow_model(
-    model: SequentialTransformer, old: ItemVocab, new: ItemVocab, noise: float = 0.1, seed: int = 0
-) -> SequentialTransformer:
-    """A copy of ``model`` for vocabulary ``new`` (a superset of ``old``): every old item's
-    embedding row and output bias copied bit-exactly to its new index, everything else copied,
-    new items initialised near the average old item."""
-    cfg = model.cfg
-    if len(old) != cfg.n_items:
-        raise ValueError(f"vocabulary has {len(old)} items, model {cfg.n_items}")
-    pos = new.encode(old.ids)  # new index of each old item
-    if (pos == 0).any():
-        raise ValueError("the new vocabulary must contain every old item")
-    new_cfg = ModelConfig.from_dict({**cfg.to_dict(), "n_items": len(new)})
-    grown = build_model(new_cfg).to(next(model.parameters()).device)
-    old_sd, sd = model.state_dict(), grown.state_dict()
-    for k, v in old_sd.items():
-        if k not in ("item_emb.weight", "out_bias"):
-            sd[k] = v.clone()
-    w_old, b_old = old_sd["item_emb.weight"], old_sd["out_bias"]
-    real = w_old[1 : cfg.n_items + 1]
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.empty(new_cfg.vocab_size, cfg.d_model, dtype=w_old.dtype)
-    if len(real):
-        mean, std = real.mean(0).cpu(), real.std(0, unbiased=False).cpu()
-    else:
-        mean, std = torch.zeros(cfg.d_model), torch.full((cfg.d_model,), 0.02)
-    w[:] = mean + noise * std * torch.randn(new_cfg.vocab_size, cfg.d_model, generator=gen, dtype=w_old.dtype)
-    w = w.to(w_old.device)
-    idx = torch.from_numpy(pos).to(w_old.device)
-    w[0] = w_old[0]  # padding
-    w[idx] = real
-    w[new_cfg.mask_id] = w_old[cfg.mask_id]  # BERT4Rec's mask token moves from n_old + 1 to n_new + 1
-    b = torch.full((len(new),), float(b_old.mean()) if len(b_old) else 0.0, dtype=b_old.dtype, device=b_old.device)
-    b[idx - 1] = b_old
-    sd["item_emb.weight"], sd["out_bias"] = w, b
-    grown.load_state_dict(sd, strict=True)
-    return grown.eval()
-
-
-# --- training ---------------------------------------------------------------------------------
-
-
-def fit(
-    model: SequentialTransformer,
-    train_seqs: list[np.ndarray],
-    valid_hist: list[np.ndarray],
-    valid_targets: np.ndarray,
-    tcfg: TrainConfig,
-    evaluate_start: bool = False,
-    progress: bool = False,
-) -> tuple[SequentialTransformer, dict]:
-    """``model.train.train``'s loop on an existing model: AdamW, warm-up + cosine, early stopping
-    on validation NDCG@10, best epoch kept. ``evaluate_start``: the untrained model competes too
-    (epoch 0), so fine-tuning can never leave a warm start worse on validation."""
-    torch.manual_seed(tcfg.seed)
-    rng = np.random.default_rng(tcfg.seed)
-    gen = torch.Generator().manual_seed(tcfg.seed)
-    device = resolve_device(tcfg.device)
-    model = model.to(device)
-    cfg = model.cfg
-    s = Sequences.from_list(np.arange(len(train_seqs)), train_seqs)
-    ws = model.training_windows(s)
-    info = {"best_epoch": 0, "valid": {}, "history": [], "train_windows": len(ws), "seconds": 0.0}
-    start = time.perf_counter()
-    if not ws or tcfg.epochs <= 0:
-        info["seconds"] = time.perf_counter() - start
-        return model.eval(), info
-    has_valid = len(valid_targets) > 0
-
-    def validate() -> dict:
-        model.eval()
-        return evaluate_histories(model_scorer(model), valid_hist, valid_targets, ks=(10,))
-
-    stopper = EarlyStopping(tcfg.patience)
-    if evaluate_start and has_valid:
-        m = validate()
-        info["history"].append({"epoch": 0, **m})
-        stopper.update(m["NDCG@10"], 0, model)
-        info["valid"] = m
-    opt = configure_optimizer(model, tcfg)
-    total = tcfg.epochs * math.ceil(len(ws) / tcfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
-    bar = tqdm(total=total, desc=f"retrain {cfg.kind}", disable=not progress, unit="step", dynamic_ncols=True)
-    for epoch in range(tcfg.epochs):
-        losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar, postfix={"epoch": epoch + 1})
-        out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
-        if not has_valid:  # nothing to select on: keep the last epoch
-            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-            info["best_epoch"] = epoch + 1
-        else:
-            m = validate()
-            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
-            improved = m["NDCG@10"] > stopper.best
-            stop = stopper.update(m["NDCG@10"], epoch + 1, model)
-            if improved:
-                info["best_epoch"], info["valid"] = epoch + 1, m
-            if stop:
-                break
-        if out_of_time:
-            break
-    bar.close()
-    stopper.restore(model)
-    info["seconds"] = time.perf_counter() - start
-    return model.eval(), info
-
-
 # --- gate -------------------------------------------------------------------------------------
 
 
@@ -277,119 +160,89 @@ def _suffix_counts(users: np.ndarray, events: Ratings, mask: np.ndarray) -> np.n
     return out
 
 
-def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = None) -> RetrainResult:
-    """Train the next version on ``events`` (every logged event, in event-time order), register
-    it, and promote it or reject it through the offline gate. See the module docstring."""
-    cfg = cfg or RetrainConfig()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
-    if len(events) == 0:
-        raise RetrainError("no events to train on")
-    cutoff = int(events.timestamp.max())
-
-    # The champion: warm-start source and the gate's reference.
-    parent = registry.champion()
-    champ = None
-    if parent is not None:
-        try:
-            champ = registry.load(parent)
-        except (CorruptCheckpointError, RegistryError) as e:
-            if not cfg.cold:
-                raise RetrainError(f"champion {parent} cannot be loaded for a warm start ({e}); "
-                                   "roll back (`streamrec rollback`) or retrain cold") from e
-            log.warning("champion %s cannot be loaded (%s): cold candidate promoted without comparison", parent, e)
-    since = None
-    if parent is not None:
-        since = registry.get(parent).cutoff_time
-    warm = champ is not None and not cfg.cold
-    mode = "warm" if warm else "cold"
-
-    ev = _filter(events, cfg.min_rating, cfg.min_user_events)
-    if len(ev) == 0:
-        raise RetrainError(f"no user has {cfg.min_user_events} events (after min_rating={cfg.min_rating})")
+def _vocabulary(ev: Ratings, champ, warm: bool) -> tuple[ItemVocab, np.ndarray]:
+    """The candidate's vocabulary and the item ids new to it (all of them without a champion)."""
     if warm:  # old items keep their rows even when the events no longer mention them
-        vocab, new_ids = grow_vocab(champ.vocab, ev.item)
-    else:
-        vocab = ItemVocab.from_ids(ev.item)
-        new_ids = vocab.ids if champ is None else np.setdiff1d(vocab.ids, champ.vocab.ids)
-    seqs, _ = build_sequences(ev, None, 1, vocab=vocab)
-    full = seqs.as_list()
-    lengths = seqs.lengths()
+        return grow_vocab(champ.vocab, ev.item)
+    vocab = ItemVocab.from_ids(ev.item)
+    return vocab, vocab.ids if champ is None else np.setdiff1d(vocab.ids, champ.vocab.ids)
 
-    # Gate set: users with events after the champion's cut-off (all users for a first model).
-    newer = np.ones(len(ev), bool) if since is None else ev.timestamp > since
-    n_new = _suffix_counts(seqs.users, ev, newer)
-    gate = (n_new > 0) & (lengths >= 3)
+
+def gate_metrics(model: SequentialTransformer, vocab: ItemVocab, champ, full: list[np.ndarray],
+                 gate_idx: np.ndarray) -> tuple[dict, dict | None]:
+    """Candidate's and champion's metrics on the gate users' newest held-out events (the same
+    users and targets for both; ``full``: sequences as candidate indices)."""
+    test_hist = [vocab.decode(full[i][:-1]) for i in gate_idx]
+    test_targets = vocab.decode(np.array([full[i][-1] for i in gate_idx], dtype=np.int64))
+    cand_m = holdout_metrics(model, vocab, test_hist, test_targets)
+    champ_m = None if champ is None else holdout_metrics(champ.model.cpu(), champ.vocab, test_hist, test_targets)
+    return cand_m, champ_m
+
+
+def _champion(registry: Registry, cfg: RetrainConfig):
+    """(version, loaded checkpoint or None, its data cut-off) of the champion, if any."""
+    parent = registry.champion()
+    if parent is None:
+        return None, None, None
+    champ = None
+    try:
+        champ = registry.load(parent)
+    except (CorruptCheckpointError, RegistryError) as e:
+        if not cfg.cold:
+            raise RetrainError(f"champion {parent} cannot be loaded for a warm start ({e}); "
+                               "roll back (`streamrec rollback`) or retrain cold") from e
+        log.warning("champion %s cannot be loaded (%s): cold candidate promoted without comparison", parent, e)
+    return parent, champ, registry.get(parent).cutoff_time
+
+
+def select_gate(ev: Ratings, seqs: Sequences, newer: np.ndarray, since: int | None, cfg: RetrainConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The gate set: users (rows of ``seqs``) with 3+ events and one after the champion's cut-off
+    (all users for a first model), at most ``max_gate_users`` of them. Returns (mask over users,
+    the indices of the users gated on)."""
+    gate = (_suffix_counts(seqs.users, ev, newer) > 0) & (seqs.lengths() >= 3)
     if since is not None and not gate.any():
         raise RetrainError(f"no user with 3+ events has an event after the champion's cut-off {since}: nothing to gate on")
     gate_idx = np.flatnonzero(gate)
     if cfg.max_gate_users is not None and len(gate_idx) > cfg.max_gate_users:
         gate_idx = np.sort(rng.choice(gate_idx, cfg.max_gate_users, replace=False))
-    body = [s[:-2] if g else s for s, g in zip(full, gate)]
+    return gate, gate_idx
 
-    # Training sequences.
-    max_len = (champ.model.cfg if champ is not None else cfg.model).max_len
-    if warm:
-        recent = newer.copy()
-        if cfg.window_events is not None or cfg.window_seconds is not None:
-            recent = np.ones(len(ev), bool)
-            if cfg.window_events is not None:
-                recent[: max(0, len(ev) - cfg.window_events)] = False
-            if cfg.window_seconds is not None:
-                recent &= ev.timestamp > cutoff - cfg.window_seconds
-        n_recent = _suffix_counts(seqs.users, ev, recent)
-        train_seqs = []
-        for s, b, g, nr in zip(full, body, gate, n_recent):
-            if nr > 0:  # the recent part (held-out items excluded) with up to max_len items of context
-                nr_body = max(0, nr - (len(s) - len(b)))
-                train_seqs.append(b[max(0, len(b) - nr_body - max_len) :])
-            elif rng.random() < cfg.replay_fraction:
-                train_seqs.append(b[-(max_len + 1) :])
-        tcfg = cfg.train
-    else:
-        train_seqs = body
-        tcfg = cfg.cold_train
-    train_seqs = [s for s in train_seqs if len(s)]
-    valid_hist = [full[i][:-2] for i in gate_idx]
-    valid_targets = np.array([full[i][-2] for i in gate_idx], dtype=np.int64)
 
-    if warm:
-        model = grow_model(champ.model, champ.vocab, vocab, noise=cfg.new_row_noise, seed=cfg.seed)
-    else:
-        torch.manual_seed(tcfg.seed)
-        model = build_model(ModelConfig.from_dict({**cfg.model.to_dict(), "n_items": len(vocab)}))
-    model, fit_info = fit(model, train_seqs, valid_hist, valid_targets, tcfg, evaluate_start=warm and cfg.keep_start,
-                          progress=cfg.progress)
-    model = model.cpu()
+def select_training(ev: Ratings, seqs: Sequences, full: list[np.ndarray], body: list[np.ndarray], newer: np.ndarray,
+                    cutoff: int, warm: bool, max_len: int, cfg: RetrainConfig,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """The training sequences (``body``: every user's sequence, the gate users' last two items
+    held out). Cold: all of them. Warm: each recent user's recent part with up to ``max_len``
+    items of context, plus the newest items of a ``replay_fraction`` sample of the others.
+    ``cutoff``: the newest event time of all events (``window_seconds`` counts back from it)."""
+    if not warm:
+        return [s for s in body if len(s)]
+    recent = newer.copy()
+    if cfg.window_events is not None or cfg.window_seconds is not None:
+        recent = np.ones(len(ev), bool)
+        if cfg.window_events is not None:
+            recent[: max(0, len(ev) - cfg.window_events)] = False
+        if cfg.window_seconds is not None:
+            recent &= ev.timestamp > cutoff - cfg.window_seconds
+    n_recent = _suffix_counts(seqs.users, ev, recent)
+    train_seqs = []
+    for s, b, nr in zip(full, body, n_recent):
+        if nr > 0:  # the recent part (held-out items excluded) with up to max_len items of context
+            nr_body = max(0, nr - (len(s) - len(b)))
+            train_seqs.append(b[max(0, len(b) - nr_body - max_len) :])
+        elif rng.random() < cfg.replay_fraction:
+            train_seqs.append(b[-(max_len + 1) :])
+    return [s for s in train_seqs if len(s)]
 
-    # Gate on the newest held-out events, both models on the same users.
-    ext = lambda a: vocab.decode(a)  # noqa: E731 - candidate indices -> external ids
-    test_hist = [ext(full[i][:-1]) for i in gate_idx]
-    test_targets = ext(np.array([full[i][-1] for i in gate_idx], dtype=np.int64))
-    cand_m = holdout_metrics(model, vocab, test_hist, test_targets)
-    champ_m = None
-    if champ is not None:
-        champ_m = holdout_metrics(champ.model.cpu(), champ.vocab, test_hist, test_targets)
-    cand, ch = cand_m["NDCG@10"], None if champ_m is None else champ_m["NDCG@10"]
 
-    metrics = {
-        "gate": {"NDCG@10": cand, "champion_NDCG@10": ch, "margin": cfg.margin, "candidate": cand_m,
-                 "champion": champ_m, "champion_version": parent if champ_m is not None else None},
-        "valid": fit_info["valid"],
-        "best_epoch": fit_info["best_epoch"],
-    }
-    data = {"n_events": int(len(ev)), "n_users": int(len(seqs)), "n_items": len(vocab), "new_items": int(len(new_ids)),
-            "since": since, "train_sequences": len(train_seqs), "train_windows": fit_info["train_windows"],
-            "gate_users": int(len(gate_idx))}
-    version = registry.register(
-        model=model, vocab=vocab, parent=parent if warm else None, cutoff=cutoff, metrics=metrics,
-        training_seconds=round(fit_info["seconds"], 2), mode=mode, data=data,
-        train=tcfg.to_dict(), retrain=cfg.to_dict(), history=fit_info["history"],
-    )
+def decide(registry: Registry, version: str, cand: float, ch: float | None, parent: str | None,
+           cfg: RetrainConfig) -> tuple[str, str]:
+    """Apply the gate to the registered ``version``: (status in the registry afterwards, reason).
 
-    # Decide.
+    Status ``champion`` (promoted), ``candidate`` (passed, ``promote=False``: the shadow
+    comparison decides) or ``rejected``.
+    """
     if ch is None:
         ok, reason = True, (f"first model: promoted without a gate (NDCG@10 {cand:.4f})" if parent is None
                             else f"champion {parent} unusable: promoted without comparison (NDCG@10 {cand:.4f})")
@@ -412,11 +265,70 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
             ok, reason = False, f"gated against {parent}, but {e}"
     if not ok:
         registry.reject(version, reason)
-    status = "candidate" if hold else "champion" if ok else "rejected"
+    return ("candidate" if hold else "champion" if ok else "rejected"), reason
+
+
+def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = None) -> RetrainResult:
+    """Train the next version on ``events`` (every logged event, in event-time order), register
+    it, and promote it or reject it through the offline gate. See the module docstring."""
+    cfg = cfg or RetrainConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    if len(events) == 0:
+        raise RetrainError("no events to train on")
+    cutoff = int(events.timestamp.max())
+    parent, champ, since = _champion(registry, cfg)  # the warm-start source and the gate's reference
+    warm = champ is not None and not cfg.cold
+    mode = "warm" if warm else "cold"
+
+    ev = _filter(events, cfg.min_rating, cfg.min_user_events)
+    if len(ev) == 0:
+        raise RetrainError(f"no user has {cfg.min_user_events} events (after min_rating={cfg.min_rating})")
+    vocab, new_ids = _vocabulary(ev, champ, warm)
+    seqs, _ = build_sequences(ev, None, 1, vocab=vocab)
+    full = seqs.as_list()
+    newer = np.ones(len(ev), bool) if since is None else ev.timestamp > since
+    gate, gate_idx = select_gate(ev, seqs, newer, since, cfg, rng)
+    body = [s[:-2] if g else s for s, g in zip(full, gate)]
+    max_len = (champ.model.cfg if champ is not None else cfg.model).max_len
+    train_seqs = select_training(ev, seqs, full, body, newer, cutoff, warm, max_len, cfg, rng)
+    tcfg = cfg.train if warm else cfg.cold_train
+    valid_hist = [full[i][:-2] for i in gate_idx]
+    valid_targets = np.array([full[i][-2] for i in gate_idx], dtype=np.int64)
+
+    if warm:
+        model = grow_model(champ.model, champ.vocab, vocab, noise=cfg.new_row_noise, seed=cfg.seed)
+    else:
+        torch.manual_seed(tcfg.seed)
+        model = build_model(ModelConfig.from_dict({**cfg.model.to_dict(), "n_items": len(vocab)}))
+    model, fit_info = fit(model, train_seqs, valid_hist, valid_targets, tcfg, evaluate_start=warm and cfg.keep_start,
+                          progress=cfg.progress)
+    model = model.cpu()
+
+    cand_m, champ_m = gate_metrics(model, vocab, champ, full, gate_idx)
+    cand, ch = cand_m["NDCG@10"], None if champ_m is None else champ_m["NDCG@10"]
+
+    metrics = {
+        "gate": {"NDCG@10": cand, "champion_NDCG@10": ch, "margin": cfg.margin, "candidate": cand_m,
+                 "champion": champ_m, "champion_version": parent if champ_m is not None else None},
+        "valid": fit_info["valid"],
+        "best_epoch": fit_info["best_epoch"],
+    }
+    data = {"n_events": int(len(ev)), "n_users": int(len(seqs)), "n_items": len(vocab), "new_items": int(len(new_ids)),
+            "since": since, "train_sequences": len(train_seqs), "train_windows": fit_info["train_windows"],
+            "gate_users": int(len(gate_idx))}
+    version = registry.register(
+        model=model, vocab=vocab, parent=parent if warm else None, cutoff=cutoff, metrics=metrics,
+        training_seconds=round(fit_info["seconds"], 2), mode=mode, data=data,
+        train=tcfg.to_dict(), retrain=cfg.to_dict(), history=fit_info["history"],
+    )
+    status, reason = decide(registry, version, cand, ch, parent, cfg)
     log.info("retrain %s -> %s: %s (%s)", mode, version, {"champion": "promoted"}.get(status, status), reason)
     return RetrainResult(
-        version=version, promoted=ok and not hold, candidate_ndcg=cand, champion_ndcg=ch, reason=reason, status=status,
-        seconds=time.perf_counter() - t0, new_items=int(len(new_ids)), mode=mode,
+        version=version, promoted=status == "champion", candidate_ndcg=cand, champion_ndcg=ch, reason=reason,
+        status=status, seconds=time.perf_counter() - t0, new_items=int(len(new_ids)), mode=mode,
         parent=parent if warm else None, training_seconds=fit_info["seconds"], gate_users=int(len(gate_idx)),
         train_sequences=len(train_seqs),
     )

@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from streamrec.model import metrics as mk
+from streamrec.model import prequential as pq
 from streamrec.model.online import OnlineEvaluator, ScoreResult
 
 __all__ = ["PairedTally", "ShadowComparison", "ShadowDecision", "shadow_decision"]
@@ -195,7 +196,7 @@ class ShadowComparison:
         champion's lists (``champion``: its evaluator's result for the same events) and the
         candidate's graded to the tally. Returns how many were paired."""
         candidate = self.evaluator.score_events(users, items, times)
-        both = (champion.status == mk.WARM) & (candidate.status == mk.WARM)
+        both = (champion.status == pq.WARM) & (candidate.status == pq.WARM)
         _, ndcg_champion, _ = mk.metrics_at_k(champion.ranks[both], self.k)
         _, ndcg_candidate, _ = mk.metrics_at_k(candidate.ranks[both], self.k)
         self.tally.update_many(ndcg_champion, ndcg_candidate)

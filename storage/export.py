@@ -9,12 +9,12 @@ consumer group for the job: the exported events are exactly the accepted, de-dup
 (the DLQ and redeliveries are already filtered out), and the job needs no broker access.
 
 >>> import tempfile, os, numpy as np
+>>> from streamrec.storage.batch import EventBatch
 >>> from streamrec.storage.store import EventStore
 >>> d = tempfile.mkdtemp()
 >>> store = EventStore(os.path.join(d, "w.duckdb"))
->>> _ = store.append(np.array([1, 2], np.uint64), ["a", "b"], np.array([7, 7]), np.array([10, 11]),
-...                  np.array([2000, 1000]), ["view", "view"], np.full(2, np.nan, np.float32),
-...                  np.zeros(2, np.int32), np.arange(2))
+>>> _ = store.append(EventBatch.of(key=[1, 2], event_id=["a", "b"], user=[7, 7], item=[10, 11],
+...                                event_time=[2000, 1000], event_type=["view", "view"]))
 >>> export_new_events(store.con, os.path.join(d, "export"))
 2
 >>> export_new_events(store.con, os.path.join(d, "export"))  # nothing new

@@ -22,13 +22,12 @@ place in time.
 
 >>> import tempfile, os, numpy as np
 >>> store = EventStore(os.path.join(tempfile.mkdtemp(), "w.duckdb"), seq_len=2)
->>> cols = dict(key=np.array([1, 2, 3], np.uint64), event_id=["a", "b", "c"], user=np.array([7, 7, 7]),
-...             item=np.array([10, 11, 12]), event_time=np.array([5, 9, 1]), event_type=["view"] * 3,
-...             rating=np.full(3, np.nan, np.float32), partition=np.zeros(3, np.int32), offset=np.arange(3))
->>> res = store.append(**cols)
+>>> batch = EventBatch.of(key=[1, 2, 3], event_id=["a", "b", "c"], user=[7, 7, 7], item=[10, 11, 12],
+...                       event_time=[5, 9, 1], event_type=["view"] * 3)
+>>> res = store.append(batch)
 >>> res.n_new, store.sequence(7).tolist()   # late event 12 (t=1) sorts first, then falls off
 (3, [10, 11])
->>> store.append(**cols).n_new                # redelivery: nothing changes
+>>> store.append(batch).n_new                 # redelivery: nothing changes
 0
 """
 
@@ -42,6 +41,8 @@ from typing import Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from streamrec.storage.batch import EventBatch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -125,14 +126,13 @@ class EventStore:
         self.con.close()
 
     # -- writes ------------------------------------------------------------------------------
-    def append(self, key, event_id, user, item, event_time, event_type, rating, partition, offset,
-               owned: bool = True) -> AppendResult:
+    def append(self, batch: EventBatch, owned: bool = True) -> AppendResult:
         """Store a micro-batch of valid events durably, idempotently, in one transaction.
 
         ``owned=False``: copies of events another database owns (a partition taken over); they
         count in sequences and seen items, not in :meth:`count`.
         """
-        key = np.asarray(key, np.uint64)
+        key = np.asarray(batch.key, np.uint64)
         n = len(key)
         if n == 0:
             return AppendResult(0, np.zeros(0, bool), np.zeros(0, np.int64))
@@ -141,14 +141,14 @@ class EventStore:
         rows = first[np.argsort(key[first], kind="stable")]
         table = pa.table({
             "key": key[rows],
-            "event_id": pa.array([event_id[i] for i in rows.tolist()], pa.string()),
-            "user_id": np.asarray(user, np.int64)[rows],
-            "item_id": np.asarray(item, np.int64)[rows],
-            "event_time": np.asarray(event_time, np.int64)[rows],
-            "event_type": pa.array([event_type[i] for i in rows.tolist()], pa.string()),
-            "rating": np.asarray(rating, np.float32)[rows],
-            "kafka_partition": np.asarray(partition, np.int32)[rows],
-            "kafka_offset": np.asarray(offset, np.int64)[rows],
+            "event_id": pa.array([batch.event_id[i] for i in rows.tolist()], pa.string()),
+            "user_id": np.asarray(batch.user, np.int64)[rows],
+            "item_id": np.asarray(batch.item, np.int64)[rows],
+            "event_time": np.asarray(batch.event_time, np.int64)[rows],
+            "event_type": pa.array([batch.event_type[i] for i in rows.tolist()], pa.string()),
+            "rating": np.asarray(batch.rating, np.float32)[rows],
+            "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
+            "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
         })
         con = self.con
         con.execute("BEGIN TRANSACTION")
@@ -162,7 +162,7 @@ class EventStore:
             con.unregister("batch")
             new_mask = np.zeros(n, bool)
             new_mask[rows[np.isin(key[rows], inserted)]] = True
-            users = self._update_sequences(new_mask, user, item, event_time, offset)
+            users = self._update_sequences(new_mask, batch.user, batch.item, batch.event_time, batch.offset)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

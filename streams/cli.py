@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # Commands of the model package, when present: (configure, run, help).
-    for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retraining"):
+    for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retrain_job"):
         try:
             mod = importlib.import_module(module)
         except ImportError:

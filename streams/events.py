@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Literal, Sequence
 
 import msgspec
 import numpy as np
+
+from streamrec.storage.batch import EventBatch
 
 MAX_ID = 2**63 - 1
 EVENT_TYPES = ("view", "click", "rating", "cart", "purchase")
@@ -147,30 +149,14 @@ def event_key(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
-@dataclass
-class EventBatch:
-    """Valid events of a micro-batch as columns, in arrival order; plus what was rejected."""
-
-    key: np.ndarray  # uint64 idempotence keys
-    event_id: list[str]
-    user: np.ndarray  # int64
-    item: np.ndarray  # int64
-    event_time: np.ndarray  # int64 ms
-    event_type: list[str]
-    rating: np.ndarray  # float32, NaN where absent
-    index: np.ndarray  # int64: position of each valid event in the input batch
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
-    conflicts: int = 0  # valid events found by the store stage to conflict with a stored one
-
-    def __len__(self) -> int:
-        return len(self.user)
-
-
 def decode_batch(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
-                 timestamps: Sequence[int] | None = None, contract: Contract = Contract()) -> EventBatch:
+                 timestamps: Sequence[int] | None = None, contract: Contract = Contract(),
+                 partitions: np.ndarray | None = None, offsets: np.ndarray | None = None) -> EventBatch:
     """Decode a micro-batch; invalid messages are reported in ``rejected``, never dropped.
 
     ``keys`` and ``timestamps`` (of the Kafka records): checked by :func:`check_record` when given.
+    ``partitions`` and ``offsets`` (of the records, default 0 and the position): carried by the
+    valid events' rows.
     """
     events: list[Event] = []
     index: list[int] = []
@@ -185,6 +171,7 @@ def decode_batch(values: Sequence[bytes | None], keys: Sequence[bytes | None] | 
         except InvalidEvent as e:
             rejected.append((i, str(e)))
     ids = [e.id() for e in events]
+    idx = np.asarray(index, dtype=np.int64)
     return EventBatch(
         key=np.fromiter((event_key(s) for s in ids), dtype=np.uint64, count=len(ids)),
         event_id=ids,
@@ -193,6 +180,8 @@ def decode_batch(values: Sequence[bytes | None], keys: Sequence[bytes | None] | 
         event_time=np.fromiter((e.event_time for e in events), dtype=np.int64, count=len(events)),
         event_type=[e.event_type for e in events],
         rating=np.fromiter((math.nan if e.rating is None else e.rating for e in events), dtype=np.float32, count=len(events)),
-        index=np.asarray(index, dtype=np.int64),
+        partition=np.zeros(len(idx), np.int32) if partitions is None else np.asarray(partitions, np.int32)[idx],
+        offset=idx.copy() if offsets is None else np.asarray(offsets, np.int64)[idx],
+        index=idx,
         rejected=rejected,
     )

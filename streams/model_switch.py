@@ -3,7 +3,7 @@
 A worker serving a registry follows the announcements on ``model-updates``
 (``streams/model_updates.py``). Models load in the background (the ``loader`` thread); a swap
 happens between two micro-batches (``between_batches``), and a shadowed candidate is scored
-beside the champion from the next batch on (``streams/shadow.py``). A model that fails to load
+beside the champion from the next batch on (``streams/shadow_topic.py``). A model that fails to load
 is counted and changes nothing.
 """
 
@@ -19,10 +19,10 @@ from typing import Callable
 from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommender
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
-from streamrec.streams.metrics import WorkerMetrics
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_updates import ModelUpdate, UpdateFollower, ensure_topic
 from streamrec.streams.pipeline import BatchProcessor
-from streamrec.streams.shadow import Shadow
+from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class ModelSwitch:
         log.info("%s: now serving %s/%s (was %s/%s)", update.action, new.name, new.version, old.name, old.version)
 
     async def follow_shadow(self, processor: BatchProcessor, update: ModelUpdate) -> None:
-        """Start or stop scoring a candidate beside the champion (streams/shadow.py): loaded in the
+        """Start or stop scoring a candidate beside the champion (streams/shadow_topic.py): loaded in the
         background like a promotion; a failed load is counted and changes nothing."""
         s, current = self.settings, processor.shadow
         if update.action == "unshadow":

@@ -23,7 +23,7 @@ class ModelUpdate(msgspec.Struct):
     version: str
     path: str  # checkpoint directory, readable by every worker
     action: str  # "promote" or "rollback" (serve it); "shadow" (score it beside the champion, publish
-    # nothing: streams/shadow.py) or "unshadow" (stop that)
+    # nothing: streams/shadow_topic.py) or "unshadow" (stop that)
     announced_at: int  # ms since the epoch
 
 

@@ -234,11 +234,8 @@ class Ownership:
                 continue
             values, offsets, keys, stamps = read_partition(self.bootstrap, self.topic, partition, lo, hi)
             # The owner's rules: what it dead-lettered is not copied either.
-            batch = decode_batch(values, keys, stamps, self.contract)
-            idx = batch.index
-            result = self.store.append(batch.key, batch.event_id, batch.user, batch.item, batch.event_time,
-                                       batch.event_type, batch.rating, np.full(len(idx), partition, np.int32),
-                                       offsets[idx], owned=False)
+            batch = decode_batch(values, keys, stamps, self.contract, np.full(len(values), partition), offsets)
+            result = self.store.append(batch, owned=False)
             self.store.mark_recovered(partition, lo, hi)
             n += result.n_new
         self.recovered_events += n

@@ -19,19 +19,20 @@ import numpy as np
 from confluent_kafka import Producer
 
 from streamrec.model.exposure import Exposure
-from streamrec.model.metrics import NO_LIST
+from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
-from streamrec.streams.events import Contract, EventBatch, decode_batch
-from streamrec.streams.metrics import WorkerMetrics, observe_many, reject_class
+from streamrec.storage.batch import EventBatch
+from streamrec.streams.events import Contract, decode_batch
+from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
-    from streamrec.streams.shadow import Shadow
+    from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class BatchProcessor:
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
-        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract)
+        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
         for i, reason in batch.rejected:
             self._dead_letter(raw, i, reason)
         m.stage_duration.labels("decode").observe(time.time() - t0)
@@ -148,10 +149,7 @@ class BatchProcessor:
         self._claim(raw)  # partitions new since the last rebalance: claim, recover
         t0 = time.time()
         idx = batch.index
-        result = self.store.append(
-            batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
-            batch.rating, raw.partitions[idx], raw.offsets[idx],
-        )
+        result = self.store.append(batch)
         t_stored = time.time()
         for j, reason in conflicts(self.store, batch, result.new_mask):
             self._dead_letter(raw, int(idx[j]), reason)
@@ -261,7 +259,7 @@ class BatchProcessor:
             m.lists.labels(model).inc(count)
         return recs
 
-    # --- shadow mode (streams/shadow.py) -----------------------------------------------------------
+    # --- shadow mode (streams/shadow_topic.py) -----------------------------------------------------------
 
     def _score_shadow(self, shadow: "Shadow", stored: "Stored") -> None:
         """The candidate's lists for the batch's users: recorded for grading, never published."""

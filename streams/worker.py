@@ -39,7 +39,7 @@ from streamrec.storage.export import export_new_events
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
-from streamrec.streams.metrics import WorkerMetrics
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership
 from streamrec.streams.pipeline import BatchProcessor, RawBatch

@@ -7,7 +7,7 @@ import numpy as np
 from streamrec.storage.store import EventStore
 from streamrec.streams.dead_letters import MAX_VALUE_BYTES, conflicts, dead_letter
 from streamrec.streams.events import decode_batch
-from streamrec.streams.metrics import reject_class
+from streamrec.streams.prometheus import reject_class
 
 
 def test_too_large_value_is_cut_with_size_and_hash_of_the_whole():
@@ -23,8 +23,8 @@ def test_too_large_value_is_cut_with_size_and_hash_of_the_whole():
 
 
 def _append(store, batch, offset0=0):
-    return store.append(batch.key, batch.event_id, batch.user, batch.item, batch.event_time, batch.event_type,
-                        batch.rating, np.zeros(len(batch), np.int32), np.arange(offset0, offset0 + len(batch)))
+    batch.offset = np.arange(offset0, offset0 + len(batch))  # the records' offsets
+    return store.append(batch)
 
 
 def test_conflicting_payload_is_found_redelivery_is_not(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamrec.streams.events import Contract, Event, InvalidEvent, decode, decode_batch, encode, event_key
-from streamrec.streams.metrics import reject_class
+from streamrec.streams.prometheus import reject_class
 
 T = 900_000_000_000  # 1998-07-09, ms
 VALID = b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "rating", "rating": 4.5}'

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamrec.model import metrics as mk
+from streamrec.model import prequential as pq
 
 SETTINGS = settings(max_examples=300, deadline=None)
 items_st = st.integers(min_value=-1, max_value=6)  # small range: many repeats and hits
@@ -128,14 +129,14 @@ def test_recall_at_k_equals_reference(data):
 def ref_prequential(slot, item, t, cur, cur_t, prev, prev_t):
     """(rank, which, status) from the documented rule, one event at a time."""
     if slot < 0 or cur_t[slot] is None:
-        return -1, -1, mk.COLD
+        return -1, -1, pq.COLD
     if cur_t[slot] < t:
-        return ref_rank(cur[slot], item), 0, mk.WARM
+        return ref_rank(cur[slot], item), 0, pq.WARM
     if prev_t[slot] is None:
-        return -1, -1, mk.COLD
+        return -1, -1, pq.COLD
     if prev_t[slot] < t:
-        return ref_rank(prev[slot], item), 1, mk.WARM
-    return -1, -1, mk.LATE
+        return ref_rank(prev[slot], item), 1, pq.WARM
+    return -1, -1, pq.LATE
 
 
 @SETTINGS
@@ -157,9 +158,9 @@ def test_prequential_ranks_equal_reference(data):
     times = [data.draw(st.integers(0, 10)) for _ in range(m)]  # ties with triggers are common
 
     def arr_t(ts):
-        return np.array([mk.NO_LIST if x is None else x for x in ts], dtype=np.int64)
+        return np.array([pq.NO_LIST if x is None else x for x in ts], dtype=np.int64)
 
-    got = mk.prequential_ranks(
+    got = pq.prequential_ranks(
         slots, items, times,
         np.array(cur, dtype=np.int64).reshape(n_slots, width), arr_t(cur_t),
         np.array(prev, dtype=np.int64).reshape(n_slots, width), arr_t(prev_t))
@@ -169,7 +170,7 @@ def test_prequential_ranks_equal_reference(data):
 
 def test_tie_with_trigger_time_uses_the_list_before():
     cur, prev = np.array([[1, 2]]), np.array([[2, 1]])
-    ranks, which, status = mk.prequential_ranks([0, 0], [1, 1], [5, 6], cur, [5], prev, [3])
+    ranks, which, status = pq.prequential_ranks([0, 0], [1, 1], [5, 6], cur, [5], prev, [3])
     assert which.tolist() == [1, 0]  # t == 5 is not after the list triggered at 5
     assert ranks.tolist() == [1, 0]
 

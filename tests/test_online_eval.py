@@ -12,7 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamrec.model import metrics as mk
-from streamrec.model.online import Mean, OnlineEvaluator, Rolling, SlotIndex, TimeRolling
+from streamrec.model import prequential as pq
+from streamrec.model.accumulators import Mean, Rolling, TimeRolling
+from streamrec.model.online import OnlineEvaluator
+from streamrec.model.slot_index import SlotIndex
 
 # --- accumulators: update/revert equals recomputation from scratch ---------------------------
 
@@ -103,8 +106,8 @@ def hand_stream() -> tuple[OnlineEvaluator, list]:
 
 def test_hand_computed_stream_per_event():
     ev, (r1, r2, r3) = hand_stream()
-    assert r1.status.tolist() == [mk.COLD, mk.COLD]
-    assert r2.status.tolist() == [mk.WARM, mk.WARM, mk.COLD, mk.WARM, mk.COLD]
+    assert r1.status.tolist() == [pq.COLD, pq.COLD]
+    assert r2.status.tolist() == [pq.WARM, pq.WARM, pq.COLD, pq.WARM, pq.COLD]
     assert r2.ranks.tolist() == [1, 2, -1, 1, -1]
     assert [ev.groups[g] if g >= 0 else None for g in r2.groups.tolist()] == [
         ("sasrec", "v1"), ("sasrec", "v1"), None, ("popularity", "w"), None]
@@ -189,7 +192,7 @@ def test_late_event_is_counted_apart():
     ev.record_lists([1], [[4]], [10], "m", "1")
     ev.record_lists([1], [[4]], [20], "m", "1")
     r = ev.score_events([1, 1, 1], [4, 4, 4], [10, 15, 25])
-    assert r.status.tolist() == [mk.LATE, mk.WARM, mk.WARM]
+    assert r.status.tolist() == [pq.LATE, pq.WARM, pq.WARM]
     assert ev.counts["events_late"] == 1
 
 
@@ -244,15 +247,15 @@ class RefEvaluator:
     def score(self, user, item, t):
         kept = self.kept[user]
         if len(kept) >= 2 and t <= kept[-2][0]:
-            self.events.append((mk.LATE, -1, -1))
+            self.events.append((pq.LATE, -1, -1))
         else:
             before = [lst for lst in kept if lst[0] < t]
             if not before:
-                self.events.append((mk.COLD, -1, -1))
+                self.events.append((pq.COLD, -1, -1))
             else:
                 _, items, group = before[-1]
                 rank = items.index(item) if item in items else -1
-                self.events.append((mk.WARM, rank, group))
+                self.events.append((pq.WARM, rank, group))
         for p in list(self.open[user]):
             if p[0] >= t:
                 continue
@@ -322,7 +325,7 @@ def test_evaluator_equals_reference_on_random_streams(batches, h, horizon, laten
                        for g, t, nf, x in zip(r.recall_groups.tolist(), r.recall_times.tolist(),
                                               r.recall_n_future.tolist(), r.recall.tolist())]
         order = np.argsort([e[2] for e in events], kind="stable")
-        warm_rows_in_order += [r.metrics[i] for i in order if r.status[i] == mk.WARM]
+        warm_rows_in_order += [r.metrics[i] for i in order if r.status[i] == pq.WARM]
         if lists:
             ev.record_lists([x[0] for x in lists], _pad([x[1] for x in lists]), [x[2] for x in lists],
                             [GROUPS[x[3]][0] for x in lists], [GROUPS[x[3]][1] for x in lists])
@@ -338,7 +341,7 @@ def test_evaluator_equals_reference_on_random_streams(batches, h, horizon, laten
 
     # aggregates against recomputation from the reference's per-event values
     snap = {(r.model, r.version, r.window, r.metric, r.k): r for r in ev.snapshot()}
-    warm = [(rank, g) for s, rank, g in ref.events if s == mk.WARM]
+    warm = [(rank, g) for s, rank, g in ref.events if s == pq.WARM]
     for k in ks:
         for name, sel in (("all", lambda g: True), ("sasrec", lambda g: GROUPS[g][0] == "sasrec")):
             ranks = [rank for rank, g in warm if sel(g)]
@@ -359,7 +362,7 @@ def test_evaluator_equals_reference_on_random_streams(batches, h, horizon, laten
             assert row.n == len(last)
             assert row.value == pytest.approx(last[:, 3 * list(ks).index(k)].mean(), abs=1e-12)
     n_warm = len(warm)
-    n_cold = sum(s == mk.COLD for s, _, _ in ref.events)
+    n_cold = sum(s == pq.COLD for s, _, _ in ref.events)
     assert ev.counts["events_warm"] == n_warm and ev.counts["events_cold"] == n_cold
     if n_warm + n_cold:
         assert snap[("all", "all", "all", "coverage", 0)].value == pytest.approx(n_warm / (n_warm + n_cold))
@@ -417,7 +420,7 @@ def test_growing_past_initial_capacity_keeps_every_list():
 
 
 def test_every_snapshot_metric_has_a_prometheus_gauge():
-    from streamrec.model.online import PROMETHEUS_GAUGES
+    from streamrec.streams.prometheus import PROMETHEUS_GAUGES
 
     ev, _ = hand_stream()
     metrics = {r.metric for r in ev.snapshot()}

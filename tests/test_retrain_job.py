@@ -4,9 +4,9 @@
 import pytest
 
 from streamrec.streams.cli import build_parser
-from streamrec.streams.metrics import RETRAIN_OUTCOMES, RetrainMetrics
+from streamrec.streams.prometheus import RETRAIN_OUTCOMES, RetrainMetrics
 from streamrec.streams.processes import parse_metrics
-from streamrec.streams.retraining import run_retrain
+from streamrec.streams.retrain_job import run_retrain
 
 
 def runs(metrics: RetrainMetrics) -> dict[str, float]:
@@ -38,4 +38,29 @@ def test_shadow_needs_a_broker(tmp_path):
     args = build_parser().parse_args(["retrain", "--registry", str(tmp_path), "--ratings", "x.csv", "--shadow",
                                       "--bootstrap-servers", ""])
     with pytest.raises(SystemExit, match="--shadow: give --bootstrap-servers"):
+        run_retrain(args)
+
+
+def test_job_settings_from_environment_and_command_line(monkeypatch, tmp_path):
+    """RetrainSettings like Settings: the environment sets defaults, the command line wins."""
+    from streamrec.streams.retrain_job import _settings
+
+    monkeypatch.setenv("STREAMREC_RETRAIN_REGISTRY", str(tmp_path / "reg"))
+    monkeypatch.setenv("STREAMREC_RETRAIN_EXPORT_DIR", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    monkeypatch.setenv("STREAMREC_RETRAIN_EVERY", "5000ev")
+    monkeypatch.setenv("STREAMREC_RETRAIN_SHADOW_EVENTS", "300")
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    job, kafka = _settings(build_parser().parse_args(["retrain", "--shadow-events", "700", "--cold"]))
+    assert job.registry == str(tmp_path / "reg") and job.export_dir == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert job.every == ("events", 5000.0) and job.shadow_events == 700 and job.cold is True
+    assert kafka.bootstrap_servers == "127.0.0.1:9" and kafka.export_dir == ""  # the worker's field, untouched
+
+    monkeypatch.setenv("STREAMREC_RETRAIN_EVERY", "soon")
+    with pytest.raises(ValueError, match="STREAMREC_RETRAIN_EVERY='soon'"):
+        build_parser().parse_args(["retrain"])
+
+
+def test_retrain_needs_a_source(tmp_path):
+    args = build_parser().parse_args(["retrain", "--registry", str(tmp_path / "reg")])
+    with pytest.raises(SystemExit, match="give --export-dir"):
         run_retrain(args)

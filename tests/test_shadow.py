@@ -8,7 +8,7 @@ import pytest
 
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.shadow import PairedTally, ShadowComparison, shadow_decision
-from streamrec.streams.shadow import ShadowReport
+from streamrec.streams.shadow_topic import ShadowReport
 
 
 def tally_of(diffs, champion=None) -> PairedTally:

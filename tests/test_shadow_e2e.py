@@ -20,13 +20,13 @@ from streamrec.model.registry import Registry
 from streamrec.model.retrain import RetrainConfig, retrain
 from streamrec.storage.movielens import Ratings, load_ratings
 from streamrec.streams.cli import build_parser
-from streamrec.streams.metrics import RetrainMetrics
+from streamrec.streams.prometheus import RetrainMetrics
 from streamrec.streams.model_updates import ModelUpdate
 from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import parse_metrics
 from streamrec.streams.replay import replay
-from streamrec.streams.retraining import run_retrain, run_shadow
-from streamrec.streams.shadow import ShadowReport
+from streamrec.streams.retrain_job import run_retrain, run_shadow
+from streamrec.streams.shadow_topic import ShadowReport
 from tests.conftest import read_topic, start_worker, wait_metrics
 
 pytestmark = pytest.mark.slow

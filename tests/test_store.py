@@ -3,19 +3,18 @@
 import numpy as np
 import pytest
 
+from streamrec.storage.batch import EventBatch
 from streamrec.storage.store import EventStore, read_ratings
 from streamrec.streams.events import event_key
 
 
-def batch(rows, start_offset=0):
-    """rows: (user, item, time[, event_id]) -> append() keyword arguments."""
+def batch(rows, start_offset=0) -> EventBatch:
+    """rows: (user, item, time[, event_id]) -> a batch of views at offsets from ``start_offset``."""
     ids = [r[3] if len(r) > 3 else f"{r[0]}:{r[1]}:{r[2]}:view" for r in rows]
     n = len(rows)
-    return dict(key=np.array([event_key(i) for i in ids], np.uint64), event_id=ids,
-                user=np.array([r[0] for r in rows]), item=np.array([r[1] for r in rows]),
-                event_time=np.array([r[2] for r in rows]), event_type=["view"] * n,
-                rating=np.full(n, np.nan, np.float32), partition=np.zeros(n, np.int32),
-                offset=np.arange(start_offset, start_offset + n))
+    return EventBatch.of(key=[event_key(i) for i in ids], event_id=ids, user=[r[0] for r in rows],
+                         item=[r[1] for r in rows], event_time=[r[2] for r in rows], event_type=["view"] * n,
+                         offset=np.arange(start_offset, start_offset + n))
 
 
 @pytest.fixture
@@ -30,32 +29,32 @@ def seq_view(store):
 
 
 def test_redelivery_and_in_batch_duplicates_change_nothing(store):
-    r = store.append(**batch([(1, 10, 100), (1, 11, 200), (1, 10, 100)]))
+    r = store.append(batch([(1, 10, 100), (1, 11, 200), (1, 10, 100)]))
     assert r.n_new == 2 and r.new_mask.tolist() == [True, True, False]
-    again = store.append(**batch([(1, 10, 100), (1, 11, 200)], start_offset=3))
+    again = store.append(batch([(1, 10, 100), (1, 11, 200)], start_offset=3))
     assert again.n_new == 0 and len(again.users) == 0
     assert store.count() == 2
     assert store.sequence(1).tolist() == [10, 11]
 
 
 def test_same_event_id_is_the_same_event(store):
-    store.append(**batch([(1, 10, 100, "e1")]))
-    assert store.append(**batch([(1, 99, 500, "e1")], start_offset=1)).n_new == 0
+    store.append(batch([(1, 10, 100, "e1")]))
+    assert store.append(batch([(1, 99, 500, "e1")], start_offset=1)).n_new == 0
     assert store.sequence(1).tolist() == [10]
 
 
 def test_late_event_lands_at_its_place_and_window_rolls(store):
-    store.append(**batch([(1, 10, 100), (1, 11, 300)]))
-    store.append(**batch([(1, 12, 200)], start_offset=2))  # late
+    store.append(batch([(1, 10, 100), (1, 11, 300)]))
+    store.append(batch([(1, 12, 200)], start_offset=2))  # late
     assert store.sequence(1).tolist() == [10, 12, 11]
-    store.append(**batch([(1, 13, 400), (1, 14, 50)], start_offset=3))  # one new, one very late
+    store.append(batch([(1, 13, 400), (1, 14, 50)], start_offset=3))  # one new, one very late
     assert store.sequence(1).tolist() == [12, 11, 13]
     assert sorted(store.seen([1])[0].tolist()) == [10, 11, 12, 13, 14]
     assert seq_view(store)[1] == [12, 11, 13]
 
 
 def test_ties_in_time_keep_arrival_order(store):
-    store.append(**batch([(2, 5, 100), (2, 3, 100), (2, 4, 100)]))
+    store.append(batch([(2, 5, 100), (2, 3, 100), (2, 4, 100)]))
     assert store.sequence(2).tolist() == [5, 3, 4]
     assert seq_view(store)[2] == [5, 3, 4]
 
@@ -63,20 +62,30 @@ def test_ties_in_time_keep_arrival_order(store):
 def test_restart_reloads_users_from_the_log(tmp_path):
     path = tmp_path / "w.duckdb"
     s = EventStore(path, seq_len=3)
-    s.append(**batch([(1, 10, 100), (1, 11, 200), (1, 12, 300), (1, 13, 400), (2, 20, 150)]))
+    s.append(batch([(1, 10, 100), (1, 11, 200), (1, 12, 300), (1, 13, 400), (2, 20, 150)]))
     s.close()
     s = EventStore(path, seq_len=3)
     assert s.n_events == 5
     assert s.sequence(1).tolist() == [11, 12, 13]
     # A late event after a restart still lands in time order among the reloaded events.
-    s.append(**batch([(1, 14, 250)], start_offset=5))
+    s.append(batch([(1, 14, 250)], start_offset=5))
     assert s.sequence(1).tolist() == [14, 12, 13]  # 11@200, 14@250, 12@300, 13@400: last 3
     assert sorted(s.seen([1])[0].tolist()) == [10, 11, 12, 13, 14]
     assert s.sequence(999).tolist() == []
     s.close()
     r = read_ratings(path)
     assert r.item.tolist() == [10, 20, 11, 14, 12, 13]
-    assert r.timestamp.tolist() == [0, 0, 0, 0, 0, 0]  # ms -> s
+
+
+def test_read_ratings_turns_milliseconds_into_whole_seconds(tmp_path):
+    path = tmp_path / "w.duckdb"
+    s = EventStore(path)
+    t = 900_000_000_000  # 1998-07-09 in ms
+    s.append(batch([(1, 10, t + 1999), (1, 11, t), (2, 12, t + 1000), (2, 13, t + 59_999)]))
+    s.close()
+    r = read_ratings(path)
+    assert r.item.tolist() == [11, 12, 10, 13]  # event-time order
+    assert r.timestamp.tolist() == [900_000_000, 900_000_001, 900_000_001, 900_000_059]  # floor(ms / 1000)
 
 
 def test_sequences_view_matches_cache_on_random_streams(tmp_path):
@@ -86,7 +95,7 @@ def test_sequences_view_matches_cache_on_random_streams(tmp_path):
     for _ in range(20):
         n = int(rng.integers(1, 30))
         rows = [(int(rng.integers(0, 5)), int(rng.integers(0, 50)), int(rng.integers(0, 1000))) for _ in range(n)]
-        s.append(**batch(rows, start_offset=off))
+        s.append(batch(rows, start_offset=off))
         off += n
     view = seq_view(s)
     for u, items in view.items():

@@ -17,6 +17,25 @@ REJECT_CLASSES = ("malformed_json", "missing_field", "wrong_type", "out_of_range
                   "wrong_key", "conflict")
 
 
+#: A Prometheus gauge per online-evaluation snapshot metric (``model.online.OnlineEvaluator.snapshot``;
+#: labels model, version, k, window). Counts are exported as gauges too: they come from snapshots,
+#: not from increments.
+PROMETHEUS_GAUGES = {
+    "HitRate": ("streamrec_online_hit_rate", "Share of graded events whose item was in the top K shown"),
+    "NDCG": ("streamrec_online_ndcg", "NDCG@K of graded events against the list shown before them"),
+    "MRR": ("streamrec_online_mrr", "Reciprocal rank (0 beyond K) of graded events"),
+    "Recall": ("streamrec_online_recall", "Recall@K of closed lists over the user's next distinct items"),
+    "coverage": ("streamrec_online_coverage", "Share of warm among warm and cold events"),
+    "events_warm": ("streamrec_online_events_warm", "Events graded against an earlier list"),
+    "events_cold": ("streamrec_online_events_cold", "Events with no earlier list for their user"),
+    "events_late": ("streamrec_online_events_late", "Events older than the lists kept for their user"),
+    "lists_recorded": ("streamrec_online_lists_recorded", "Lists remembered for grading"),
+    "lists_stale": ("streamrec_online_lists_stale", "Lists dropped: triggered before the user's current list"),
+    "lists_closed": ("streamrec_online_lists_closed", "Lists whose recall horizon closed"),
+    "lists_no_future": ("streamrec_online_lists_no_future", "Closed lists whose user consumed nothing in the horizon"),
+}
+
+
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """``histogram.observe(v)`` for every value, in one vectorised step.
 
@@ -105,7 +124,7 @@ class WorkerMetrics:
                                    ["outcome"], registry=r)
         for outcome in ("ok", "failed"):
             self.model_loads.labels(outcome)
-        # Shadow mode (streams/shadow.py): candidate vs champion on the same events, while it lasts.
+        # Shadow mode (streams/shadow_topic.py): candidate vs champion on the same events, while it lasts.
         self.shadow_events = Gauge("streamrec_shadow_events", "Events graded against both the champion's and the "
                                    "shadowed candidate's list", ["champion", "candidate"], registry=r)
         self.shadow_ndcg = Gauge("streamrec_shadow_ndcg", "Mean NDCG@10 over the paired events of the shadow comparison",
@@ -133,8 +152,6 @@ class WorkerMetrics:
                                ["model"], registry=r)
 
         # Online (prequential) evaluation, set from the evaluator's snapshots.
-        from streamrec.model.online import PROMETHEUS_GAUGES
-
         self.online = {
             metric: Gauge(name, doc, ["model", "version", "k", "window"], registry=r)
             for metric, (name, doc) in PROMETHEUS_GAUGES.items()
@@ -154,7 +171,7 @@ class WorkerMetrics:
             self.list_gini.labels(model).set(exposure.gini(model))
 
     def set_shadow(self, report) -> None:
-        """Publish a worker's ``streams.shadow.ShadowReport``."""
+        """Publish a worker's ``streams.shadow_topic.ShadowReport``."""
         t = report.tally()
         self.shadow_events.labels(report.champion, report.candidate).set(t.n)
         self.shadow_ndcg.labels("champion", report.champion).set(t.champion_mean)
@@ -217,7 +234,7 @@ class RetrainMetrics:
             self.shadow_diff.labels(bound).set(float("nan"))
 
     def shadow_progress(self, decision, n_workers: int) -> None:
-        """``progress`` callback of ``streams.shadow.wait_for_shadow``."""
+        """``progress`` callback of ``streams.shadow_topic.wait_for_shadow``."""
         self.shadow_events.set(decision.n)
         self.shadow_workers.set(n_workers)
         for bound, value in (("mean", decision.mean), ("lower", decision.lower), ("upper", decision.upper)):
