@@ -141,6 +141,8 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(total=total, desc=mcfg.kind, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(tcfg.epochs):
+        if tcfg.shuffle_ties and epoch > 0:
+            ws = model.training_windows(split.train.shuffle_ties(rng))
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar,
                              postfix={"epoch": epoch + 1, "best_ndcg10": f"{max(stopper.best, 0):.4f}"})
         out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
