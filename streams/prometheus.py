@@ -164,6 +164,11 @@ class WorkerMetrics:
                                           "Time to claim a partition and copy its history before its first batch",
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
+        # The feedback-loop watch (model/exposure.py): are the lists collapsing onto a few items?
+        self.list_coverage = Gauge("streamrec_list_coverage", "Share of the catalogue in the model's recent published lists",
+                                   ["model"], registry=r)
+        self.list_gini = Gauge("streamrec_list_gini", "Gini index of item exposure in the model's recent published lists",
+                               ["model"], registry=r)
 
         # Online (prequential) evaluation, set from the evaluator's snapshots.
         self.online = {
@@ -177,6 +182,12 @@ class WorkerMetrics:
             gauge = self.online.get(row.metric)
             if gauge is not None:
                 gauge.labels(row.model, row.version, str(row.k), row.window).set(row.value)
+
+    def set_exposure(self, exposure) -> None:
+        """Publish a ``model.exposure.Exposure``'s coverage and Gini index per model."""
+        for model in exposure.models():
+            self.list_coverage.labels(model).set(exposure.coverage(model))
+            self.list_gini.labels(model).set(exposure.gini(model))
 
     def set_shadow(self, report) -> None:
         """Publish a worker's ``streams.shadow_topic.ShadowReport``."""
