@@ -1,16 +1,20 @@
 """``streamrec report``: the online evaluation of a run, drawn from its ``evaluation`` table.
 
 Two panels, online NDCG@K and Recall@K (K = 10 by default) over event time, one line per
-(model, version) plus a dashed line for all models together. The DuckDB file is opened
-read-only; DuckDB locks a file that a process has open for writing, so draw the report after
-the worker stopped (or from a copy of its file).
+(model, version) plus a dashed line for all models together.
+
+Sources: ``--db``, a worker's DuckDB file, opened read-only, which DuckDB allows only once the
+worker has stopped (a running worker holds the file; the command then says so in one line); or
+``--export-dir``, the folder a worker run with ``--export-dir`` writes, where it keeps
+``evaluation.parquet`` (a snapshot of its evaluation table, replaced every export): that one
+can be drawn while the worker runs.
 
 >>> import argparse
 >>> p = argparse.ArgumentParser(prog="streamrec report")
 >>> configure(p)
 >>> a = p.parse_args(["--db", "run.duckdb"])
->>> str(a.out), a.k, a.window
-('report.png', 10, 'auto')
+>>> str(a.out), a.k, a.window, a.export_dir
+('report.png', 10, 'auto', None)
 """
 
 from __future__ import annotations
@@ -39,9 +43,44 @@ def _pick_window(windows: list[str], wanted: str) -> str:
     return "all"
 
 
-def plot_report(db_path: str | Path, out_png: str | Path, k: int = 10, window: str = "auto") -> Path:
-    """Draw online NDCG@k and Recall@k over event time, one line per model version, to a PNG."""
+class DatabaseInUse(RuntimeError):
+    """The worker's DuckDB file is held by a running process."""
+
+
+def _open(db_path: Path | None, export_dir: Path | None):
+    """A read-only connection with an ``evaluation`` table or view, and the source's name."""
     import duckdb
+
+    if export_dir is not None:
+        snap = Path(export_dir) / "evaluation.parquet"
+        if not snap.is_file():
+            raise FileNotFoundError(f"no {snap}: is a worker running with --export-dir {export_dir} (it writes the "
+                                    "snapshot with every export)?")
+        con = duckdb.connect()
+        con.execute(f"CREATE VIEW evaluation AS SELECT * FROM read_parquet('{snap}')")
+        return con, str(snap)
+    if not db_path.is_file():
+        raise FileNotFoundError(f"database not found: {db_path}")
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+    except duckdb.IOException as e:
+        if "lock" not in str(e).lower():
+            raise
+        holder = re.search(r"\(PID (\d+)\)", str(e))
+        raise DatabaseInUse(f"{db_path} is held by a running worker{f' (pid {holder.group(1)})' if holder else ''}; "
+                            "draw its report with --export-dir DIR (a worker run with --export-dir DIR keeps "
+                            "evaluation.parquet there) or after it stops") from None
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "evaluation" not in tables:
+        con.close()
+        raise LookupError(f"{db_path} has no evaluation table: was the worker run with online evaluation?")
+    return con, str(db_path)
+
+
+def plot_report(db_path: str | Path | None, out_png: str | Path, k: int = 10, window: str = "auto",
+                export_dir: str | Path | None = None) -> Path:
+    """Draw online NDCG@k and Recall@k over event time, one line per model version, to a PNG.
+    From the DuckDB file ``db_path`` or, if given, a worker's ``export_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,20 +89,15 @@ def plot_report(db_path: str | Path, out_png: str | Path, k: int = 10, window: s
 
     from streamrec.storage.evaluation_log import read_evaluation
 
-    db_path, out_png = Path(db_path), Path(out_png)
-    if not db_path.is_file():
-        raise FileNotFoundError(f"database not found: {db_path}")
-    con = duckdb.connect(str(db_path), read_only=True)
+    out_png = Path(out_png)
+    con, source = _open(None if db_path is None else Path(db_path), export_dir)
     try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "evaluation" not in tables:
-            raise LookupError(f"{db_path} has no evaluation table: was the worker run with online evaluation?")
         data = {m: read_evaluation(con, metric=m, k=k) for m in PANELS}
     finally:
         con.close()
     windows = sorted({str(w) for d in data.values() for w in d["window"].tolist()})
     if not windows:
-        raise LookupError(f"{db_path}: no NDCG@{k} or Recall@{k} rows in the evaluation table yet")
+        raise LookupError(f"{source}: no NDCG@{k} or Recall@{k} rows in the evaluation table yet")
     win = _pick_window(windows, window)
 
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(10, 7), sharex=True)
@@ -99,8 +133,12 @@ def _as_datetime(event_time: np.ndarray, time_scale: np.ndarray) -> np.ndarray:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, default=Path("streamrec.duckdb"),
-                   help="the worker's DuckDB file holding the evaluation table (default: %(default)s)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--db", type=Path, default=Path("streamrec.duckdb"),
+                     help="the worker's DuckDB file holding the evaluation table, once the worker stopped "
+                          "(default: %(default)s)")
+    src.add_argument("--export-dir", type=Path, default=None,
+                     help="a worker's --export-dir instead: works while the worker runs")
     p.add_argument("--out", type=Path, default=Path("report.png"), help="PNG to write (default: %(default)s)")
     p.add_argument("--k", type=int, default=10, help="cut-off of the metrics drawn (default: %(default)s)")
     p.add_argument("--window", default="auto",
@@ -110,8 +148,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        out = plot_report(args.db, args.out, k=args.k, window=args.window)
-    except (FileNotFoundError, LookupError, ValueError) as e:
+        out = plot_report(args.db, args.out, k=args.k, window=args.window, export_dir=args.export_dir)
+    except (FileNotFoundError, LookupError, ValueError, DatabaseInUse) as e:
         print(f"streamrec report: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -103,3 +103,27 @@ def read_evaluation(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY event_time, wall_time, model, version"
     return {c: np.asarray(v) for c, v in con.execute(sql, params).fetchnumpy().items()}
+
+
+def export_evaluation(con: duckdb.DuckDBPyConnection, export_dir) -> int:
+    """Write the whole ``evaluation`` table to ``export_dir/evaluation.parquet`` (a temporary
+    file, then renamed: readers see the old or the new snapshot, never half of one), so
+    ``streamrec report --export-dir`` can draw a run while its worker holds the database.
+    Returns the rows written.
+
+    >>> import duckdb, tempfile, os
+    >>> con = duckdb.connect()
+    >>> create_table(con)
+    >>> export_evaluation(con, tempfile.mkdtemp())
+    0
+    """
+    import os
+    from pathlib import Path
+
+    create_table(con)
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    tmp, final = export_dir / ".evaluation.parquet.tmp", export_dir / "evaluation.parquet"
+    con.execute(f"COPY evaluation TO '{tmp}' (FORMAT parquet)")
+    os.replace(tmp, final)
+    return int(con.execute("SELECT count(*) FROM evaluation").fetchone()[0])

@@ -1,37 +1,102 @@
-"""The ``streamrec`` command: ``streamrec COMMAND --help`` describes each one."""
+"""The ``streamrec`` command: ``streamrec COMMAND --help`` describes each one.
+
+Every command is registered here, statically (:data:`COMMANDS`): a module that fails to import
+fails loudly instead of making its commands vanish. Heavy imports (faust, torch) stay inside
+the commands. A user error (a bad file, option, environment value, an unreachable broker, a busy
+port, a locked database) ends with one line on stderr naming the problem and the fix: exit
+status 2 for usage errors, 1 otherwise; ``--debug`` (or ``STREAMREC_DEBUG=1``) shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
+import re
 import signal
+import socket
 import sys
 import time
+import traceback
+from pathlib import Path
 
-from streamrec.streams.config import Settings
+from streamrec import __version__
+from streamrec.model import commands as model_commands
+from streamrec.model import report as model_report
+from streamrec.streams import lists, retrain_job
+from streamrec.streams.config import Settings, SettingsError
 
-KAFKA = ["bootstrap_servers"]
-TOPICS = ["interactions_topic", "dlq_topic", "recommendations_topic", "partitions"]
+KAFKA = ["bootstrap_servers", "kafka_config"]
+TOPICS = ["interactions_topic", "dlq_topic", "recommendations_topic", "partitions", "replication_factor"]
 
 
-def _need_bootstrap(settings: Settings) -> None:
+class UserError(Exception):
+    """A problem the user can fix (the message says how): one line, exit status 1."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find help), not usage plus error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _use_kafka_config(args) -> None:
+    """Check ``--kafka-config`` now, before any connection, and pass it on through the environment to
+    every client this process creates from a bare address and to child processes (the demo's workers)."""
+    path = getattr(args, "kafka_config", "") or ""
+    if path:
+        Settings(kafka_config=path).client_properties()
+        os.environ["STREAMREC_KAFKA_CONFIG"] = os.path.abspath(path)
+        args.kafka_config = os.environ["STREAMREC_KAFKA_CONFIG"]
+
+
+def _settings(args) -> Settings:
+    """The command's settings, with a Kafka address."""
+    settings = Settings.from_args(args).with_bootstrap()
     if not settings.bootstrap_servers:
-        sys.exit("error: give --bootstrap-servers (or STREAMREC_BOOTSTRAP_SERVERS); "
-                 "`streamrec broker` starts an embedded one and prints its address")
+        raise SettingsError("no Kafka address: give --bootstrap-servers (or STREAMREC_BOOTSTRAP_SERVERS, or "
+                            "bootstrap.servers in --kafka-config); `streamrec broker` starts a local one")
+    return settings
+
+
+def check_db_free(path: str) -> None:
+    """Fail now, before joining the consumer group, if another process holds the DuckDB file."""
+    import duckdb
+
+    try:
+        duckdb.connect(path).close()
+    except duckdb.IOException as e:
+        text = str(e)
+        if "lock" in text:
+            pid = re.search(r"PID (\d+)", text)
+            holder = f"process {pid.group(1)}" if pid else "another process"
+            raise UserError(f"DuckDB file {path} is locked by {holder}: stop it, or give this worker "
+                            "its own file with --db") from e
+        raise UserError(f"cannot open DuckDB file {path}: {text.splitlines()[0]}") from e
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server will
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
 
 
 def cmd_broker(args) -> int:
     from streamrec.streams.broker import BrokerError, EmbeddedBroker
     from streamrec.streams.topics import ensure_topics
 
+    settings = Settings(partitions=args.partitions)  # checked before anything starts
     broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None)
     try:
         broker.start()
-    except (BrokerError, OSError, RuntimeError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    ensure_topics(Settings(bootstrap_servers=broker.bootstrap, partitions=args.partitions))
+    except (BrokerError, OSError, RuntimeError, TimeoutError) as e:  # e.g. a busy --port, named in e
+        raise UserError(str(e)) from e
+    settings.bootstrap_servers = broker.bootstrap
+    ensure_topics(settings)
     print(f"Kafka bootstrap servers: {broker.bootstrap}"
           + (f" (persistent: {args.data_dir})" if args.data_dir else " (memory storage: lost when it stops)"), flush=True)
     print(f"  export STREAMREC_BOOTSTRAP_SERVERS={broker.bootstrap}   # then: streamrec worker / replay", flush=True)
@@ -55,24 +120,38 @@ def cmd_broker(args) -> int:
 
 def cmd_worker(args) -> int:
     from streamrec.streams.topics import ensure_topics
+
+    settings = _settings(args)
+    if settings.checkpoint:
+        from streamrec.model.checkpoint import CARD, WEIGHTS
+
+        if not all((Path(settings.checkpoint) / name).is_file() for name in (CARD, WEIGHTS)):
+            raise UserError(f"{settings.checkpoint} is not a checkpoint (expected {CARD} and {WEIGHTS}): "
+                            "give a directory written by `streamrec train` with --checkpoint or STREAMREC_CHECKPOINT")
+    check_db_free(settings.db)
+    check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port (STREAMREC_METRICS_PORT)")
+    ensure_topics(settings)  # also: an unreachable broker is reported here, within seconds
+
     from streamrec.streams.worker import run_worker
 
-    settings = Settings.from_args(args)
-    _need_bootstrap(settings)
-    ensure_topics(settings)
     run_worker(settings, loglevel=args.loglevel)
     return 0
 
 
 def cmd_replay(args) -> int:
-    from streamrec.streams.replay import replay_file
+    from streamrec.storage.movielens import load_ratings
+    from streamrec.streams.replay import ReplayInterrupted, replay
     from streamrec.streams.topics import ensure_topics
 
-    settings = Settings.from_args(args)
-    _need_bootstrap(settings)
+    ratings = load_ratings(args.file, min_rating=args.min_rating)  # a bad file fails before connecting
+    ratings = ratings.slice(args.start, None if args.limit is None else args.start + args.limit)
+    settings = _settings(args)
     ensure_topics(settings)
-    stats = replay_file(args.file, settings.bootstrap_servers, settings.interactions_topic, speedup=args.speedup,
-                        min_rating=args.min_rating, start=args.start, limit=args.limit, progress=not args.quiet)
+    try:
+        stats = replay(ratings, settings, settings.interactions_topic, speedup=args.speedup, progress=not args.quiet)
+    except ReplayInterrupted as e:
+        print(f"streamrec replay: {e}", file=sys.stderr)
+        return 130
     print(f"replayed {stats.events} events in {stats.seconds:.2f}s: {stats.rate:,.0f} events/s")
     return 0
 
@@ -80,78 +159,169 @@ def cmd_replay(args) -> int:
 def cmd_demo(args) -> int:
     from streamrec.streams.demo import run_demo
 
+    # What can be wrong is found before the broker and workers start.
+    for path, option in ((args.ratings, "--ratings"), (args.movies, "--movies")):
+        if path and not Path(path).is_file():
+            raise UserError(f"{option} {path}: file not found")
+    if args.metrics_port:
+        for w in range(args.workers):
+            check_port_free("127.0.0.1", args.metrics_port + w, "--metrics-port (0: free ports)")
     return run_demo(args)
 
 
+def _nonnegative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is negative: give 0 or more")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
 def _add_replay_options(p: argparse.ArgumentParser, default_speedup: float | None = 0.0) -> None:
-    p.add_argument("--speedup", type=float, default=default_speedup,
+    p.add_argument("--speedup", type=_nonnegative(float), default=default_speedup,
                    help="divide event-time gaps by this factor (0: as fast as possible; default %(default)s)")
     p.add_argument("--min-rating", type=float, default=None, help="only ratings >= this value")
-    p.add_argument("--start", type=int, default=0, help="first event (in time order) to replay")
-    p.add_argument("--limit", type=int, default=None, help="replay at most this many events")
+    p.add_argument("--start", type=_nonnegative(int), default=0, help="first event (in time order) to replay")
+    p.add_argument("--limit", type=_nonnegative(int), default=None, help="replay at most this many events")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamrec", description="Streaming sequential recommender: Kafka events in, top-K lists out.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu) on loopback",
-                       description="Start Tansu on 127.0.0.1, create the topics, print the bootstrap address; Ctrl-C stops it.")
-    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+def configure_broker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=_nonnegative(int), default=0, help="port (default: a free one)")
     p.add_argument("--partitions", type=int, default=1, help="partitions of the topics it creates")
     p.add_argument("--data-dir", default="", help="keep topics, data and committed offsets in this folder across "
                    "restarts (Tansu on a local SeaweedFS); default: memory only")
-    p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("worker", help="run a faust worker: interactions -> DuckDB -> recommendations",
-                       description="Consume interactions in micro-batches, store them in DuckDB, publish top-K lists.")
+
+def configure_worker(p: argparse.ArgumentParser) -> None:
     Settings.add_arguments(p)
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("replay", help="produce a MovieLens ratings file to Kafka as a timed stream",
-                       description="Replay ratings.csv (ML-20M/ml-latest), ratings.dat (ML-1M) or a RecBole .inter file.")
+
+def configure_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="ratings file")
     Settings.add_arguments(p, only=KAFKA + TOPICS)
     _add_replay_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("demo", help="broker + worker + replay of ml-latest-small, lists and metrics on screen",
-                       description="Start the embedded broker and a worker, replay MovieLens, show fresh lists, then a summary.")
+
+def configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=["sasrec", "bert4rec", "popularity"], default="sasrec",
+                   help="what serves the live replay (default %(default)s)")
+    p.add_argument("--train-fraction", type=float, default=0.5,
+                   help="share of the events, by time, replayed as history and trained on (default %(default)s)")
+    p.add_argument("--train-seconds", type=float, default=90.0,
+                   help="training budget; stops after the epoch that passes it (default %(default)s)")
+    p.add_argument("--retrain-at", type=float, default=0.5,
+                   help="retrain once this share of the live part was replayed (0: never; default %(default)s)")
+    p.add_argument("--retrain-seconds", type=float, default=30.0,
+                   help="fine-tuning budget of the mid-stream retraining (default %(default)s)")
     p.add_argument("--ratings", default=None, help="ratings file (default: the bundled ml-latest-small)")
     p.add_argument("--movies", default=None, help="movies.csv for titles (default: the bundled one)")
     p.add_argument("--workdir", default="demo-run", help="folder for the worker's DuckDB and logs")
-    p.add_argument("--show-users", type=int, default=3, help="users whose lists are printed as they update")
-    p.add_argument("--workers", type=int, default=1, help="workers in the consumer group")
+    p.add_argument("--show-users", type=_nonnegative(int), default=3, help="users whose lists are printed as they update")
+    p.add_argument("--workers", type=int, choices=range(1, 9), metavar="{1..8}", default=1,
+                   help="workers in the consumer group")
     p.add_argument("--kill-at", type=float, default=0.4,
                    help="with several workers: SIGKILL the last one when this fraction of the events was consumed, "
                         "to show the handover (0: never; default %(default)s)")
     Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
     _add_replay_options(p, default_speedup=None)
-    p.add_argument("--duration", type=float, default=20.0,
-                   help="without --speedup, replay the whole file in about this many seconds (default %(default)s)")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--duration", type=float, default=None,
+                   help="without --speedup, replay the live part in about this many seconds "
+                        "(default: 120 with a transformer, 20 with popularity)")
+    # A free port unless one is asked for (option or environment): a busy default port would
+    # otherwise be answered by whoever holds it.
+    p.set_defaults(metrics_port=Settings.from_env().metrics_port if "STREAMREC_METRICS_PORT" in os.environ else 0)
 
-    # Commands of the model package, when present: (configure, run, help).
-    for module in ("streamrec.model.commands", "streamrec.model.report", "streamrec.streams.retrain_job"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        commands = getattr(mod, "COMMANDS", {})
-        for name, (configure, run, help_text) in commands.items():
-            p = sub.add_parser(name, help=help_text, description=help_text)
-            configure(p)
-            p.set_defaults(func=run)
+
+# The one registry: name -> (configure the parser, run, one line of help).
+COMMANDS = {
+    "broker": (configure_broker, cmd_broker,
+               "run the embedded Kafka-compatible broker (Tansu) on loopback, create the topics, print its address"),
+    "worker": (configure_worker, cmd_worker, "run a faust worker: interactions -> DuckDB -> recommendations"),
+    "replay": (configure_replay, cmd_replay,
+               "produce a ratings file (ml-latest/ML-20M csv, ML-1M .dat, RecBole .inter) to Kafka as a timed stream"),
+    "demo": (configure_demo, cmd_demo,
+             "the whole mission on ml-latest-small: train a transformer, serve it live, retrain it, compare it "
+             "with popularity (a few minutes; --model popularity: the quick run)"),
+    **model_commands.COMMANDS,
+    **model_report.COMMANDS,
+    **retrain_job.COMMANDS,
+    **lists.COMMANDS,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="streamrec",
+                           description="Streaming sequential recommender: Kafka events in, top-K lists out.")
+    parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
+    debug = OneLineParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error (or STREAMREC_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (configure, run, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[debug])
+        configure(p)
+        p.set_defaults(func=run)
     return parser
 
 
+def _exit_status(e: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for an error that ends a command."""
+    from streamrec.model.registry import RegistryError
+    from streamrec.model.retrain import RetrainError
+    from streamrec.storage.movielens import FormatError
+    from streamrec.streams.broker import BrokerError
+    from streamrec.streams.topics import KafkaUnreachable
+
+    if isinstance(e, SettingsError):
+        return 2, str(e)
+    if (why := database_in_use(e)) is not None:
+        return 1, why
+    if isinstance(e, (UserError, FormatError, KafkaUnreachable, BrokerError, RegistryError, RetrainError,
+                      FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)):
+        return 1, str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "interrupted"
+    return 1, f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback, and please report it)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("STREAMREC_DEBUG", "") not in ("", "0", "false", "no")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        args = build_parser().parse_args(argv)
+        _use_kafka_config(args)
+        return int(args.func(args) or 0)
+    except (Exception, KeyboardInterrupt) as e:
+        if debug:
+            traceback.print_exc()
+        status, line = _exit_status(e)
+        line = " ".join(line.split())  # one line, whatever the message held
+        command = next((a for a in argv if a in COMMANDS), "")
+        print(f"streamrec{' ' + command if command else ''}: error: {line}", file=sys.stderr)
+        return status
+
+
+def database_in_use(e: Exception) -> str | None:
+    """One line for DuckDB's lock error (a running worker holds its file), else None.
+
+    >>> print(database_in_use(OSError('IO Error: Could not set lock on file "/r/w.duckdb": Conflicting lock is held in python (PID 7)')))
+    /r/w.duckdb is held by another process (pid 7), e.g. a running worker: DuckDB lets one process open it. Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain --export-dir DIR, streamrec report --export-dir DIR), or wait until it stops
+    """
+    import re
+
+    m = re.search(r'Could not set lock on file "([^"]+)".*?(?:\(PID (\d+)\))?$', str(e))
+    if m is None:
+        return None
+    pid = f" (pid {m.group(2)})" if m.group(2) else ""
+    return (f"{m.group(1)} is held by another process{pid}, e.g. a running worker: DuckDB lets one process open it. "
+            "Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain "
+            "--export-dir DIR, streamrec report --export-dir DIR), or wait until it stops")
 
 
 if __name__ == "__main__":

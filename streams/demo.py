@@ -1,182 +1,308 @@
 """``streamrec demo``: the whole pipeline on this machine, with lists and metrics on screen.
 
-Starts Tansu (unless given a cluster), one or more workers, replays MovieLens, follows the
-recommendations topic and prints a few users' lists with titles as they change, then a summary.
+With ``--model sasrec`` (the default) or ``bert4rec``: starts Tansu (unless given a cluster) and
+the worker(s), replays the first part of MovieLens by time as history (served by popularity),
+trains the transformer on it within a budget, promotes it, then replays the rest as the live
+stream served by the transformer (popularity as fallback), retrains it once mid-stream (warm
+start, gate, hot swap), sends the seed's example through the stream, and ends with the
+transformer's online NDCG@10 and Recall@10 beside popularity's on the same events (paired), and
+the online report PNG. ``--model popularity``: the quick path (popularity only, whole file live).
+
+Nothing starts silently broken: ports are free ones unless given (a busy given port fails at
+once), readiness counts only our child's answer (its pid), a child that dies stops the demo
+with its last log lines, and a run that stored or published nothing exits non-zero.
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
 import shutil
+import sys
+from importlib import resources
 import threading
 import time
 from pathlib import Path
 
-import msgspec
 import numpy as np
 from tqdm import tqdm
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
-from streamrec.streams.pipeline import Recommendation
-from streamrec.streams.processes import WorkerProcess, metric_sum
+from streamrec.streams.lists import ListFollower, show
+from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, check_port_free, metric_sum
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (package data)
 log = logging.getLogger(__name__)
 
 
-class ListFollower(threading.Thread):
-    """Consumes the recommendations topic; keeps every list's freshness and the latest per user."""
+def clear_workdir(work: Path) -> None:
+    """Empty the demo's folder, except DuckDB files another process holds open (a demo still
+    running there): those stay, and the worker that needs one fails with DuckDB's message."""
+    import duckdb
 
-    def __init__(self, bootstrap: str, topic: str):
-        super().__init__(daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamrec-demo",
-                                  "enable.auto.commit": False})
-        # assign(), not subscribe(): no group join to wait for, every partition from the start.
-        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        self.decoder = msgspec.json.Decoder(Recommendation)
-        self.latest: dict[int, Recommendation] = {}
-        self.freshness: list[float] = []
-        self.count = 0
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            for msg in self.consumer.consume(1000, timeout=0.2):
-                if msg.error():
-                    continue
-                rec = self.decoder.decode(msg.value())
-                with self.lock:
-                    self.latest[rec.user_id] = rec
-                    self.freshness.append((rec.published_at - rec.source_timestamp) / 1000)
-                    self.count += 1
-        self.consumer.close()
-
-
-def show(rec: Recommendation, titles: dict[int, str], n: int = 5) -> str:
-    names = [titles.get(i, f"movie {i}") for i in rec.items[:n]]
-    fresh = (rec.published_at - rec.source_timestamp) / 1000
-    return (f"  user {rec.user_id:>5} | {rec.model}/{rec.model_version} | fresh {fresh:5.2f}s | "
-            + "; ".join(f"{k + 1}. {t}" for k, t in enumerate(names)))
+    work.mkdir(parents=True, exist_ok=True)
+    for p in work.iterdir():
+        if p.suffix == ".duckdb":
+            try:
+                duckdb.connect(str(p)).close()
+            except duckdb.Error:
+                continue  # locked by someone else: theirs, not ours to delete
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def run_demo(args) -> int:
     settings = Settings.from_args(args)
-    ratings_path = Path(args.ratings or DATA / "ratings.csv")
-    titles = load_titles(args.movies or DATA / "movies.csv")
     work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    clear_workdir(work)
+    failure: list[str] = []
+    broker, workers, watchdog = None, [], None
 
-    broker = None
-    if not settings.bootstrap_servers:
-        broker = EmbeddedBroker(log_file=work / "broker.log").start()
-        settings.bootstrap_servers = broker.bootstrap
-        print(f"embedded Kafka (Tansu) at {broker.bootstrap}")
-    settings.partitions = max(settings.partitions, 4 if args.workers > 1 else 1)
-    ensure_topics(settings)
-    workers = []
+    def on_death(why: str) -> None:  # runs in the watchdog thread
+        failure.append(why)
+        _thread.interrupt_main()  # stops whatever the demo is waiting on
+
     try:
+        if settings.metrics_port:  # asked for: must be free before anything starts
+            for w in range(args.workers):
+                check_port_free(settings.metrics_port + w, settings.metrics_host)
+        if not settings.bootstrap_servers:
+            broker = EmbeddedBroker(log_file=work / "broker.log").start()
+            settings.bootstrap_servers = broker.bootstrap
+            print(f"embedded Kafka (Tansu) at {broker.bootstrap}")
+        settings.partitions = max(settings.partitions, 4 if args.workers > 1 else 1)
+        ensure_topics(settings)
+        transformer = args.model != "popularity"
         extra = {"top_k": settings.top_k, "batch_size": settings.batch_size, "partitions": settings.partitions}
         if settings.checkpoint:
             extra["checkpoint"] = settings.checkpoint
+        if transformer:
+            extra.update(registry=str(work / "registry"), export_every=2.0)
         for w in range(args.workers):
             port = settings.metrics_port + w if settings.metrics_port else None
+            more = {"export_dir": str(work / f"export-{w}")} if transformer else {}
             workers.append(WorkerProcess(settings.bootstrap_servers, work / f"worker-{w}.duckdb",
-                                         work / f"worker-{w}.log", port=port, **extra).start())
+                                         work / f"worker-{w}.log", port=port, **extra, **more))
+        for w in workers:
+            w.start()
         print("waiting for the worker(s) to join the consumer group ...")
         for w in workers:
-            w.wait_ready()
-            print(f"worker ready, Prometheus metrics at {w.metrics_url}")
-
-        ratings = load_ratings(ratings_path, min_rating=args.min_rating)
-        ratings = ratings.slice(args.start, None if args.limit is None else args.start + args.limit)
-        users, counts = np.unique(ratings.user, return_counts=True)
-        shown = set(users[np.argsort(-counts, kind="stable")][: args.show_users].tolist())
-
-        follower = ListFollower(settings.bootstrap_servers, settings.recommendations_topic)
-        follower.start()
-        printer_stop = threading.Event()
-
-        def printer() -> None:
-            last: dict[int, int] = {}
-            while not printer_stop.wait(1.0):
-                with follower.lock:
-                    recs = [follower.latest[u] for u in shown if u in follower.latest]
-                for rec in recs:
-                    if last.get(rec.user_id) != rec.event_time:
-                        last[rec.user_id] = rec.event_time
-                        tqdm.write(show(rec, titles))
-
-        threading.Thread(target=printer, daemon=True).start()
-        speedup = args.speedup
-        if speedup is None:  # default: the whole file in about --duration seconds
-            span = float(ratings.timestamp[-1] - ratings.timestamp[0]) if len(ratings) else 0.0
-            speedup = span / args.duration if span > 0 and args.duration > 0 else 0.0
-        print(f"replaying {len(ratings):,} ratings from {ratings_path} "
-              f"({'as fast as possible' if not speedup else f'{speedup:,.0f}x event time'})")
-        killed: list[WorkerProcess] = []
-        if len(workers) > 1 and args.kill_at > 0:
-            threading.Thread(target=kill_midway, args=(workers, len(ratings), args.kill_at, killed), daemon=True).start()
-        t0 = time.time()
-        stats = replay(ratings, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
-
-        # Wait for the workers to store everything and for their lists to arrive.
-        dead_owned = 0
-        if killed:
-            dead_owned = handover(settings, killed[0], [w for w in workers if w.alive()])
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            alive = [w for w in workers if w.alive()]
-            owned = dead_owned + sum(w.metrics().get("streamrec_store_events", 0) for w in alive)
-            published = sum(metric_sum(w.metrics(), "streamrec_lists_published_total") for w in alive)
-            if owned >= stats.events and follower.count >= published:
-                break
-            time.sleep(0.5)
-        elapsed = time.time() - t0
-        busy = sum(metric_sum(w.metrics(), "streamrec_stage_duration_seconds_sum") for w in workers if w.alive())
-        printer_stop.set()
-        time.sleep(1.2)
-        follower.stopped.set()
-
-        m = [w.metrics() for w in workers if w.alive()]
-        stored = dead_owned + sum(x.get("streamrec_store_events", 0) for x in m)
-        stored_alive = sum(metric_sum(x, "streamrec_events_stored_total") for x in m)  # by the running workers
-        rejected = sum(metric_sum(x, "streamrec_events_rejected_total") for x in m)
-        fresh = np.array(follower.freshness) if follower.freshness else np.zeros(1)
-        print("\nfinal lists:")
-        for u in sorted(shown):
-            if u in follower.latest:
-                print(show(follower.latest[u], titles, n=10))
-        print("\nsummary")
-        print(f"  events replayed     {stats.events:,} ({stats.rate:,.0f} events/s into Kafka)")
-        print(f"  events stored       {int(stored):,} in DuckDB, rejected {int(rejected)}; "
-              f"{elapsed:.1f}s from first event to last list, {busy:.2f}s of pipeline work "
-              f"({stored_alive / max(busy, 1e-9):,.0f} events/s while busy)")
-        print(f"  users               {len(users):,}; users with a list {len(follower.latest):,}")
-        print(f"  lists published     {follower.count:,}")
-        print(f"  freshness           p50 {np.percentile(fresh, 50):.3f}s  p99 {np.percentile(fresh, 99):.3f}s "
-              "(Kafka timestamp of the triggering event -> list published)")
-        for w in workers:
-            print(f"  metrics             {w.metrics_url}")
-        print(f"  worker logs, DuckDB {work}/")
-        ok = stored >= stats.events
-        if len(workers) > 1:
-            for w in workers:
-                w.stop()  # DuckDB files can be read once their workers are gone
-            ok = check_scale_out(workers, killed, ratings, settings.seq_len) and ok
-        return 0 if ok else 1
+            w.wait_ready()  # raises ChildFailed, with the log lines, if it dies meanwhile
+            print(f"worker ready (pid {w.proc.pid}), Prometheus metrics at {w.metrics_url}")
+        # From now on a child that dies interrupts whatever the demo waits on.
+        watchdog = Watchdog([w.died for w in workers] + ([broker.failure] if broker else []), on_death)
+        watchdog.start()
+        return _run(args, settings, work, workers, transformer)
+    except ChildFailed as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if failure:
+            print(f"demo failed: {failure[0]}", file=sys.stderr)
+            return 1
+        raise
     finally:
+        if watchdog:
+            watchdog.stop()
         for w in workers:
             w.stop()
         if broker:
             broker.stop()
+
+
+def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], transformer: bool) -> int:
+    ratings_path = Path(args.ratings or DATA / "ratings.csv")
+    titles = load_titles(args.movies or DATA / "movies.csv")
+    ratings = load_ratings(ratings_path, min_rating=args.min_rating)
+    ratings = ratings.slice(args.start, None if args.limit is None else args.start + args.limit)
+    users, counts = np.unique(ratings.user, return_counts=True)
+    shown = set(users[np.argsort(-counts, kind="stable")][: args.show_users].tolist())
+
+    follower = ListFollower(settings.bootstrap_servers, settings.recommendations_topic, keep=10 if transformer else 0)
+    follower.start()
+    printer_stop = threading.Event()
+
+    def printer() -> None:
+        last: dict[int, tuple] = {}
+        while not printer_stop.wait(1.0):
+            with follower.lock:
+                recs = [follower.latest[u] for u in shown if u in follower.latest]
+            for rec in recs:
+                if last.get(rec.user_id) != (rec.event_time, rec.model_version):
+                    last[rec.user_id] = (rec.event_time, rec.model_version)
+                    tqdm.write(show(rec, titles))
+
+    threading.Thread(target=printer, daemon=True).start()
+    n_live = 0
+    model = None
+    if transformer:
+        from streamrec.streams.demo_model import split_by_time
+
+        n_live = split_by_time(ratings, args.train_fraction)
+        if n_live <= 0 or n_live >= len(ratings):
+            raise SystemExit(f"demo: --train-fraction {args.train_fraction} leaves nothing to train on or to replay")
+        model = _history_and_training(args, settings, work, workers, ratings.slice(0, n_live))
+    live = ratings.slice(n_live, None)
+    speedup = args.speedup
+    duration = args.duration if args.duration is not None else (120.0 if transformer else 20.0)
+    if speedup is None:  # default: the live part in about --duration seconds
+        span = float(live.timestamp[-1] - live.timestamp[0]) if len(live) else 0.0
+        speedup = span / duration if span > 0 and duration > 0 else 0.0
+    print(f"replaying {len(live):,} ratings{' (the live part)' if transformer else ''} from {ratings_path} "
+          f"({'as fast as possible' if not speedup else f'{speedup:,.0f}x event time'})")
+    killed: list[WorkerProcess] = []
+    if len(workers) > 1 and args.kill_at > 0:
+        threading.Thread(target=kill_midway, args=(workers, len(ratings), args.kill_at, killed), daemon=True).start()
+    t0 = time.time()
+    retrainer = None
+    if transformer and args.retrain_at > 0:
+        cut = int(len(live) * args.retrain_at)
+        stats = replay(live.slice(0, cut), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        retrainer = _start_retrain(args, settings, work, workers, n_live + cut)
+        more = replay(live.slice(cut, None), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        stats.events, stats.seconds = stats.events + more.events, stats.seconds + more.seconds
+    else:
+        stats = replay(live, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+    if retrainer is not None:  # its hot swap belongs to the run: wait for it to be decided
+        retrainer.join(timeout=args.retrain_seconds * 3 + 120)
+
+    # Wait for the workers to store everything and for their lists to arrive.
+    dead_owned = 0
+    if killed:
+        dead_owned = handover(settings, killed[0], [w for w in workers if w.alive()])
+    wait_processed(workers, follower, n_live + stats.events, dead_owned)
+    elapsed = time.time() - t0
+    seed = _seed_example(settings, titles, ratings, follower, workers) if transformer else None
+    busy = sum(metric_sum(w.metrics(), "streamrec_stage_duration_seconds_sum") for w in workers if w.alive())
+    printer_stop.set()
+    time.sleep(1.2)
+    follower.stopped.set()
+
+    m = [w.metrics() for w in workers if w.alive()]
+    stored = dead_owned + sum(x.get("streamrec_store_events", 0) for x in m) - (seed[0] if seed else 0)
+    stored_alive = sum(metric_sum(x, "streamrec_events_stored_total") for x in m)  # by the running workers
+    rejected = sum(metric_sum(x, "streamrec_events_rejected_total") for x in m)
+    fresh = np.array(follower.freshness) if follower.freshness else np.zeros(1)
+    print("\nfinal lists:")
+    for u in sorted(shown):
+        if u in follower.latest:
+            print(show(follower.latest[u], titles, n=10))
+    print("\nsummary")
+    print(f"  events replayed     {n_live + stats.events:,}" + (f" ({n_live:,} history, then {stats.events:,} live"
+          if transformer else f" ({stats.rate:,.0f} events/s into Kafka") + ")")
+    print(f"  events stored       {int(stored):,} in DuckDB, rejected {int(rejected)}; "
+          f"{elapsed:.1f}s from first live event to last list, {busy:.2f}s of pipeline work "
+          f"({stored_alive / max(busy, 1e-9):,.0f} events/s while busy)")
+    print(f"  users               {len(users):,}; users with a list {len(follower.latest):,}")
+    print(f"  lists published     {follower.count:,}")
+    print(f"  freshness           p50 {np.percentile(fresh, 50):.3f}s  p99 {np.percentile(fresh, 99):.3f}s "
+          "(Kafka timestamp of the triggering event -> list published)")
+    for w in workers:
+        print(f"  metrics             {w.metrics_url}")
+    print(f"  worker logs, DuckDB {work}/")
+    ok = stored >= n_live + stats.events and follower.count > 0
+    if stored < n_live + stats.events:
+        print(f"  FAILED: {int(stored):,} of {n_live + stats.events:,} events stored", file=sys.stderr)
+    if follower.count == 0:
+        print("  FAILED: no list was published", file=sys.stderr)
+    for w in workers:
+        w.stop()  # DuckDB files can be read once their workers are gone
+    if transformer:
+        from streamrec.streams.demo_summary import transformer_summary
+
+        ok = transformer_summary(args, settings, work, workers, ratings, n_live, follower, retrainer) and ok
+    if len(workers) > 1:
+        ok = check_scale_out(workers, killed, ratings, settings.seq_len) and ok
+    return 0 if ok else 1
+
+
+def wait_processed(workers: list[WorkerProcess], follower: ListFollower, n_events: int, dead_owned: int = 0,
+                   timeout: float = 300.0) -> None:
+    """Until the workers own ``n_events`` events and every list they published has arrived."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        scrapes = [w.metrics() for w in workers if w.alive()]
+        owned = dead_owned + sum(m.get("streamrec_store_events", 0) for m in scrapes)
+        published = sum(metric_sum(m, "streamrec_lists_published_total") for m in scrapes)
+        # A batch is stored before its lists are published: wait for the publish stage too.
+        behind = any(m.get('streamrec_stage_latency_seconds_count{stage="published"}', 0)
+                     < m.get('streamrec_stage_latency_seconds_count{stage="stored"}', 0) for m in scrapes)
+        if owned >= n_events and not behind and follower.count >= published:
+            return
+        time.sleep(0.5)
+
+
+def _history_and_training(args, settings: Settings, work: Path, workers: list[WorkerProcess], history) -> str:
+    """Replay the history (served by popularity), train the first version on it, promote it and
+    wait until every worker serves it. Returns the version."""
+    from streamrec.model.registry import Registry
+    from streamrec.streams.demo_model import train_first_version
+    from streamrec.streams.model_updates import announce
+
+    print(f"replaying {len(history):,} ratings as history, as fast as possible (served by popularity: "
+          "no model yet)")
+    replay(history, settings.bootstrap_servers, settings.interactions_topic, speedup=0.0)
+    registry = Registry(work / "registry")
+    version, line = train_first_version(history, args.model, registry, args.train_seconds)
+    print(line)
+    announce(settings.bootstrap_servers, settings.model_updates_topic, version, str(registry.path(version)), "promote")
+    label = f'streamrec_model_info{{model="{args.model}",version="{version}"}}'
+    deadline = time.time() + 120
+    while not all(w.metrics().get(label) == 1 for w in workers):
+        if time.time() > deadline:
+            raise ChildFailed(f"the worker(s) did not load {version} within 120s; see {work}/worker-*.log")
+        time.sleep(0.3)
+    print(f"the worker serves {args.model} {version} (popularity for users it cannot score); the live replay begins")
+    return version
+
+
+def _start_retrain(args, settings: Settings, work: Path, workers: list[WorkerProcess], min_events: int):
+    from streamrec.model.registry import Registry
+    from streamrec.streams.demo_model import MidStreamRetrain
+
+    t = MidStreamRetrain(Registry(work / "registry"), [str(work / f"export-{w}") for w in range(len(workers))],
+                         min_events, args.retrain_seconds, settings.bootstrap_servers, settings.model_updates_topic)
+    t.start()
+    return t
+
+
+def _seed_example(settings: Settings, titles: dict[int, str], ratings, follower: ListFollower,
+                  workers: list[WorkerProcess]):
+    """The seed's example through the stream: a new user, Harry Potter 1 then LOTR 1.
+    Returns (events sent, their list or None)."""
+    from streamrec.streams.demo_model import SEED_TITLES, find_movie, send_seed_example, wait_for_list
+
+    items = [find_movie(titles, t) for t in SEED_TITLES]
+    if None in items:
+        print("\n(seed's example skipped: its movies are not in the titles file)")
+        return (0, None)
+    user = int(ratings.user.max()) + 1
+    last = send_seed_example(settings.bootstrap_servers, settings.interactions_topic, user, items,
+                             int(ratings.timestamp.max()) * 1000)
+    rec = wait_for_list(follower, user, last)
+    print(f"\nthe seed's example: new user {user} watches {titles[items[0]]}, then {titles[items[1]]}")
+    if rec is None:
+        print("  no list arrived for them within 60s")
+        return (len(items), None)
+    print(f"  their list from {rec.model} {rec.model_version}, "
+          f"{(rec.published_at - rec.source_timestamp) / 1000:.2f}s after the second event:")
+    for k, i in enumerate(rec.items[:10], 1):
+        print(f"  {k:3d}. {titles.get(i, f'movie {i}')}")
+    from streamrec.streams.lists import fetch_list
+
+    url = f"http://127.0.0.1:{workers[-1].port}"
+    status, answer = fetch_list(url, user)
+    got = (f"{answer['model']} {answer['version']}, {len(answer['items'])} items, published {answer['age_seconds']:.1f}s ago"
+           if status == 200 else answer.get("error"))
+    print(f"  the same list from the worker's web page: GET {url}/recommendations/{user} -> {status}: {got}")
+    print(f"  (or: streamrec lists {user} --worker-url {url} --movies movies.csv [--follow])")
+    return (len(items), rec)
 
 
 def kill_midway(workers: list[WorkerProcess], n_events: int, fraction: float, killed: list) -> None:

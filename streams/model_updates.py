@@ -14,7 +14,8 @@ import time
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamrec.streams.config import kafka_config
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +29,16 @@ class ModelUpdate(msgspec.Struct):
 
 
 def ensure_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    for fut in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
-        try:
-            fut.result(10)
-        except Exception as e:  # created meanwhile by another process
-            if "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise
+    from streamrec.streams.topics import create_topics
+
+    create_topics(bootstrap, {topic: (1, {})}, timeout=10)
 
 
 def announce(bootstrap: str, topic: str, version: str, path: str, action: str = "promote") -> ModelUpdate:
     """Publish an announcement and wait until the broker has it."""
     ensure_topic(bootstrap, topic)
     update = ModelUpdate(version, str(path), action, int(time.time() * 1000))
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer(kafka_config("producer", bootstrap, {"enable.idempotence": True}))
     producer.produce(topic, key=b"model", value=msgspec.json.encode(update))
     if producer.flush(30):
         raise RuntimeError(f"announcement of {version} not delivered to {topic}")
@@ -57,8 +52,8 @@ class UpdateFollower:
     def __init__(self, bootstrap: str, topic: str, since_ms: int):
         ensure_topic(bootstrap, topic)
         self.since_ms = since_ms
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamrec-model-follower",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": "streamrec-model-follower",
+                                                                     "enable.auto.commit": False}))
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self.decode = msgspec.json.Decoder(ModelUpdate).decode

@@ -46,6 +46,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamrec.storage.store import EventStore
+from streamrec.streams.config import kafka_config
 from streamrec.streams.events import Contract, decode_batch
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,15 @@ class OwnershipLog:
 
     def __init__(self, bootstrap: str, topic: str, group: str):
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self.producer = Producer(kafka_config("producer", bootstrap, {"enable.idempotence": True}))
         self._decode = msgspec.json.Decoder(Claim).decode
         self.skipped = 0  # records of the log that are not claims (logged once each, skipped)
         self._bad_offsets: set[int] = set()
 
     def read(self, until_nonce: str | None = None, timeout: float = 30.0) -> list[Claim]:
         """Every claim of this group in log order (up to and including ``until_nonce``'s)."""
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"owners-reader-{uuid.uuid4().hex}",
-                      "enable.auto.commit": False, "enable.partition.eof": True})
+        c = Consumer(kafka_config("consumer", self.bootstrap, {"group.id": f"owners-reader-{uuid.uuid4().hex}",
+                                                           "enable.auto.commit": False, "enable.partition.eof": True}))
         c.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         claims, deadline, found = [], time.monotonic() + timeout, until_nonce is None
         try:
@@ -154,8 +155,8 @@ def fence(store: EventStore, claims: list[Claim]) -> int:
 
 def read_partition(bootstrap: str, topic: str, partition: int, lo: int, hi: int, timeout: float = 120.0):
     """Raw records of ``topic[partition]`` at offsets [lo, hi) as (values, offsets, keys, timestamps)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"recovery-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024**2})
+    c = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}",
+                                                  "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024**2}))
     c.assign([TopicPartition(topic, partition, lo)])
     values, offsets, keys, stamps, deadline = [], [], [], [], time.monotonic() + timeout
     try:

@@ -97,6 +97,8 @@ class BatchProcessor:
         self._delivery_errors: list[str] = []
         self.ownership = ownership  # which partitions' rows this database holds (scale-out)
         self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
+        self.latest = None  # LatestLists (streams/latest_lists.py): delivered lists per user, for the web page
+        self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
     def _on_delivery(self, err, msg) -> None:
@@ -165,7 +167,8 @@ class BatchProcessor:
         # crash between storing and publishing, that is how their list still gets out.
         order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
         users_sorted = batch.user[order]
-        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
+        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True)) if len(order) else order
+        # (no valid event in the batch, e.g. a burst of bad messages: no user, nothing to score)
         pick = lambda col: col[order][last]  # noqa: E731
         users = users_sorted[last]
         user_list = users.tolist()
@@ -210,6 +213,9 @@ class BatchProcessor:
             self.snapshot_evaluation()
         t_scored = time.time()
         self._flush()  # DLQ records and lists delivered before the caller commits offsets
+        if self.latest is not None:
+            self.latest.put_many(self._sent)
+        self._sent = []
         t_done = time.time()
         m.stage_duration.labels("publish").observe(t_done - t_scored)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
@@ -255,6 +261,8 @@ class BatchProcessor:
             except BufferError:  # local queue full: wait for deliveries, then retry once
                 self.producer.poll(1)
                 produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
+            if self.latest is not None:
+                self._sent.append((u, value))
         for model, count in Counter(recs.models).items():
             m.lists.labels(model).inc(count)
         return recs

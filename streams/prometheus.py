@@ -7,7 +7,8 @@ Names follow Prometheus conventions: ``streamrec_`` prefix, ``_total`` for count
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                               Gauge, Histogram, generate_latest)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
@@ -34,6 +35,14 @@ PROMETHEUS_GAUGES = {
     "lists_closed": ("streamrec_online_lists_closed", "Lists whose recall horizon closed"),
     "lists_no_future": ("streamrec_online_lists_no_future", "Closed lists whose user consumed nothing in the horizon"),
 }
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry with the standard process (CPU, memory, open files), platform and GC collectors."""
+    r = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        r.register(collector)
+    return r
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
@@ -92,7 +101,7 @@ def reject_class(reason: str) -> str:
 
 class WorkerMetrics:
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        self.registry = r = process_registry()
         self.consumed = Counter("streamrec_events_consumed_total", "Messages taken from the interactions topic", registry=r)
         self.stored = Counter("streamrec_events_stored_total", "Valid events newly written to DuckDB", registry=r)
         self.duplicates = Counter("streamrec_events_duplicate_total", "Valid events already stored (redeliveries)", registry=r)
@@ -134,6 +143,16 @@ class WorkerMetrics:
                          "Records of the interactions partition not yet processed (high watermark from fetch responses)",
                          ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
+        # Reliability (streams/health.py): failures are counted where they happen, never silent.
+        self.stage_failures = Counter("streamrec_stage_failures_total", "Failed attempts at a micro-batch stage "
+                                      "(the batch is retried with backoff)", ["stage"], registry=r)
+        for stage in ("decode", "store", "publish"):
+            self.stage_failures.labels(stage)
+        self.broker_reachable = Gauge("streamrec_broker_reachable", "1 while the Kafka cluster answers metadata "
+                                      "requests, 0 while it does not", registry=r)
+        self.broker_reachable.set(1)
+        self.skipped_records = Counter("streamrec_control_records_skipped_total", "Records of the ownership log or "
+                                       "model-updates topic that do not decode (logged and skipped)", ["topic"], registry=r)
         # Scale-out (streams/ownership.py): partitions taken over, their history copied from Kafka.
         self.partition_claims = Counter("streamrec_partition_claims_total",
                                         "Partitions claimed in the ownership log (one per partition per assignment)", registry=r)
@@ -197,10 +216,12 @@ class RetrainMetrics:
     >>> m.runs.labels("skipped").inc()
     >>> b'streamrec_retrain_runs_total{outcome="skipped"} 1.0' in m.expose()
     True
+    >>> b"process_resident_memory_bytes" in m.expose() and b"python_info" in m.expose()
+    True
     """
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        self.registry = r = process_registry()
         nan = float("nan")  # "no value yet", not a measured 0
         self.runs = Counter("streamrec_retrain_runs_total", "Retraining runs by outcome", ["outcome"], registry=r)
         for outcome in RETRAIN_OUTCOMES:

@@ -16,9 +16,19 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from streamrec.storage.movielens import Ratings, load_ratings
+from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.events import Event
 
 log = logging.getLogger(__name__)
+
+
+class ReplayInterrupted(Exception):
+    """Ctrl-C during a replay: what was queued got a bounded wait to be delivered."""
+
+    def __init__(self, sent: int, lost: int):
+        super().__init__(f"replay interrupted: {sent} events sent (acknowledged by the broker)"
+                         + (f", {lost} still queued were dropped" if lost else ""))
+        self.sent, self.lost = sent, lost
 
 
 @dataclass
@@ -31,16 +41,16 @@ class ReplayStats:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
-def make_producer(bootstrap: str, **overrides) -> Producer:
+def make_producer(bootstrap: Settings | str, **overrides) -> Producer:
+    """The replay's producer (``bootstrap``: settings or a bare address; the Kafka properties file applies)."""
     conf = {
-        "bootstrap.servers": bootstrap,
         "linger.ms": 5,
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 1_000_000,
         "enable.idempotence": True,  # a retried send is not written twice
     }
     conf.update(overrides)
-    return Producer(conf)
+    return Producer(kafka_config("producer", bootstrap, conf))
 
 
 def encode_ratings(r: Ratings) -> list[bytes]:
@@ -51,22 +61,47 @@ def encode_ratings(r: Ratings) -> list[bytes]:
     ]
 
 
-def replay(ratings: Ratings, bootstrap: str, topic: str, speedup: float = 0.0,
-           progress: bool = True, producer: Producer | None = None) -> ReplayStats:
-    """Produce every rating in order; returns when all are acknowledged by the broker."""
+def replay(ratings: Ratings, bootstrap: Settings | str, topic: str, speedup: float = 0.0,
+           progress: bool = True, producer: Producer | None = None, interrupt_wait: float = 10.0) -> ReplayStats:
+    """Produce every rating in order; returns when all are acknowledged by the broker.
+
+    Ctrl-C stops producing, gives the queued events up to ``interrupt_wait`` s to be delivered and
+    raises :class:`ReplayInterrupted` with how many the broker acknowledged.
+    """
     producer = producer or make_producer(bootstrap)
     values = encode_ratings(ratings)
     keys = [str(u).encode() for u in ratings.user.tolist()]
     times = ratings.timestamp.tolist()
     errors: list[str] = []
+    delivered = [0]
 
     def on_delivery(err, msg):
         if err is not None:
             errors.append(str(err))
+        else:
+            delivered[0] += 1
 
     start = time.time()
-    t0 = times[0] if times else 0
     bar = tqdm(total=len(values), unit="ev", disable=not progress, desc=f"replay -> {topic}", smoothing=0.1)
+    try:
+        _produce_all(producer, topic, values, keys, times, speedup, start, bar, on_delivery)
+    except KeyboardInterrupt:
+        bar.close()
+        lost = producer.flush(interrupt_wait)
+        if lost:
+            producer.purge()  # or librdkafka reports them at exit as "still in queue"
+            producer.flush(0)
+        raise ReplayInterrupted(delivered[0], lost) from None
+    remaining = producer.flush(60)
+    bar.close()
+    elapsed = time.time() - start
+    if remaining or errors:
+        raise RuntimeError(f"replay: {remaining} events undelivered, errors: {errors[:3]}")
+    return ReplayStats(len(values), elapsed)
+
+
+def _produce_all(producer, topic, values, keys, times, speedup, start, bar, on_delivery) -> None:
+    t0 = times[0] if times else 0
     step = 2000
     for a in range(0, len(values), step):
         if speedup > 0:  # sleep until this slice's first event is due
@@ -84,15 +119,9 @@ def replay(ratings: Ratings, bootstrap: str, topic: str, speedup: float = 0.0,
                     producer.poll(0.05)
         producer.poll(0)
         bar.update(min(step, len(values) - a))
-    remaining = producer.flush(60)
-    bar.close()
-    elapsed = time.time() - start
-    if remaining or errors:
-        raise RuntimeError(f"replay: {remaining} events undelivered, errors: {errors[:3]}")
-    return ReplayStats(len(values), elapsed)
 
 
-def replay_file(path: str | Path, bootstrap: str, topic: str, speedup: float = 0.0, min_rating: float | None = None,
+def replay_file(path: str | Path, bootstrap: Settings | str, topic: str, speedup: float = 0.0, min_rating: float | None = None,
                 start: int = 0, limit: int | None = None, progress: bool = True) -> ReplayStats:
     ratings = load_ratings(path, min_rating=min_rating)
     ratings = ratings.slice(start, None if limit is None else start + limit)

@@ -22,7 +22,7 @@ from streamrec.streams.config import RetrainSettings, Settings
 log = logging.getLogger(__name__)
 
 
-KAFKA = ["bootstrap_servers", "model_updates_topic", "model_evaluations_topic"]
+KAFKA = ["bootstrap_servers", "kafka_config", "model_updates_topic", "model_evaluations_topic"]
 
 
 def _settings(args: argparse.Namespace) -> tuple[RetrainSettings, Settings]:
@@ -53,7 +53,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_shadow_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("shadow comparison on live traffic (README: Shadow mode)")
+    g = p.add_argument_group("shadow comparison on live traffic (docs/design.md: Shadow mode)")
     RetrainSettings.add_arguments(g, only=RetrainSettings.SHADOW)
 
 

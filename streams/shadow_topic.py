@@ -28,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.model.recommender import Recommender
 from streamrec.model.shadow import PairedTally, ShadowComparison, ShadowDecision, shadow_decision
+from streamrec.streams.config import kafka_config
 from streamrec.streams.model_updates import ensure_topic
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,8 @@ def wait_for_shadow(
     ``progress(decision, n_workers)`` is called after every new tally; ``still_valid()`` returns a
     reason to stop (e.g. the champion changed meanwhile), checked every second."""
     ensure_topic(bootstrap, topic)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"streamrec-shadow-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"streamrec-shadow-{uuid.uuid4().hex[:8]}",
+                                                         "enable.auto.commit": False}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     decode = msgspec.json.Decoder(ShadowReport).decode

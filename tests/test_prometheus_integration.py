@@ -156,8 +156,9 @@ def run(broker, tmp_path_factory):
                    "events stored", timeout=60)
         # Idle: the counters stop, and the next evaluation snapshot exports the last batch.
         time.sleep(2.0)
-        metrics = _until(lambda: ((m := worker.metrics()) == (time.sleep(1.2) or worker.metrics()), m),
-                         "worker metrics stable")
+        ours = lambda: {k: v for k, v in worker.metrics().items() if k.startswith("streamrec_")}  # noqa: E731
+        _until(lambda: ((m := ours()) == (time.sleep(1.2) or ours()), m), "worker metrics stable")
+        metrics = worker.metrics()  # with the process series, which never stand still
         yield dict(prom=prom, worker=worker, metrics=metrics, project=project)
     finally:
         prom.stop()
@@ -221,3 +222,14 @@ def test_rules_evaluate_on_real_data(run):
     assert rate[0]["metric"]["job"] == run["project"]["scrape_configs"][0]["job_name"]
     firing = [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] != "StreamrecConsumerStalled"]
     assert not [a for a in firing if a["state"] == "firing"], firing
+
+
+def test_prometheus_stores_process_and_platform_series(run):
+    """The worker and the retraining job export the standard process, platform and GC collectors."""
+    prom = run["prom"]
+    for job in (WORKER_JOB, RETRAIN_JOB):
+        for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info",
+                     "python_gc_objects_collected_total"):
+            r = _until(lambda: (bool(r := prom.query(f'{name}{{job="{job}"}}')), r), f"{name} of {job}", timeout=15)
+            assert float(r[0]["value"][1]) > 0, (job, name, r)
+    assert run["metrics"]["process_resident_memory_bytes"] > 10e6  # the worker's own scrape: a real process
