@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamrec.model import metrics as mk
+from streamrec.model import prequential as pq
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommender
 from streamrec.model.shadow import PairedTally
@@ -103,8 +103,8 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
         if graded.any():
             cu, ci, ct = users[g][graded], items[g][graded], times[g][graded]
             r1, r2 = served.score_events(cu, ci, ct), base.score_events(cu, ci, ct)
-            both = (r1.status == mk.WARM) & (r2.status == mk.WARM)
-            out.cold += int((r1.status == mk.COLD).sum())
+            both = (r1.status == pq.WARM) & (r2.status == pq.WARM)
+            out.cold += int((r1.status == pq.COLD).sum())
             out.ndcg.update_many(champion=r2.metrics[both, ndcg_col], candidate=r1.metrics[both, ndcg_col])
             _pair_recall(out, r1, r2)
         baseline.observe(items[g])

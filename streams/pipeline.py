@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
+from streamrec.model.exposure import Exposure
 from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommendations, Recommender
@@ -90,6 +91,7 @@ class BatchProcessor:
         self._encode = msgspec.json.Encoder().encode
         # Grades every stored event against the list its user was shown before it.
         self.evaluator = OnlineEvaluator(time_scale=1000)  # event times are in ms
+        self.exposure = Exposure()  # coverage and Gini of the published lists, per model
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
@@ -165,7 +167,8 @@ class BatchProcessor:
         # crash between storing and publishing, that is how their list still gets out.
         order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
         users_sorted = batch.user[order]
-        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
+        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True)) if len(order) else order
+        # (no valid event in the batch, e.g. a burst of bad messages: no user, nothing to score)
         pick = lambda col: col[order][last]  # noqa: E731
         users = users_sorted[last]
         user_list = users.tolist()
@@ -194,6 +197,7 @@ class BatchProcessor:
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
             users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
             self.recommender.observe(items, users)
+            self.exposure.observe_events(items)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             graded = self.evaluator.score_events(users, items, times)
             if shadow is not None:  # the same events against the candidate's lists: paired
@@ -202,6 +206,7 @@ class BatchProcessor:
         if len(stored.users):
             recs = self._score_and_publish(stored, raw)
             self.evaluator.record_lists(stored.users, recs.items, stored.trigger_time, recs.models, recs.versions)
+            self.exposure.update(recs.items, recs.models)
             if shadow is not None:
                 self._score_shadow(shadow, stored)
         if time.time() >= self._next_snapshot:
@@ -221,6 +226,7 @@ class BatchProcessor:
         candidate is shadowed, its paired tally to the gauges and the evaluations topic."""
         rows = self.evaluator.snapshot()
         self.metrics.set_online(rows)
+        self.metrics.set_exposure(self.exposure)
         if self.evaluator.watermark != NO_LIST and rows:  # NO_LIST: nothing scored yet
             # Its own cursor: stage 2 may be writing events on the store's connection meanwhile.
             write_snapshot(self._eval_con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)
