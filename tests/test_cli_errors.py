@@ -83,7 +83,8 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("command", ["replay", "worker"])
 def test_unreachable_broker_is_reported_within_seconds(command, tmp_path):
-    args = [str(DATA / "ratings.csv")] if command == "replay" else ["--db", str(tmp_path / "w.duckdb")]
+    args = ([str(DATA / "ratings.csv")] if command == "replay"
+            else ["--db", str(tmp_path / "w.duckdb"), "--metrics-port", str(_closed_port())])
     t0 = time.monotonic()
     r = streamrec(command, *args, "--bootstrap-servers", f"127.0.0.1:{_closed_port()}", timeout=30)
     took = time.monotonic() - t0
