@@ -7,7 +7,7 @@ With ``--shadow`` a candidate that passes the offline gate is scored by the work
 champion before it may be promoted (``streams/shadow_topic.py``). With ``--metrics-port`` the job serves
 its own Prometheus metrics (runs by outcome, durations, the shadow comparison).
 
-The job's options are ``streams.config.RetrainSettings`` (environment ``STREAMREC_RETRAIN_<FIELD>``,
+The job's options are ``streams.retrain_settings.RetrainSettings`` (environment ``STREAMREC_RETRAIN_<FIELD>``,
 command line ``--field``); the Kafka side is ``Settings`` (``STREAMREC_BOOTSTRAP_SERVERS``...).
 """
 
@@ -17,7 +17,8 @@ import argparse
 import logging
 import time
 
-from streamrec.streams.config import RetrainSettings, Settings
+from streamrec.streams.config import Settings
+from streamrec.streams.retrain_settings import RetrainSettings
 
 log = logging.getLogger(__name__)
 
