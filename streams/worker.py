@@ -123,9 +123,7 @@ class Worker:
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
-        processor = BatchProcessor(s, store, recommender, producer, metrics, ownership)
-        processor.latest = self.latest
-        return processor
+        return BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
 
     async def ingest(self) -> None:
         """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""
