@@ -71,6 +71,7 @@ class TrainConfig(_Dict):
     min_user_events: int = 5  # drop users with fewer events (after the rating filter)
     device: str = "auto"  # "auto" = CUDA if available, else CPU
     max_seconds: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
+    shuffle_ties: bool = True  # every epoch, same-second events of a user in a new random order
 
     @classmethod
     def defaults(cls, kind: str, **overrides) -> "TrainConfig":

@@ -82,7 +82,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UserError(f"port {host}:{port} is busy ({e.strerror}): give another with {option}") from e
+            raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
 
 
 def cmd_broker(args) -> int:
@@ -211,7 +211,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                    help="what serves the live replay (default %(default)s)")
     p.add_argument("--train-fraction", type=float, default=0.5,
                    help="share of the events, by time, replayed as history and trained on (default %(default)s)")
-    p.add_argument("--train-seconds", type=float, default=60.0,
+    p.add_argument("--train-seconds", type=float, default=90.0,
                    help="training budget; stops after the epoch that passes it (default %(default)s)")
     p.add_argument("--retrain-at", type=float, default=0.5,
                    help="retrain once this share of the live part was replayed (0: never; default %(default)s)")

@@ -31,7 +31,7 @@ from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.lists import ListFollower, show
-from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, metric_sum
+from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, check_port_free, metric_sum
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics
 
@@ -64,11 +64,14 @@ def run_demo(args) -> int:
     failure: list[str] = []
     broker, workers, watchdog = None, [], None
 
-    def on_death(child) -> None:  # runs in the watchdog thread
-        failure.append(child.failure())
+    def on_death(why: str) -> None:  # runs in the watchdog thread
+        failure.append(why)
         _thread.interrupt_main()  # stops whatever the demo is waiting on
 
     try:
+        if settings.metrics_port:  # asked for: must be free before anything starts
+            for w in range(args.workers):
+                check_port_free(settings.metrics_port + w, settings.metrics_host)
         if not settings.bootstrap_servers:
             broker = EmbeddedBroker(log_file=work / "broker.log").start()
             settings.bootstrap_servers = broker.bootstrap
@@ -88,19 +91,20 @@ def run_demo(args) -> int:
                                          work / f"worker-{w}.log", port=port, **extra, **more))
         for w in workers:
             w.start()
-        watchdog = Watchdog(workers, on_death)
-        watchdog.start()
         print("waiting for the worker(s) to join the consumer group ...")
         for w in workers:
-            w.wait_ready()
+            w.wait_ready()  # raises ChildFailed, with the log lines, if it dies meanwhile
             print(f"worker ready (pid {w.proc.pid}), Prometheus metrics at {w.metrics_url}")
+        # From now on a child that dies interrupts whatever the demo waits on.
+        watchdog = Watchdog([w.died for w in workers] + ([broker.failure] if broker else []), on_death)
+        watchdog.start()
         return _run(args, settings, work, workers, transformer)
     except ChildFailed as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if failure:
-            print(f"demo failed: a child process died: {failure[0]}", file=sys.stderr)
+            print(f"demo failed: {failure[0]}", file=sys.stderr)
             return 1
         raise
     finally:
@@ -174,7 +178,7 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
         dead_owned = handover(settings, killed[0], [w for w in workers if w.alive()])
     wait_processed(workers, follower, n_live + stats.events, dead_owned)
     elapsed = time.time() - t0
-    seed = _seed_example(settings, titles, ratings, follower) if transformer else None
+    seed = _seed_example(settings, titles, ratings, follower, workers) if transformer else None
     busy = sum(metric_sum(w.metrics(), "streamrec_stage_duration_seconds_sum") for w in workers if w.alive())
     printer_stop.set()
     time.sleep(1.2)
@@ -223,10 +227,13 @@ def wait_processed(workers: list[WorkerProcess], follower: ListFollower, n_event
     """Until the workers own ``n_events`` events and every list they published has arrived."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        alive = [w for w in workers if w.alive()]
-        owned = dead_owned + sum(w.metrics().get("streamrec_store_events", 0) for w in alive)
-        published = sum(metric_sum(w.metrics(), "streamrec_lists_published_total") for w in alive)
-        if owned >= n_events and follower.count >= published:
+        scrapes = [w.metrics() for w in workers if w.alive()]
+        owned = dead_owned + sum(m.get("streamrec_store_events", 0) for m in scrapes)
+        published = sum(metric_sum(m, "streamrec_lists_published_total") for m in scrapes)
+        # A batch is stored before its lists are published: wait for the publish stage too.
+        behind = any(m.get('streamrec_stage_latency_seconds_count{stage="published"}', 0)
+                     < m.get('streamrec_stage_latency_seconds_count{stage="stored"}', 0) for m in scrapes)
+        if owned >= n_events and not behind and follower.count >= published:
             return
         time.sleep(0.5)
 
@@ -265,7 +272,8 @@ def _start_retrain(args, settings: Settings, work: Path, workers: list[WorkerPro
     return t
 
 
-def _seed_example(settings: Settings, titles: dict[int, str], ratings, follower: ListFollower):
+def _seed_example(settings: Settings, titles: dict[int, str], ratings, follower: ListFollower,
+                  workers: list[WorkerProcess]):
     """The seed's example through the stream: a new user, Harry Potter 1 then LOTR 1.
     Returns (events sent, their list or None)."""
     from streamrec.streams.demo_model import SEED_TITLES, find_movie, send_seed_example, wait_for_list
@@ -286,6 +294,14 @@ def _seed_example(settings: Settings, titles: dict[int, str], ratings, follower:
           f"{(rec.published_at - rec.source_timestamp) / 1000:.2f}s after the second event:")
     for k, i in enumerate(rec.items[:10], 1):
         print(f"  {k:3d}. {titles.get(i, f'movie {i}')}")
+    from streamrec.streams.lists import fetch_list
+
+    url = f"http://127.0.0.1:{workers[-1].port}"
+    status, answer = fetch_list(url, user)
+    got = (f"{answer['model']} {answer['version']}, {len(answer['items'])} items, published {answer['age_seconds']:.1f}s ago"
+           if status == 200 else answer.get("error"))
+    print(f"  the same list from the worker's web page: GET {url}/recommendations/{user} -> {status}: {got}")
+    print(f"  (or: streamrec lists {user} --worker-url {url} --movies movies.csv [--follow])")
     return (len(items), rec)
 
 

@@ -8,6 +8,7 @@ only the wall-clock budget is the demo's.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import replace
@@ -41,13 +42,18 @@ def train_first_version(history: Ratings, kind: str, registry: Registry, seconds
     from streamrec.model.config import ModelConfig, TrainConfig
     from streamrec.model.data import build_sequences, leave_one_out
     from streamrec.model.train import train
+    from streamrec.model.transformer import build_model
 
-    tcfg = TrainConfig(max_seconds=seconds)
+    tcfg = TrainConfig.defaults(kind, max_seconds=seconds)
     seqs, vocab = build_sequences(history, tcfg.min_rating, tcfg.min_user_events)
     split = leave_one_out(seqs)
     if len(split.users) == 0:
         raise ValueError("no user has enough events before the live part to train on; raise --train-fraction")
-    mcfg = ModelConfig(kind=kind, n_items=len(vocab))
+    mcfg = ModelConfig.defaults(kind, len(vocab))
+    # A budget of a few epochs would end inside the default warm-up (100 steps, ~12 epochs here),
+    # at a fraction of the learning rate: warm up over one epoch at most.
+    steps = math.ceil(len(build_model(mcfg).training_windows(split.train)) / tcfg.batch_size)
+    tcfg = replace(tcfg, warmup_steps=min(tcfg.warmup_steps, steps))
     print(f"training {kind} on {len(history):,} events ({len(split.users):,} users, {len(vocab):,} items) "
           f"for at most {seconds:.0f}s (stops after the epoch that passes it)", flush=True)
     res = train(split, mcfg, tcfg, progress=True)

@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
+from streamrec.model.exposure import Exposure
 from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommendations, Recommender
@@ -91,6 +92,7 @@ class BatchProcessor:
         self._encode = msgspec.json.Encoder().encode
         # Grades every stored event against the list its user was shown before it.
         self.evaluator = OnlineEvaluator(time_scale=1000)  # event times are in ms
+        self.exposure = Exposure()  # coverage and Gini of the published lists, per model
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
@@ -196,6 +198,7 @@ class BatchProcessor:
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
             users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
             self.recommender.observe(items, users)
+            self.exposure.observe_events(items)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             graded = self.evaluator.score_events(users, items, times)
             if shadow is not None:  # the same events against the candidate's lists: paired
@@ -204,6 +207,7 @@ class BatchProcessor:
         if len(stored.users):
             recs = self._score_and_publish(stored, raw)
             self.evaluator.record_lists(stored.users, recs.items, stored.trigger_time, recs.models, recs.versions)
+            self.exposure.update(recs.items, recs.models)
             if shadow is not None:
                 self._score_shadow(shadow, stored)
         if time.time() >= self._next_snapshot:
@@ -223,6 +227,7 @@ class BatchProcessor:
         candidate is shadowed, its paired tally to the gauges and the evaluations topic."""
         rows = self.evaluator.snapshot()
         self.metrics.set_online(rows)
+        self.metrics.set_exposure(self.exposure)
         if self.evaluator.watermark != NO_LIST and rows:  # NO_LIST: nothing scored yet
             # Its own cursor: stage 2 may be writing events on the store's connection meanwhile.
             write_snapshot(self._eval_con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)

@@ -106,6 +106,12 @@ class WorkerProcess:
         other = f"; port {self.port} answers for another process (pid {foreign})" if foreign else ""
         raise ChildFailed(f"{self.name} (pid {self.proc.pid}) not ready after {timeout:.0f}s{other}; see {self.log}")
 
+    def died(self) -> str | None:
+        """None while running (or stopped on purpose); else how it ended (``failure``)."""
+        if self.stopping or self.proc is None or self.proc.poll() is None:
+            return None
+        return self.failure()
+
     def failure(self) -> str:
         """One line saying how the child ended, then its last log lines (errors first)."""
         code = self.proc.returncode if self.proc is not None else None
@@ -156,20 +162,21 @@ _EXC = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
 class Watchdog(threading.Thread):
     """Notices at once when a child that should be running exits.
 
-    Polls the children every ``interval`` s; the first that exited without being asked to
-    (``stopping`` not set) is reported to ``on_death(child)`` once, then the watch ends.
+    ``checks``: callables returning None while their child is fine, else why it is not (e.g.
+    ``WorkerProcess.died``, ``EmbeddedBroker.failure``). Polled every ``interval`` s; the first
+    failure is passed to ``on_death(message)`` once, then the watch ends.
     """
 
-    def __init__(self, children: list, on_death, interval: float = 0.2):
+    def __init__(self, checks: list, on_death, interval: float = 0.2):
         super().__init__(daemon=True, name="watchdog")
-        self.children, self.on_death, self.interval = children, on_death, interval
+        self.checks, self.on_death, self.interval = checks, on_death, interval
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
-            for c in list(self.children):
-                if not c.stopping and c.proc is not None and c.proc.poll() is not None:
-                    self.on_death(c)
+            for check in list(self.checks):
+                if (why := check()) is not None and not self.stopped.is_set():
+                    self.on_death(why)
                     return
 
     def stop(self) -> None:

@@ -54,7 +54,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_shadow_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("shadow comparison on live traffic (README: Shadow mode)")
+    g = p.add_argument_group("shadow comparison on live traffic (docs/design.md: Shadow mode)")
     RetrainSettings.add_arguments(g, only=RetrainSettings.SHADOW)
 
 

@@ -111,8 +111,8 @@ def test_busy_metrics_port(broker, settings):
         r = streamrec("worker", "--bootstrap-servers", settings.bootstrap_servers, "--db", settings.db,
                       "--metrics-port", str(port))
         demo = streamrec("demo", "--metrics-port", str(port), "--workdir", str(Path(settings.db).parent / "demo"))
-    one_line_error(r, 1, f"127.0.0.1:{port}", "busy", "--metrics-port")
-    one_line_error(demo, 1, f"127.0.0.1:{port}", "busy", "--metrics-port")
+    one_line_error(r, 1, f"port {port} on 127.0.0.1", "in use", "--metrics-port")
+    one_line_error(demo, 1, f"port {port} on 127.0.0.1", "in use", "--metrics-port")
 
 
 def test_ctrl_c_during_replay_flushes_and_counts(broker, settings):
