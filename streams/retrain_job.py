@@ -136,7 +136,8 @@ def _retrain_once(job: RetrainSettings, kafka: Settings, registry, events, cfg, 
     metrics.duration.labels("train").observe(time.monotonic() - t0)
     metrics.gate_ndcg.labels("candidate").set(result.candidate_ndcg)
     metrics.gate_ndcg.labels("champion").set(float("nan") if result.champion_ndcg is None else result.champion_ndcg)
-    verdict = {"champion": "promoted", "candidate": "passed the offline gate, now in shadow"}.get(result.status, "rejected")
+    verdict = {"champion": "promoted",
+               "candidate": "passed the offline gate, now in shadow"}.get(result.status, "rejected")
     champ = "none" if result.champion_ndcg is None else f"{result.champion_ndcg:.4f}"
     print(f"{result.version} ({result.mode}, parent {result.parent}): {verdict}; NDCG@10 candidate "
           f"{result.candidate_ndcg:.4f} vs champion {champ}; {result.new_items} new items; "

@@ -52,24 +52,29 @@ class RetrainSettings(EnvSettings):
 
     registry: str = field(default="", metadata={"help": "model registry directory", "required": True})
     export_dir: list[str] = field(default_factory=list, metadata={"help": "workers' Parquet export directories"})
-    ratings: str = field(default="", metadata={"help": "a ratings file instead (ML-20M csv, ML-1M dat, RecBole .inter)"})
+    ratings: str = field(default="", metadata={
+        "help": "a ratings file instead (ML-20M csv, ML-1M dat, RecBole .inter)"})
     cold: bool = field(default=False, metadata={"help": "train from scratch instead of warm-starting the champion"})
-    margin: float = field(default=0.005, metadata={"help": "offline gate: pass iff candidate NDCG@10 >= champion NDCG@10 - margin"})
+    margin: float = field(default=0.005, metadata={
+        "help": "offline gate: pass iff candidate NDCG@10 >= champion NDCG@10 - margin"})
     epochs: int | None = field(default=None, metadata={"help": "fine-tuning epochs (None: the job's default)"})
     threads: int = field(default=1, metadata={"help": "torch threads (1: leave the other core to the workers)"})
     every: tuple[str, float] | None = field(default=None, metadata={
-        "help": "repeat: a period (90s, 10m, 2h) or a number of new events (50000ev); None: once", "parse": parse_every})
+        "help": "repeat: a period (90s, 10m, 2h) or a number of new events (50000ev); None: once",
+        "parse": parse_every})
     shadow: bool = field(default=False, metadata={
         "help": "after the offline gate, have the workers score the candidate beside the champion on live traffic "
                 "and promote it only if the paired comparison says it is not worse"})
-    shadow_events: int = field(default=2000, metadata={"help": "paired events (summed over the workers) before deciding"})
+    shadow_events: int = field(default=2000, metadata={
+        "help": "paired events (summed over the workers) before deciding"})
     shadow_timeout: float = field(default=3600.0, metadata={
         "help": "reject for lack of evidence after this long: 600, 90s, 10m, 2h", "parse": parse_seconds})
     shadow_alpha: float = field(default=0.05, metadata={"help": "one-sided error rate of the confidence bounds"})
     shadow_margin: float = field(default=0.005, metadata={
         "help": "promote iff the lower bound of mean NDCG@10(candidate - champion) >= -margin, reject iff its upper "
                 "bound < -margin"})
-    metrics_port: int = field(default=0, metadata={"help": "serve Prometheus /metrics of the job on this port (0: off)"})
+    metrics_port: int = field(default=0, metadata={
+        "help": "serve Prometheus /metrics of the job on this port (0: off)"})
     metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the job's /metrics"})
 
     SHADOW: ClassVar[list[str]] = ["shadow_events", "shadow_timeout", "shadow_alpha", "shadow_margin"]
