@@ -67,7 +67,7 @@ def train_default(kind: str, split, n_items: int, log: dict) -> torch.nn.Module:
     mcfg = ModelConfig.defaults(kind, n_items, **{k: v for k, v in sets.items() if k in mf})
     tcfg = TrainConfig.defaults(kind, **{k: v for k, v in sets.items() if k not in mf})
     res = train(split, mcfg, tcfg, progress=sys.stderr.isatty())
-    log.update(seconds=round(res.seconds, 1), best_epoch=res.best_epoch, epochs=res.history[-1]["epoch"],
+    log.update(seconds=round(res.seconds, 1), cpu_seconds=round(res.cpu_seconds, 1), best_epoch=res.best_epoch, epochs=res.history[-1]["epoch"],
                valid_ndcg10=round(res.valid.get("NDCG@10", 0.0), 4))
     print(f"  {kind}: {res.seconds:.0f}s, best epoch {res.best_epoch} of {res.history[-1]['epoch']}, "
           f"valid NDCG@10 {res.valid.get('NDCG@10', 0):.4f}", flush=True)
@@ -116,15 +116,35 @@ def run_dataset(ds: str, args) -> dict:
 
 
 def print_table(out: dict, kinds: list[str]) -> None:
-    print(f"{'model':12s}{'protocol':>11s}" + "".join(f"{c:>13s}" for c in METRICS) + f"{'train s':>9s}")
+    """Markdown: every model x protocol, then each transformer's interval against the best baseline."""
+    print("| model | protocol | " + " | ".join(METRICS) + " | training: wall s (CPU s), epochs |")
+    print("|---|---|" + "---|" * (len(METRICS) + 1))
     for proto, by_model in out["metrics"].items():
         for name, m in by_model.items():
-            t = out["train"].get(f"{name}/{proto[0]}", {}).get("seconds")
-            print(f"{name:12s}{proto:>11s}" + "".join(f"{m[c]:13.4f}" for c in METRICS)
-                  + (f"{t:9.0f}" if t is not None else ""))
+            t = out["train"].get(f"{name}/{proto[0]}")
+            cell = f"{t['seconds']:.0f} ({t['cpu_seconds']:.0f}), best {t['best_epoch']} of {t['epochs']}" if t else ""
+            print(f"| {name} | {proto} | " + " | ".join(f"{m[c]:.4f}" for c in METRICS) + f" | {cell} |")
+    print("\n| transformer | protocol | best baseline | NDCG@10 difference | 95% interval |")
+    print("|---|---|---|---|---|")
     for key, iv in out["intervals"].items():
-        print(f"{key}: NDCG@10 - {iv['vs']} = {iv['diff']:+.4f}  95% CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]"
-              + ("" if iv["lo"] > 0 or iv["hi"] < 0 else "  (includes 0)"))
+        proto, kind = key.rsplit("/", 1)
+        verdict = "" if iv["lo"] > 0 or iv["hi"] < 0 else " (includes 0)"
+        print(f"| {kind} | {proto} | {iv['vs']} | {iv['diff']:+.4f} | [{iv['lo']:+.4f}, {iv['hi']:+.4f}]{verdict} |")
+
+
+def merge(paths: list[Path]) -> int:
+    runs: dict[str, dict] = {}
+    for path in paths:
+        res = json.loads(path.read_text())
+        print(f"{path}: {res['machine']}, {res['date']}, ties {res['ties']}, overrides {res['overrides'] or 'none'}")
+        for ds, out in res["runs"].items():
+            got = runs.setdefault(ds, {"train": {}, "metrics": {}, "intervals": {}})
+            for key in ("train", "metrics", "intervals"):
+                got[key].update(out[key])
+    for ds, out in runs.items():
+        print(f"\n== {ds}")
+        print_table(out, TRANSFORMERS)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -137,10 +157,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="print one table per data set from the --json-out files of separate runs (e.g. one per protocol)")
     p.add_argument("--set", nargs="*", default=[], metavar="KIND.FIELD=JSON",
                    help="experiment: override a default, e.g. sasrec.lr=0.002 (results then are not the defaults')")
     args = p.parse_args(argv)
     SETS.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
+    if args.merge:
+        return merge(args.merge)
     torch.set_num_threads(args.threads)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,

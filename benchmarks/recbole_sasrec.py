@@ -1,4 +1,4 @@
-"""RecBole 1.2.1's SASRec on ML-100K with our split, for the comparison in the README.
+"""RecBole 1.2.1's SASRec on ML-100K with our split, for the comparison in docs/benchmarks.md.
 
 Same data and split as ``bench_accuracy.py``: every interaction (no rating filter), leave-one-out
 in time order (last item test, second-last validation), full ranking with the user's history

@@ -87,7 +87,20 @@ class Mean:
         return self.sum / self.n if self.n > 0 else np.full_like(self.sum, np.nan)
 
 
-class Rolling:
+class _Window:
+    """A ``Stat`` kept over a window: reads as the statistic it wraps."""
+
+    obj: Stat
+
+    def get(self) -> np.ndarray:
+        return self.obj.get()
+
+    @property
+    def n(self) -> float:
+        return self.obj.n
+
+
+class Rolling(_Window):
     """``obj`` over the last ``window_size`` observations (rows), via update/revert.
 
     >>> r = Rolling(Mean(1), window_size=2)
@@ -127,15 +140,8 @@ class Rolling:
         """The rows in the window, oldest first."""
         return self._buf[self._ring(0, self._len)]
 
-    def get(self) -> np.ndarray:
-        return self.obj.get()
 
-    @property
-    def n(self) -> float:
-        return self.obj.n
-
-
-class TimeRolling:
+class TimeRolling(_Window):
     """``obj`` over the observations with time in ``(now - period, now]``.
 
     ``now`` is the largest time seen by ``update_many`` or ``advance``. Times are made
@@ -202,13 +208,6 @@ class TimeRolling:
     def window(self) -> np.ndarray:
         """The rows in the window, oldest first."""
         return self._buf[self._start : self._end]
-
-    def get(self) -> np.ndarray:
-        return self.obj.get()
-
-    @property
-    def n(self) -> float:
-        return self.obj.n
 
 
 class WindowSet:

@@ -53,6 +53,15 @@ class Sequences:
             out.times = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         return out
 
+    def shuffle_ties(self, rng: np.random.Generator) -> "Sequences":
+        """A copy with each user's same-second items in a fresh random order (``times`` needed):
+        their true order is unknown, so training on one order would learn the file's."""
+        if self.times is None:
+            return self
+        user = np.repeat(np.arange(len(self)), self.lengths())
+        order = np.lexsort((rng.random(len(self.items)), self.times, user))
+        return Sequences(self.users, self.offsets, self.items[order], self.times[order])
+
     def recent_items(self, n: int) -> np.ndarray:
         """The ``n`` newest items over all users, oldest first (needs ``times``)."""
         if self.times is None:

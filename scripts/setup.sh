@@ -11,6 +11,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -x .venv/bin/python ] 
    [ "$(.venv/bin/python -c 'import streamrec.streams as s; print(s.__path__[0])' 2>/dev/null)" = "$PWD/streams" ]; then
     exit 0
 fi
+echo "setup: installing the project into .venv (once; later runs only check)"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -164,10 +164,13 @@ class EventStore:
             new_mask[rows[np.isin(key[rows], inserted)]] = True
             users = self._update_sequences(new_mask, batch.user, batch.item, batch.event_time, batch.offset)
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as e:
+            try:
+                con.execute("ROLLBACK")
+                self._known = self._stored_users()
+            except Exception as rollback_error:  # e.g. DuckDB aborted it already (a full disk): the cause stays
+                e.add_note(f"(rollback failed too: {rollback_error})")
             self._state.clear()  # the cache may hold uncommitted merges; reload on demand
-            self._known = self._stored_users()
             raise
         if owned:
             self.n_events += int(new_mask.sum())

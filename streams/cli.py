@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -82,7 +83,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UserError(f"port {host}:{port} is busy ({e.strerror}): give another with {option}") from e
+            raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
 
 
 def cmd_broker(args) -> int:
@@ -90,7 +91,11 @@ def cmd_broker(args) -> int:
     from streamrec.streams.topics import ensure_topics
 
     settings = Settings(partitions=args.partitions)  # checked before anything starts
-    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None)
+    log_file = None
+    if not args.data_dir:  # its last lines are printed if it dies (with --data-dir: DIR/tansu.log)
+        fd, log_file = tempfile.mkstemp(prefix="streamrec-tansu-", suffix=".log")
+        os.close(fd)
+    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None, log_file=log_file)
     try:
         broker.start()
     except (BrokerError, OSError, RuntimeError, TimeoutError) as e:  # e.g. a busy --port, named in e
@@ -255,12 +260,15 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="streamrec",
-                           description="Streaming sequential recommender: Kafka events in, top-K lists out.")
+                           description="Streaming sequential recommender: Kafka events in, top-K lists out.",
+                           epilog="`streamrec COMMAND --help` lists a command's options; every setting is also an "
+                                  "environment variable STREAMREC_<NAME>.")
     parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
     debug = OneLineParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error (or STREAMREC_DEBUG=1)")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (or STREAMREC_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (configure, run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[debug])

@@ -224,10 +224,13 @@ def wait_processed(workers: list[WorkerProcess], follower: ListFollower, n_event
     """Until the workers own ``n_events`` events and every list they published has arrived."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        alive = [w for w in workers if w.alive()]
-        owned = dead_owned + sum(w.metrics().get("streamrec_store_events", 0) for w in alive)
-        published = sum(metric_sum(w.metrics(), "streamrec_lists_published_total") for w in alive)
-        if owned >= n_events and follower.count >= published:
+        scrapes = [w.metrics() for w in workers if w.alive()]
+        owned = dead_owned + sum(m.get("streamrec_store_events", 0) for m in scrapes)
+        published = sum(metric_sum(m, "streamrec_lists_published_total") for m in scrapes)
+        # A batch is stored before its lists are published: wait for the publish stage too.
+        behind = any(m.get('streamrec_stage_latency_seconds_count{stage="published"}', 0)
+                     < m.get('streamrec_stage_latency_seconds_count{stage="stored"}', 0) for m in scrapes)
+        if owned >= n_events and not behind and follower.count >= published:
             return
         time.sleep(0.5)
 

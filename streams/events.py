@@ -48,6 +48,7 @@ from streamrec.storage.batch import EventBatch
 MAX_ID = 2**63 - 1
 EVENT_TYPES = ("view", "click", "rating", "cart", "purchase")
 MIN_EVENT_TIME = 788_918_400_000  # 1995-01-01T00:00:00Z in ms: older data is a unit mistake (seconds)
+MAX_DEPTH = 64  # nesting levels of a message: an event has 1 (deeper extra fields are allowed up to this)
 MAX_RATING = float(np.finfo(np.float32).max)  # ratings are stored as float32: larger would become inf
 Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 
@@ -88,10 +89,14 @@ def decode(value: bytes | None) -> Event:
     >>> decode(b'{"a": ' * 2000 + b'1' + b'}' * 2000)
     Traceback (most recent call last):
     ...
-    streamrec.streams.events.InvalidEvent: malformed JSON: nested too deeply (RecursionError)
+    streamrec.streams.events.InvalidEvent: malformed JSON: nested too deeply (more than 64 levels)
     """
     if not value:
         raise InvalidEvent("empty message (null value)" if value is None else "empty message (zero bytes)")
+    # msgspec's own limit depends on how deep the caller's stack is: the same message could pass in
+    # one thread and fail in another. A fixed limit first (counting is C-fast; the scan is rare).
+    if value.count(b"{") + value.count(b"[") > MAX_DEPTH and nesting_depth(value) > MAX_DEPTH:
+        raise InvalidEvent(f"malformed JSON: nested too deeply (more than {MAX_DEPTH} levels)")
     try:
         ev = _decoder.decode(value)
     except msgspec.ValidationError as e:
@@ -118,6 +123,32 @@ def decode(value: bytes | None) -> Event:
         raise InvalidEvent(f"event_time {ev.event_time} out of range: before 1995-01-01 "
                            f"({MIN_EVENT_TIME} ms; event times are milliseconds)")
     return ev
+
+
+def nesting_depth(value: bytes) -> int:
+    """Deepest nesting of objects and arrays in a JSON text (brackets inside strings do not count).
+
+    >>> nesting_depth(b'{"a": [1, {"b": "[[["}]}'), nesting_depth(b"1")
+    (3, 0)
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in value:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x7B, 0x5B):  # { [
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x7D, 0x5D):
+            depth -= 1
+    return deepest
 
 
 def check_record(ev: Event, key: bytes | None, timestamp: int, contract: Contract) -> None:

@@ -1,7 +1,7 @@
 """faust with a bulk path: fetched records of chosen topics go to a buffer, not through streams.
 
 faust's per-message machinery (a Message, an Event and a task switch for every record) caps an
-agent at roughly 13k events/s on two cores (see the README's benchmark). :class:`BulkConsumer`
+agent at roughly 13k events/s on two cores (see docs/benchmarks.md). :class:`BulkConsumer`
 keeps faust's consumer, group membership, rebalancing and offset commits, but its drain loop
 passes each partition's fetched records for the topics of a :class:`RecordBuffer` to that buffer
 in one call; the worker acks their offsets in bulk (:meth:`BulkConsumer.ack_offsets`) once a

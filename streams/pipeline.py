@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
+from streamrec.model.exposure import Exposure
 from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import Recommendations, Recommender
@@ -31,6 +32,7 @@ from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_cla
 from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
+    from streamrec.streams.latest_lists import LatestLists
     from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
@@ -84,18 +86,19 @@ class Stored:
 
 class BatchProcessor:
     def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
-                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership):
+                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership, latest: LatestLists | None = None):
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
         # Grades every stored event against the list its user was shown before it.
         self.evaluator = OnlineEvaluator(time_scale=1000)  # event times are in ms
+        self.exposure = Exposure()  # coverage and Gini of the published lists, per model
         self._next_snapshot = time.time() + settings.eval_snapshot_seconds
         self._eval_con = store.con.cursor()
         self._delivery_errors: list[str] = []
         self.ownership = ownership  # which partitions' rows this database holds (scale-out)
         self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
-        self.latest = None  # LatestLists (streams/latest_lists.py): delivered lists per user, for the web page
+        self.latest = latest  # delivered lists per user, for GET /recommendations (none: not kept)
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
@@ -122,12 +125,16 @@ class BatchProcessor:
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
         batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
-        for i, reason in batch.rejected:
-            self._dead_letter(raw, i, reason)
+        self.dead_letter_all(raw, batch)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch
 
-    def _dead_letter(self, raw: RawBatch, i: int, reason: str) -> None:
+    def dead_letter_all(self, raw: RawBatch, batch: EventBatch, count: bool = True) -> None:
+        """The batch's rejected records to the DLQ (again, uncounted, when the worker retries a failed batch)."""
+        for i, reason in batch.rejected:
+            self._dead_letter(raw, i, reason, count)
+
+    def _dead_letter(self, raw: RawBatch, i: int, reason: str, count: bool = True) -> None:
         """Copy record ``i`` to the DLQ (delivered by this batch's ``publish``, before its commit)."""
         key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i], reason)
         try:
@@ -137,8 +144,9 @@ class BatchProcessor:
             self.producer.poll(1)
             self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
                                   on_delivery=self._on_delivery)
-        self.metrics.rejected.labels(reject_class(reason)).inc()
-        log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+        if count:
+            self.metrics.rejected.labels(reject_class(reason)).inc()
+            log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
 
     def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
         """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of
@@ -165,7 +173,8 @@ class BatchProcessor:
         # crash between storing and publishing, that is how their list still gets out.
         order = np.lexsort((raw.offsets[idx], batch.event_time, batch.user))
         users_sorted = batch.user[order]
-        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True))
+        last = np.flatnonzero(np.append(users_sorted[1:] != users_sorted[:-1], True)) if len(order) else order
+        # (no valid event in the batch, e.g. a burst of bad messages: no user, nothing to score)
         pick = lambda col: col[order][last]  # noqa: E731
         users = users_sorted[last]
         user_list = users.tolist()
@@ -194,6 +203,7 @@ class BatchProcessor:
             order = np.lexsort((raw.offsets[idx][new], batch.event_time[new]))  # event time, then arrival
             users, items, times = batch.user[new][order], batch.item[new][order], batch.event_time[new][order]
             self.recommender.observe(items, users)
+            self.exposure.observe_events(items)
             # Prequential: graded against lists of earlier batches, before this batch's lists exist.
             graded = self.evaluator.score_events(users, items, times)
             if shadow is not None:  # the same events against the candidate's lists: paired
@@ -202,6 +212,7 @@ class BatchProcessor:
         if len(stored.users):
             recs = self._score_and_publish(stored, raw)
             self.evaluator.record_lists(stored.users, recs.items, stored.trigger_time, recs.models, recs.versions)
+            self.exposure.update(recs.items, recs.models)
             if shadow is not None:
                 self._score_shadow(shadow, stored)
         if time.time() >= self._next_snapshot:
@@ -221,6 +232,7 @@ class BatchProcessor:
         candidate is shadowed, its paired tally to the gauges and the evaluations topic."""
         rows = self.evaluator.snapshot()
         self.metrics.set_online(rows)
+        self.metrics.set_exposure(self.exposure)
         if self.evaluator.watermark != NO_LIST and rows:  # NO_LIST: nothing scored yet
             # Its own cursor: stage 2 may be writing events on the store's connection meanwhile.
             write_snapshot(self._eval_con, rows, int(self.evaluator.watermark), self.evaluator.time_scale)

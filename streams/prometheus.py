@@ -143,6 +143,16 @@ class WorkerMetrics:
                          "Records of the interactions partition not yet processed (high watermark from fetch responses)",
                          ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
+        # Reliability (streams/health.py): failures are counted where they happen, never silent.
+        self.stage_failures = Counter("streamrec_stage_failures_total", "Failed attempts at a micro-batch stage "
+                                      "(the batch is retried with backoff)", ["stage"], registry=r)
+        for stage in ("decode", "store", "publish"):
+            self.stage_failures.labels(stage)
+        self.broker_reachable = Gauge("streamrec_broker_reachable", "1 while the Kafka cluster answers metadata "
+                                      "requests, 0 while it does not", registry=r)
+        self.broker_reachable.set(1)
+        self.skipped_records = Counter("streamrec_control_records_skipped_total", "Records of the ownership log or "
+                                       "model-updates topic that do not decode (logged and skipped)", ["topic"], registry=r)
         # Scale-out (streams/ownership.py): partitions taken over, their history copied from Kafka.
         self.partition_claims = Counter("streamrec_partition_claims_total",
                                         "Partitions claimed in the ownership log (one per partition per assignment)", registry=r)
@@ -154,6 +164,11 @@ class WorkerMetrics:
                                           "Time to claim a partition and copy its history before its first batch",
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
+        # The feedback-loop watch (model/exposure.py): are the lists collapsing onto a few items?
+        self.list_coverage = Gauge("streamrec_list_coverage", "Share of the catalogue in the model's recent published lists",
+                                   ["model"], registry=r)
+        self.list_gini = Gauge("streamrec_list_gini", "Gini index of item exposure in the model's recent published lists",
+                               ["model"], registry=r)
 
         # Online (prequential) evaluation, set from the evaluator's snapshots.
         self.online = {
@@ -167,6 +182,12 @@ class WorkerMetrics:
             gauge = self.online.get(row.metric)
             if gauge is not None:
                 gauge.labels(row.model, row.version, str(row.k), row.window).set(row.value)
+
+    def set_exposure(self, exposure) -> None:
+        """Publish a ``model.exposure.Exposure``'s coverage and Gini index per model."""
+        for model in exposure.models():
+            self.list_coverage.labels(model).set(exposure.coverage(model))
+            self.list_gini.labels(model).set(exposure.gini(model))
 
     def set_shadow(self, report) -> None:
         """Publish a worker's ``streams.shadow_topic.ShadowReport``."""

@@ -9,7 +9,8 @@ per-message machinery would cap it at ~13k events/s); everything else is plain f
     app.timer(eval_snapshot_seconds)(worker.snapshot_evaluation)
     app.timer(export_every)(worker.export_events)     # Parquet segments for retraining
     app.timer(1.0)(worker.follow_model_updates)       # promotions, rollbacks, shadows
-    app.page("/metrics"), app.page("/ready")
+    app.timer(ANNOUNCE_EVERY)(worker.announce_address)  # so peers can forward list requests
+    app.page("/metrics"), app.page("/ready"), GET /recommendations/{user_id} (streams/latest_lists.py)
 
 The ingest task says what the stream does::
 
@@ -40,11 +41,14 @@ from streamrec.storage.evaluation_log import export_evaluation
 from streamrec.storage.export import export_new_events
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings, kafka_config
+from streamrec.streams.events import Contract
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
+from streamrec.streams.health import (BrokerMonitor, Health, Skipped, StageFailed, backoff, describe, fatal,
+                                      quiet_kafka_client_logs)
 from streamrec.streams.latest_lists import ANNOUNCE_EVERY, LatestLists, Peers, add_views, ensure_workers_topic, web_address
 from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
-from streamrec.streams.ownership import Ownership
+from streamrec.streams.ownership import Ownership, owners_topic
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,14 @@ class Worker:
         self.pending: deque[asyncio.Future] = deque()  # batches stored or publishing, oldest first
         self.busy = asyncio.Lock()  # held while a batch is handed to the stage threads
         self.processor: BatchProcessor | None = None  # opened by the ingest task
+        self.health = Health()  # failures: retries, /ready, fatal exit (streams/health.py)
+        quiet_kafka_client_logs()  # a broker outage: one line per kind of error per 10 s, not 50 a second
+        for topic in (owners_topic(settings.interactions_topic), settings.model_updates_topic):
+            self.metrics.skipped_records.labels(topic)  # exported at 0 from the start
+        self.healthy = asyncio.Event()  # cleared while a failed batch is being retried
+        self.healthy.set()
+        self.last_batch: asyncio.Future | None = None  # the newest batch's completion
+        self._skipped_seen: dict[str, int] = {}
         self.models = ModelSwitch(settings, self.metrics, self.loader, self.publisher, self.between_batches)
         self.latest = LatestLists()  # each user's latest list, for /recommendations/{user_id}
         self.peers: Peers | None = None  # the group's other workers, who answer for their users
@@ -118,32 +130,122 @@ class Worker:
         metrics.store_events.set(store.n_events)
         producer = Producer(kafka_config("producer", s, {"linger.ms": 5, "enable.idempotence": True,
                                                          "queue.buffering.max.messages": 1_000_000}))
-        ownership = Ownership(store, s.bootstrap_servers, s.interactions_topic, s.group_id)
+        ownership = Ownership(store, s.bootstrap_servers, s.interactions_topic, s.group_id,
+                              Contract(int(s.max_event_skew * 1000), s.allow_null_keys))
         metrics.disowned.inc(ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
-        processor = BatchProcessor(s, store, recommender, producer, metrics, ownership)
-        processor.latest = self.latest
-        return processor
+        return BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
 
     async def ingest(self) -> None:
         """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""
-        processor = self.processor = await self._run(self.publisher, self.open_pipeline)
         s = self.settings
+        self.health.broker = BrokerMonitor(kafka_config("admin", s), s.broker_outage_limit, self.metrics)
+        self.health.broker.start()
+        processor = self.processor = await self._run(self.publisher, self.open_pipeline)
+        guarded = self.health.guarded
         while not self.app.should_stop:
             chunks, arrival = await self.buffer.take(s.batch_size, s.batch_within)
             raw = to_raw_batch(s.interactions_topic, chunks, arrival)
-            decoded = await self._run(self.decoder, processor.decode, raw)
+            decoded = await self.with_retries("decode", lambda r=raw: self._run(self.decoder, processor.decode, r))
             async with self.busy:
                 while len(self.pending) >= 2:  # bounded: at most two batches past decoding
                     await self.pending.popleft()
-                stored = self.storer.submit(processor.store_batch, raw, decoded)
-                published = self.publisher.submit(lambda r=raw, d=decoded, st=stored: processor.publish(r, d, st.result()))
-                self.pending.append(asyncio.ensure_future(self.ack_when_published(asyncio.wrap_future(published), chunks)))
+                await self.healthy.wait()  # no new batch while a failed one is retried
+                stored = self.storer.submit(guarded, "store", processor.store_batch, raw, decoded)
 
-    async def ack_when_published(self, published: asyncio.Future, chunks: list[tuple[TP, list]]) -> None:
-        await published
+                def publish(r=raw, d=decoded, st=stored):
+                    result = st.result()  # the store's own failure (or Skipped) first
+                    return guarded("publish", processor.publish, r, d, result)
+                published = self.publisher.submit(publish)
+                done = asyncio.ensure_future(self.complete(self.last_batch, asyncio.wrap_future(published), raw, decoded, chunks))
+                done.add_done_callback(self._exit_on_error)
+                self.pending.append(done)
+                self.last_batch = done
+
+    async def complete(self, previous: asyncio.Future | None, published: asyncio.Future, raw: RawBatch,
+                       decoded, chunks: list[tuple[TP, list]]) -> None:
+        """Ack a batch once published; a failed one is retried first, in batch order."""
+        error = None
+        try:
+            await published
+        except Exception as e:
+            error = e
+            self.healthy.clear()  # seen now, not when more batches arrive
+            if not isinstance(e, Skipped):
+                self._count_failure(e)
+        if previous is not None:
+            await previous  # an earlier batch is acked (or retried) first
+        if error is not None:
+            processor = self.processor
+
+            async def again():  # the same threads as always: each stage's state stays in one thread
+                try:
+                    # Its dead letters again: a failed flush may have lost them (the DLQ is at least once).
+                    await self._run(self.decoder, processor.dead_letter_all, raw, decoded, False)
+                    stored = await self._run(self.storer, processor.store_batch, raw, decoded)
+                except Exception as e:
+                    raise StageFailed("store", e) from e
+                try:
+                    await self._run(self.publisher, processor.publish, raw, decoded, stored)
+                except Exception as e:
+                    raise StageFailed("publish", e) from e
+            await self.with_retries("batch (store, publish)", again, first_error=error)
+            if asyncio.current_task() is self.last_batch:  # no batch behind it: carry on
+                self.health.halted = False
+                self.health.stage_problem = None
+                self.healthy.set()
+        self.ack(chunks)
+
+    async def with_retries(self, stage: str, attempt_once, first_error: BaseException | None = None):
+        """``await attempt_once()``, retried with backoff; past ``stage_retries`` failed attempts (not
+        counting those while the broker is unreachable) the worker exits with the original error first.
+
+        ``first_error``: the failure of the first attempt, made elsewhere (``Skipped``: none to count)."""
+        s, health = self.settings, self.health
+        error, started = first_error, time.monotonic()
+        attempt = 0 if first_error is None or isinstance(first_error, Skipped) else 1
+        while True:
+            if error is not None and not isinstance(error, Skipped):
+                failed = getattr(error, "stage", stage)
+                broker_down = health.broker is not None and health.broker.down_for() is not None
+                if attempt >= s.stage_retries and not broker_down:
+                    fatal(f"{describe(error)} (stage {failed} failed {attempt} times over "
+                          f"{time.monotonic() - started:.0f} s; limit stage_retries={s.stage_retries})")
+                wait = backoff(s.stage_backoff, attempt)
+                log.error("%s failed (attempt %d%s), retrying in %.1f s: %s", failed, attempt,
+                          ", broker unreachable" if broker_down else "", wait, describe(error))
+                await asyncio.sleep(wait)
+            try:
+                result = await attempt_once()
+            except Exception as e:
+                error = e if isinstance(e, StageFailed) else StageFailed(stage, e)
+                if error is not e:
+                    error.__cause__ = e
+                attempt += 1
+                self._count_failure(error)
+                continue
+            if attempt:
+                log.warning("%s succeeded after %d failed attempts", stage, attempt)
+                if not health.halted:  # no batch is being retried: nothing stands in the way now
+                    health.stage_problem = None
+            return result
+
+    def _count_failure(self, error: BaseException) -> None:
+        stage = getattr(error, "stage", "store")
+        self.metrics.stage_failures.labels(stage).inc()
+        self.health.stage_problem = f"{stage} failing: {describe(error)}"
+
+    def _exit_on_error(self, done: asyncio.Future) -> None:
+        """A batch's completion that raised (a bug in the retry path itself) must not go unnoticed."""
+        if not done.cancelled() and done.exception() is not None:
+            if self.app.should_stop:
+                log.warning("batch not acked at shutdown: %s", describe(done.exception()))
+            else:
+                fatal(f"batch completion failed: {describe(done.exception())}")
+
+    def ack(self, chunks: list[tuple[TP, list]]) -> None:
         consumer = self.app.consumer
         for tp, recs in chunks:  # durable and published: faust may commit these offsets now
             consumer.ack_offsets(tp, [r.offset for r in recs])
@@ -177,15 +279,35 @@ class Worker:
     # --- timers ------------------------------------------------------------------------------------
 
     async def fence_from_ownership_log(self) -> None:
-        """Disown rows other databases claimed since our own last claim (streams/ownership.py)."""
-        if self.processor is not None:
-            ownership = self.processor.ownership
+        """Disown rows other databases claimed since our own last claim (streams/ownership.py).
+
+        Periodic: a failure (the broker away, the log unreadable) is logged and tried again at the
+        next tick; it must not end the worker, as the 30 s read timeout once did."""
+        if self.processor is None or self.health.problem is not None:
+            return
+        ownership = self.processor.ownership
+        try:
             # Reading the log takes a consumer round trip: not on the store thread's time.
             claims = await self._run(self.loader, ownership.log.read)
             n = await self._run(self.storer, ownership.refresh, claims)
-            if n:
-                self.metrics.disowned.inc(n)
-                self.metrics.store_events.set(self.processor.store.n_events)
+        except Exception as e:
+            log.warning("ownership log not read (tried again in 10 s): %s", describe(e))
+            return
+        finally:
+            self._count_skipped()
+        if n:
+            self.metrics.disowned.inc(n)
+            self.metrics.store_events.set(self.processor.store.n_events)
+
+    def _count_skipped(self) -> None:
+        """Records of the control topics that did not decode, into the metric."""
+        sources = [(self.processor.ownership.log.topic, self.processor.ownership.log.skipped)]
+        if self.models.updates is not None:
+            sources.append((self.settings.model_updates_topic, self.models.updates.skipped))
+        for topic, n in sources:
+            if n > self._skipped_seen.get(topic, 0):
+                self.metrics.skipped_records.labels(topic).inc(n - self._skipped_seen.get(topic, 0))
+                self._skipped_seen[topic] = n
 
     async def snapshot_evaluation(self) -> None:
         """Export online metrics even when the stream is idle (same thread as the batches)."""
@@ -225,12 +347,16 @@ class Worker:
         return self.app.web.bytes(self.metrics.expose(), content_type="text/plain; version=0.0.4")
 
     async def ready_page(self, request):
-        """Ready once the pipeline is open and this worker owns partitions of the topic. ``pid``:
-        whoever started us can tell our answer from another process's on the same port."""
+        """Ready once the pipeline is open and this worker owns partitions of the topic, and while
+        it can make progress (no batch failing, the broker reachable); else 503 with the reason.
+        ``pid``: whoever started us can tell our answer from another process's on the same port."""
         assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.settings.interactions_topic]
-        ok = self.processor is not None and bool(assigned)
-        return self.app.web.json({"ready": ok, "partitions": sorted(tp.partition for tp in assigned), "pid": os.getpid()},
-                                 status=200 if ok else 503)
+        problem = self.health.problem
+        ok = self.processor is not None and bool(assigned) and problem is None
+        body = {"ready": ok, "partitions": sorted(tp.partition for tp in assigned), "pid": os.getpid()}
+        if problem is not None:
+            body["reason"] = problem
+        return self.app.web.json(body, status=200 if ok else 503)
 
 
 def to_raw_batch(topic: str, chunks: list[tuple[TP, list]], arrival: float) -> RawBatch:

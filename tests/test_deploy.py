@@ -1,5 +1,5 @@
 """The deployment (deploy/) against the real worker and retraining job: compose file, Prometheus
-configuration and rules, Grafana provisioning and dashboard, and the README's metrics tables.
+configuration and rules, Grafana provisioning and dashboard, and the metrics tables of docs/metrics.md.
 
 Nothing here can pull images or reach a Kafka cluster, so this checks what can be checked on
 this machine: the files parse and agree with each other, ``promtool`` accepts the Prometheus
@@ -32,7 +32,7 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamrec.json"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
-METRICS_DOC = ROOT / "README.md"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
 DATA = Path(__file__).parent / "data"
 
 WORKER_JOB = "streamrec-worker"
@@ -226,6 +226,9 @@ def retrain_exposition(tmp_path_factory) -> str:
 
 
 
+STANDARD_PREFIXES = ("process_", "python_")  # documented once, as prometheus_client's standard collectors
+
+
 def exported(text: str) -> dict[str, dict]:
     """``{name as queried: {"type", "help", "labels", "samples"}}`` from an exposition.
 
@@ -237,6 +240,8 @@ def exported(text: str) -> dict[str, dict]:
     out = {}
     for f in families:
         if f.name.endswith("_created") and f.name[: -len("_created")] in bases:
+            continue
+        if f.name.startswith(STANDARD_PREFIXES):  # prometheus_client's process/platform/GC collectors
             continue
         name = f.name + "_total" if f.type == "counter" else f.name
         out[name] = {"type": f.type, "help": f.documentation,
@@ -484,12 +489,12 @@ def test_dashboard_covers_the_operational_metrics(exposition, retrain_exposition
 
 
 _ROW = re.compile(r"^\|\s*`(streamrec_[a-z0-9_:]+)`\s*\|\s*(\w+)\s*\|([^|]*)\|([^|]*)\|([^|]*)\|\s*$")
-WORKER_TABLE = "## Metrics"
-RETRAIN_TABLE = "### Metrics of the retraining job"
+WORKER_TABLE = "## Metrics of a worker"
+RETRAIN_TABLE = "## Metrics of the retraining job"
 
 
 def documented_metrics(heading: str) -> dict[str, dict]:
-    """The metrics table under ``heading`` in README.md (up to the next heading): name, type,
+    """The metrics table under ``heading`` in docs/metrics.md (up to the next heading): name, type,
     labels, unit, meaning."""
     out, current, fenced = {}, None, False
     for line in METRICS_DOC.read_text().splitlines():
@@ -505,7 +510,7 @@ def documented_metrics(heading: str) -> dict[str, dict]:
 
 
 def check_documented(docs: dict[str, dict], actual: dict[str, dict]) -> None:
-    assert sorted(set(actual) - set(docs)) == [], "exported but not in README.md"
+    assert sorted(set(actual) - set(docs)) == [], "exported but not in docs/metrics.md"
     assert sorted(set(docs) - set(actual)) == [], "documented but not exported"
     for name, info in actual.items():
         assert docs[name]["type"] == info["type"], name

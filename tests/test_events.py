@@ -37,7 +37,7 @@ VALID = b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type":
      "out of range (float32", "out_of_range"),
     (b'{"user_id": 5, "item_id": 9, "event_time": 788918399999, "event_type": "view"}', "before 1995-01-01", "out_of_range"),
     (b'{"user_id": 5, "item_id": 9, "event_time": 1260759144, "event_type": "view"}', "before 1995-01-01", "out_of_range"),
-    (b'{"a": ' * 3000 + b"1" + b"}" * 3000, "nested too deeply (RecursionError)", "malformed_json"),
+    (b'{"a": ' * 3000 + b"1" + b"}" * 3000, "nested too deeply (more than 64 levels)", "malformed_json"),
     (b'{"user_id": 5, "item_id": 9, "event_time": 900000000000, "event_type": "view", "event_id": "\xff\xfe"}',
      "malformed JSON: invalid UTF-8 in a string", "malformed_json"),
     (bytes(range(256)), "malformed JSON", "malformed_json"),

@@ -59,9 +59,22 @@ def test_version_from_outside_the_repository(fresh, tmp_path):
 
 
 def test_short_demo_from_outside_the_repository(fresh, tmp_path):
-    r = run([str(fresh / "bin" / "streamrec"), "demo", "--limit", "2000", "--duration", "2", "--workdir", "run",
+    r = run([str(fresh / "bin" / "streamrec"), "demo", "--model", "popularity", "--limit", "2000", "--duration", "2", "--workdir", "run",
              "--metrics-port", "0", "--show-users", "1"], cwd=tmp_path, timeout=240)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     assert re.search(r"events stored\s+2,000 in DuckDB, rejected 0", r.stdout), r.stdout
     assert str(fresh) in r.stdout  # it replayed the bundled ratings.csv of the installed package
     assert (tmp_path / "run" / "worker-0.duckdb").is_file()
+    # faust's data folder is beside the DuckDB file, not a "<group>-data" folder where it was started.
+    assert (tmp_path / "run" / "worker-0.duckdb.faust").is_dir()
+    assert not list(tmp_path.glob("*-data")), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_setup_installs_once_then_only_checks():
+    """The second ./scripts/demo.sh (or test.sh) must not reinstall: setup.sh keeps a stamp."""
+    setup = REPO / "scripts" / "setup.sh"
+    first = run(["bash", str(setup)], timeout=900)  # installs only if pyproject/constraints changed
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run(["bash", str(setup)], timeout=120)
+    assert again.returncode == 0 and "installing" not in again.stdout + again.stderr, again
+    assert (REPO / ".venv" / ".setup-stamp").is_file()

@@ -87,7 +87,7 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
         assert r.returncode == 0, r.stderr
         assert (tmp_path / "b.png").stat().st_size > 1000
         r = streamrec("train", "--db", workers[0].db, "--out", str(tmp_path / "ck"), "--epochs", "1")
-        assert r.returncode != 0 and "held by another process" in r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 1 and "held by another process" in r.stderr.strip().splitlines()[-1]
     finally:
         for w in workers:
             w.stop()

@@ -1,0 +1,43 @@
+"""BatchProcessor's three stages in this process, on the session's real broker and a real DuckDB."""
+
+from __future__ import annotations
+
+import numpy as np
+from confluent_kafka import Producer
+
+from streamrec.model.recommender import PopularityRecommender
+from streamrec.storage.store import EventStore
+from streamrec.streams.ownership import Ownership
+from streamrec.streams.pipeline import BatchProcessor, RawBatch
+from streamrec.streams.prometheus import WorkerMetrics
+from streamrec.streams.topics import ensure_topics
+from tests.conftest import read_topic
+
+
+def raw_batch(topic: str, values: list[bytes | None], first_offset: int = 0) -> RawBatch:
+    n = len(values)
+    return RawBatch(topic=topic, keys=[b"1"] * n, values=values, partitions=np.zeros(n, np.int32),
+                    offsets=np.arange(first_offset, first_offset + n, dtype=np.int64),
+                    timestamps=np.full(n, 900_000_000_000, np.int64), received_at=0.0)
+
+
+def test_a_batch_of_only_invalid_records_is_dead_lettered_and_the_next_one_stored(settings):
+    """Every record of a micro-batch invalid (a burst of bad messages): nothing to store or score,
+    all of it on the DLQ, and the pipeline goes on with the next batch."""
+    ensure_topics(settings)
+    store = EventStore(settings.db)
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    ownership = Ownership(store, settings.bootstrap_servers, settings.interactions_topic, settings.group_id)
+    p = BatchProcessor(settings, store, PopularityRecommender(window=100), producer, WorkerMetrics(), ownership)
+    bad = raw_batch(settings.interactions_topic, [b"{", None, b'{"user_id": "x"}'])
+    decoded = p.decode(bad)
+    assert len(decoded) == 0 and len(decoded.rejected) == 3
+    p.publish(bad, decoded, p.store_batch(bad, decoded))  # returns once the dead letters are delivered
+    good = raw_batch(settings.interactions_topic,
+                     [b'{"user_id": 1, "item_id": 5, "event_time": 900000000000, "event_type": "view"}'], 3)
+    decoded = p.decode(good)
+    p.publish(good, decoded, p.store_batch(good, decoded))
+    assert store.n_events == 1
+    assert len(read_topic(settings.bootstrap_servers, settings.dlq_topic, min_count=3, idle=0.5)) == 3
+    assert len(read_topic(settings.bootstrap_servers, settings.recommendations_topic, min_count=1, idle=0.5)) == 1
+    store.close()
