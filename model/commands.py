@@ -55,34 +55,51 @@ def _print_metrics(results: dict[str, dict[str, float]], out=sys.stdout) -> None
 # --- train ------------------------------------------------------------------------------------
 
 
+def _recipe_default(field: str, group: str) -> str:
+    """The default of a field for both models, as help text ("0.2; bert4rec: 0.1")."""
+    from streamrec.model.config import RECIPES
+
+    base = getattr(ModelConfig() if group == "model" else TrainConfig(), field)
+    own = RECIPES["bert4rec"][group].get(field)
+    return f"{base}" + (f"; bert4rec: {own}" if own is not None and own != base else "")
+
+
+# CLI option -> (config field, group); their defaults are the model's recipe (model.config.RECIPES).
+_MODEL_OPTS = {"max_len": "max_len", "d_model": "d_model", "heads": "n_heads", "layers": "n_layers",
+               "dropout": "dropout", "mask_prob": "mask_prob", "negatives": "negatives", "future": "future",
+               "label_smoothing": "label_smoothing"}
+_TRAIN_OPTS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "eval_every", "seed"]
+
+
 def configure_train(p: argparse.ArgumentParser) -> None:
-    m, t = ModelConfig(), TrainConfig()
+    t = TrainConfig()
     _add_data_args(p)
     p.add_argument("--model", choices=["bert4rec", "sasrec"], default="sasrec", help="architecture (default: sasrec)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="checkpoint directory to write (model.safetensors + card.json)")
-    g = p.add_argument_group("model")
-    g.add_argument("--max-len", type=int, default=m.max_len, help=f"longest input sequence (default: {m.max_len})")
-    g.add_argument("--d-model", type=int, default=m.d_model, help=f"hidden size (default: {m.d_model})")
-    g.add_argument("--heads", type=int, default=m.n_heads, help=f"attention heads (default: {m.n_heads})")
-    g.add_argument("--layers", type=int, default=m.n_layers, help=f"transformer blocks (default: {m.n_layers})")
-    g.add_argument("--dropout", type=float, default=m.dropout, help=f"dropout (default: {m.dropout})")
+    g = p.add_argument_group("model (defaults: each model's recipe, docs/accuracy.md)")
+    helps = {"max_len": "longest input sequence", "d_model": "hidden size", "heads": "attention heads",
+             "layers": "transformer blocks", "dropout": "dropout",
+             "mask_prob": "BERT4Rec: fraction of positions masked for the cloze task",
+             "negatives": "SASRec: sampled-softmax negatives per batch; 0 = full softmax",
+             "future": "SASRec: next items each position learns (1 = the next one only)",
+             "label_smoothing": "SASRec: label smoothing of the full softmax"}
+    for opt, field in _MODEL_OPTS.items():
+        kind = float if isinstance(getattr(ModelConfig(), field), float) else int
+        g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
+                       help=f"{helps[opt]} (default: {_recipe_default(field, 'model')})")
     g.add_argument("--post-ln", action="store_true", help="post-LN blocks as in the papers (default: pre-LN)")
-    g.add_argument("--mask-prob", type=float, default=m.mask_prob,
-                   help=f"BERT4Rec: fraction of positions masked for the cloze task (default: {m.mask_prob})")
-    g.add_argument("--negatives", type=int, default=m.negatives,
-                   help="SASRec: sampled-softmax negatives per batch; 0 = full softmax (default: 0)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=t.epochs, help=f"maximum epochs (default: {t.epochs})")
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"sequences per step (default: {t.batch_size})")
-    g.add_argument("--lr", type=float, default=t.lr, help=f"peak AdamW learning rate (default: {t.lr})")
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"(default: {t.weight_decay})")
-    g.add_argument("--warmup-steps", type=int, default=t.warmup_steps, help=f"linear warm-up steps (default: {t.warmup_steps})")
-    g.add_argument("--patience", type=int, default=t.patience,
-                   help=f"early stopping: evaluations without a better validation NDCG@10 (default: {t.patience})")
-    g.add_argument("--eval-every", type=int, default=t.eval_every, help="epochs between validation runs (default: 1)")
-    g.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops after the epoch that exceeds it")
-    g.add_argument("--seed", type=int, default=t.seed, help=f"random seed (default: {t.seed})")
+    helps = {"epochs": "maximum epochs", "batch_size": "sequences per step", "lr": "peak AdamW learning rate",
+             "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
+             "patience": "early stopping: evaluations without a better validation NDCG@10",
+             "eval_every": "epochs between validation runs", "seed": "random seed"}
+    for opt in _TRAIN_OPTS:
+        kind = float if isinstance(getattr(t, opt), float) else int
+        g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
+                       help=f"{helps[opt]} (default: {_recipe_default(opt, 'train')})")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help=f"wall-clock budget; stops after the epoch that exceeds it (default: {t.max_seconds / 60:g})")
     g.add_argument("--device", default=t.device, help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
@@ -94,23 +111,19 @@ def run_train(args) -> int:
     from streamrec.model.evaluate import evaluate_split, model_scorer
     from streamrec.model.train import train
 
-    tcfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, patience=args.patience, eval_every=args.eval_every, seed=args.seed,
-        min_rating=args.min_rating, min_user_events=args.min_user_events, device=args.device,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-    )
+    given = {o: getattr(args, o) for o in _TRAIN_OPTS if getattr(args, o) is not None}
+    if args.max_minutes is not None:
+        given["max_seconds"] = 60 * args.max_minutes
+    tcfg = TrainConfig.defaults(args.model, min_rating=args.min_rating, min_user_events=args.min_user_events,
+                                device=args.device, **given)
     ratings, source = _load(args)
     seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
     split = leave_one_out(seqs)
     if len(split.users) == 0:
         print("error: no user has enough events to train on", file=sys.stderr)
         return 2
-    mcfg = ModelConfig(
-        kind=args.model, n_items=len(vocab), max_len=args.max_len, d_model=args.d_model, n_heads=args.heads,
-        n_layers=args.layers, dropout=args.dropout, pre_ln=not args.post_ln, mask_prob=args.mask_prob,
-        negatives=args.negatives,
-    )
+    mcfg = ModelConfig.defaults(args.model, len(vocab), pre_ln=not args.post_ln,
+                                **{f: getattr(args, o) for o, f in _MODEL_OPTS.items() if getattr(args, o) is not None})
     print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
           file=sys.stderr)
     res = train(split, mcfg, tcfg, progress=not args.no_progress)

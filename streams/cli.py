@@ -260,12 +260,15 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="streamrec",
-                           description="Streaming sequential recommender: Kafka events in, top-K lists out.")
+                           description="Streaming sequential recommender: Kafka events in, top-K lists out.",
+                           epilog="`streamrec COMMAND --help` lists a command's options; every setting is also an "
+                                  "environment variable STREAMREC_<NAME>.")
     parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
     debug = OneLineParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error (or STREAMREC_DEBUG=1)")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (or STREAMREC_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (configure, run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[debug])

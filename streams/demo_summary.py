@@ -34,6 +34,10 @@ def transformer_summary(args, settings, work: Path, workers, ratings, n_live: in
         lo, hi = PairedResult.interval(t)
         print(f"  {name:<19} {kind} {t.candidate_mean:.4f} vs {baseline.name} {t.champion_mean:.4f} over {t.n:,} "
               f"{unit}: difference {t.mean_diff:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f})")
+    for m, t in sorted(r.ndcg_by_model.items()):
+        lo, hi = PairedResult.interval(t)
+        print(f"    lists of {m:<12} NDCG@10 {t.candidate_mean:.4f} vs {baseline.name} {t.champion_mean:.4f} on the "
+              f"{t.n:,} events they were shown for: difference {t.mean_diff:+.4f} ({lo:+.4f} .. {hi:+.4f})")
     print(f"  not graded          {r.cold:,} live events with no list of theirs before them (a user's first "
           "live micro-batch, e.g. a burst of ratings, has only lists computed after it)")
     if retrainer is not None:

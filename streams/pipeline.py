@@ -32,6 +32,7 @@ from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_cla
 from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
+    from streamrec.streams.latest_lists import LatestLists
     from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Stored:
 
 class BatchProcessor:
     def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
-                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership):
+                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership, latest: LatestLists | None = None):
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
@@ -97,7 +98,7 @@ class BatchProcessor:
         self._delivery_errors: list[str] = []
         self.ownership = ownership  # which partitions' rows this database holds (scale-out)
         self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
-        self.latest = None  # LatestLists (streams/latest_lists.py): delivered lists per user, for the web page
+        self.latest = latest  # delivered lists per user, for GET /recommendations (none: not kept)
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 

@@ -9,7 +9,8 @@ per-message machinery would cap it at ~13k events/s); everything else is plain f
     app.timer(eval_snapshot_seconds)(worker.snapshot_evaluation)
     app.timer(export_every)(worker.export_events)     # Parquet segments for retraining
     app.timer(1.0)(worker.follow_model_updates)       # promotions, rollbacks, shadows
-    app.page("/metrics"), app.page("/ready")
+    app.timer(ANNOUNCE_EVERY)(worker.announce_address)  # so peers can forward list requests
+    app.page("/metrics"), app.page("/ready"), GET /recommendations/{user_id} (streams/latest_lists.py)
 
 The ingest task says what the stream does::
 
@@ -146,9 +147,7 @@ class Worker:
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
-        processor = BatchProcessor(s, store, recommender, producer, metrics, ownership)
-        processor.latest = self.latest
-        return processor
+        return BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
 
     async def ingest(self) -> None:
         """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""

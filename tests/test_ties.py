@@ -48,3 +48,19 @@ def test_hash_order_is_not_item_order_within_a_second():
     ascending = np.mean(r.item[1:][same] > r.item[:-1][same])
     assert 0.4 < ascending < 0.6, ascending  # file order would give 1.0
     assert np.all(np.diff(r.timestamp) >= 0)
+
+
+def test_training_reshuffles_only_within_a_user_and_second():
+    from streamrec.model.data import Sequences
+
+    s = Sequences(np.array([1, 2]), np.array([0, 4, 7]), np.array([1, 2, 3, 4, 5, 6, 7]),
+                  np.array([1, 1, 1, 2, 5, 5, 6]))
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        x = s.shuffle_ties(rng)
+        assert np.array_equal(x.times, s.times) and np.array_equal(x.offsets, s.offsets)
+        assert sorted(x.items[:3]) == [1, 2, 3] and x.items[3] == 4 and sorted(x.items[4:6]) == [5, 6]
+        assert x.items[6] == 7
+        seen.add(tuple(x.items[:3]))
+    assert len(seen) == 6  # every order of the 3-event burst turns up
