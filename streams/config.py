@@ -257,6 +257,11 @@ _SECURITY = {"security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.use
              "sasl.kerberos.service.name"}
 
 
+# Set in a worker process (streams/health.py): librdkafka's log lines go through Python logging, where
+# repeats are held back (a broker outage made each client print a line or two a second).
+CLIENT_LOGGER = None
+
+
 def kafka_config(kind: str, settings: "Settings | str", required: dict | None = None) -> dict:
     """The configuration of one Kafka client the project creates, with the user's properties file.
 
@@ -278,7 +283,10 @@ def kafka_config(kind: str, settings: "Settings | str", required: dict | None = 
     props = settings.client_properties()
     bootstrap = settings.bootstrap_servers or props.get("bootstrap.servers", "")
     if kind in ("producer", "consumer", "admin"):
-        return {**props, "bootstrap.servers": bootstrap, **required}
+        conf = {**props, "bootstrap.servers": bootstrap, **required}
+        if CLIENT_LOGGER is not None:
+            conf.setdefault("logger", CLIENT_LOGGER)
+        return conf
     if kind != "faust":
         raise ValueError(f"unknown Kafka client kind {kind!r}")
     conf = {"broker": ",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())}
