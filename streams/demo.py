@@ -32,7 +32,7 @@ from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.lists import ListFollower, show
 from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, metric_sum
-from streamrec.streams.replay import replay
+from streamrec.streams.replay import ReplayInterrupted, replay
 from streamrec.streams.topics import ensure_topics
 
 DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (package data)
@@ -62,7 +62,7 @@ def run_demo(args) -> int:
     work = Path(args.workdir)
     clear_workdir(work)
     failure: list[str] = []
-    broker, workers, watchdog = None, [], None
+    broker, workers, watchdog, followers = None, [], None, []
 
     def on_death(why: str) -> None:  # runs in the watchdog thread
         failure.append(why)
@@ -96,16 +96,19 @@ def run_demo(args) -> int:
         # From now on a child that dies interrupts whatever the demo waits on.
         watchdog = Watchdog([w.died for w in workers] + ([broker.failure] if broker else []), on_death)
         watchdog.start()
-        return _run(args, settings, work, workers, transformer)
+        return _run(args, settings, work, workers, transformer, followers)
     except ChildFailed as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ReplayInterrupted):  # the watchdog's interrupt, or Ctrl-C
         if failure:
             print(f"demo failed: {failure[0]}", file=sys.stderr)
             return 1
         raise
     finally:
+        for f in followers:  # closed before the broker goes: no reconnection noise
+            f.stopped.set()
+            f.join(3)
         if watchdog:
             watchdog.stop()
         for w in workers:
@@ -114,7 +117,8 @@ def run_demo(args) -> int:
             broker.stop()
 
 
-def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], transformer: bool) -> int:
+def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], transformer: bool, threads: list) -> int:
+    """The run once the workers are ready; ``threads``: gets the list follower (stopped by the caller)."""
     ratings_path = Path(args.ratings or DATA / "ratings.csv")
     titles = load_titles(args.movies or DATA / "movies.csv")
     ratings = load_ratings(ratings_path, min_rating=args.min_rating)
@@ -124,6 +128,7 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
 
     follower = ListFollower(settings.bootstrap_servers, settings.recommendations_topic, keep=10 if transformer else 0)
     follower.start()
+    threads.append(follower)
     printer_stop = threading.Event()
 
     def printer() -> None:
