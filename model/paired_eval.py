@@ -29,6 +29,7 @@ too narrow (the same caveat as shadow mode's decision rule).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
     seen: dict[int, list[int]] = defaultdict(list)
     done = 0  # lists recorded so far (positions in ``order``)
     ndcg_col = 1  # OnlineEvaluator's metric columns per k: hit, ndcg, mrr
+    takes_users = "users" in inspect.signature(baseline.observe).parameters
 
     for a in range(0, len(users), chunk):
         b = min(a + chunk, len(users))
@@ -114,7 +116,10 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
                 tally = out.ndcg_by_model.setdefault(" ".join(served.groups[gid]), PairedTally())
                 tally.update_many(champion=r2.metrics[sel, ndcg_col], candidate=r1.metrics[sel, ndcg_col])
             _pair_recall(out, r1, r2)
-        baseline.observe(items[g])
+        if takes_users:  # sequence baselines (item2item, itemknn) learn per user
+            baseline.observe(items[g], users[g])
+        else:
+            baseline.observe(items[g])
         for x, i in zip(users[g].tolist(), items[g].tolist()):
             seen[x].append(i)
     _pair_recall(out, served.flush(), base.flush())

@@ -231,7 +231,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-at", type=float, default=0.4,
                    help="with several workers: SIGKILL the last one when this fraction of the events was consumed, "
                         "to show the handover (0: never; default %(default)s)")
-    Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
+    Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size", "baseline"])
     _add_replay_options(p, default_speedup=None)
     p.add_argument("--duration", type=float, default=None,
                    help="without --speedup, replay the live part in about this many seconds "

@@ -76,7 +76,8 @@ def run_demo(args) -> int:
         settings.partitions = max(settings.partitions, 4 if args.workers > 1 else 1)
         ensure_topics(settings)
         transformer = args.model != "popularity"
-        extra = {"top_k": settings.top_k, "batch_size": settings.batch_size, "partitions": settings.partitions}
+        extra = {"top_k": settings.top_k, "batch_size": settings.batch_size, "partitions": settings.partitions,
+                 "baseline": settings.baseline}
         if settings.checkpoint:
             extra["checkpoint"] = settings.checkpoint
         if transformer:

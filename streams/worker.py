@@ -298,6 +298,7 @@ class Worker:
         """Tell the group's other workers our web address; hear theirs (streams/latest_lists.py)."""
         s = self.settings
         if self.peers is None:
+            self.latest.warm_in_background(s.bootstrap_servers, s.recommendations_topic)  # lists from before we started
             topic = f"{s.group_id}.workers"
             await self._run(self.loader, ensure_workers_topic, s, topic)
             self.peers = await self._run(self.loader, Peers, s.bootstrap_servers, topic,

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from streamrec.storage.movielens import load_ratings
+from streamrec.streams.latest_lists import LatestLists
 from streamrec.streams.lists import fetch_list
 from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import metric_sum
@@ -64,6 +65,11 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
                 assert (a["items"], a["version"], a["event_time"]) == (latest[u].items, latest[u].model_version,
                                                                        latest[u].event_time)
                 assert a["model"] == "popularity" and a["freshness_seconds"] >= 0
+        # A restarted worker reads each user's last list back from the (compacted) topic.
+        fresh = LatestLists()
+        assert fresh.warm(s.bootstrap_servers, s.recommendations_topic) == len(latest)
+        for u in users:
+            assert fresh.answer(u, "x")["items"] == latest[u].items
         status, a = fetch_list(f"http://127.0.0.1:{workers[0].port}", 999_999_999)
         assert status == 404 and "unknown user 999999999" in a["error"]
 
