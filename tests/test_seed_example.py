@@ -11,7 +11,7 @@ import torch
 from streamrec.model.commands import COMMANDS
 
 DATA = Path(__file__).parent / "data"
-SEED_EPOCHS = 12  # the defaults' schedule is longer; early epochs already learn sequels
+SEED_EPOCHS = 8  # the defaults run up to 100 epochs in 10 minutes; 8 already learn the sequels
 
 
 def run(name, argv):
