@@ -54,7 +54,10 @@ def workload(kind: str, n: int, users: int, items: int) -> tuple[np.ndarray, np.
     span = int(r.timestamp[-1] - r.timestamp[0]) + 1
     u = np.concatenate([r.user + k * 1_000_000 for k in range(reps)])[:n]
     i = np.concatenate([r.item for _ in range(reps)])[:n]
-    t = np.concatenate([(r.timestamp + k * span) * 1000 for k in range(reps)])[:n]
+    # Repetition k follows k-1 in time, all squeezed into the file's own span: later times would
+    # lie in the future, which the event contract rejects (more than a day ahead of the record).
+    t0 = int(r.timestamp[0])
+    t = np.concatenate([t0 * 1000 + ((r.timestamp - t0) * 1000 + k * span * 1000) // reps for k in range(reps)])[:n]
     return u, i, t
 
 

@@ -23,10 +23,13 @@ too narrow (the same caveat as shadow mode's decision rule).
 >>> r = compare_with_baseline(**ev, lists=lists, baseline=PopularityRecommender(), since=0, k=2, chunk=1)
 >>> r.ndcg.n, r.ndcg.candidate_mean, r.ndcg.champion_mean   # events 20 and 30 graded; 6 is first on sasrec's list
 (2, 0.5, 0.0)
+>>> list(r.ndcg_by_model)
+['sasrec v1']
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ class PairedResult:
     recall: PairedTally = field(default_factory=PairedTally)
     cold: int = 0  # live events with no list before them (not graded)
     lists_by_model: Counter = field(default_factory=Counter)  # live lists per "model version"
+    ndcg_by_model: dict = field(default_factory=dict)  # "model version" of the served list -> PairedTally
 
     @staticmethod
     def interval(t: PairedTally, z: float = 1.96) -> tuple[float, float]:
@@ -83,6 +87,7 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
     seen: dict[int, list[int]] = defaultdict(list)
     done = 0  # lists recorded so far (positions in ``order``)
     ndcg_col = 1  # OnlineEvaluator's metric columns per k: hit, ndcg, mrr
+    takes_users = "users" in inspect.signature(baseline.observe).parameters
 
     for a in range(0, len(users), chunk):
         b = min(a + chunk, len(users))
@@ -106,8 +111,15 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
             both = (r1.status == pq.WARM) & (r2.status == pq.WARM)
             out.cold += int((r1.status == pq.COLD).sum())
             out.ndcg.update_many(champion=r2.metrics[both, ndcg_col], candidate=r1.metrics[both, ndcg_col])
+            for gid in np.unique(r1.groups[both]).tolist():  # the same, split by the served list's model
+                sel = both & (r1.groups == gid)
+                tally = out.ndcg_by_model.setdefault(" ".join(served.groups[gid]), PairedTally())
+                tally.update_many(champion=r2.metrics[sel, ndcg_col], candidate=r1.metrics[sel, ndcg_col])
             _pair_recall(out, r1, r2)
-        baseline.observe(items[g])
+        if takes_users:  # sequence baselines (item2item, itemknn) learn per user
+            baseline.observe(items[g], users[g])
+        else:
+            baseline.observe(items[g])
         for x, i in zip(users[g].tolist(), items[g].tolist()):
             seen[x].append(i)
     _pair_recall(out, served.flush(), base.flush())

@@ -118,7 +118,8 @@ class RetrainResult:
 
 
 def holdout_metrics(
-    model: SequentialTransformer, vocab: ItemVocab, histories: list[np.ndarray], targets: np.ndarray, batch_size: int = 256
+    model: SequentialTransformer, vocab: ItemVocab, histories: list[np.ndarray], targets: np.ndarray,
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """Full-ranking metrics of ``model`` on held-out ``targets`` (external ids) given ``histories``
     (external ids), read through the model's own vocabulary: unknown history items are dropped,
@@ -202,7 +203,8 @@ def select_gate(ev: Ratings, seqs: Sequences, newer: np.ndarray, since: int | No
     the indices of the users gated on)."""
     gate = (_suffix_counts(seqs.users, ev, newer) > 0) & (seqs.lengths() >= 3)
     if since is not None and not gate.any():
-        raise RetrainError(f"no user with 3+ events has an event after the champion's cut-off {since}: nothing to gate on")
+        raise RetrainError(f"no user with 3+ events has an event after the champion's cut-off {since}: "
+                           "nothing to gate on")
     gate_idx = np.flatnonzero(gate)
     if cfg.max_gate_users is not None and len(gate_idx) > cfg.max_gate_users:
         gate_idx = np.sort(rng.choice(gate_idx, cfg.max_gate_users, replace=False))

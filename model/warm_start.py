@@ -108,7 +108,8 @@ def fit(
         info["valid"] = m
     opt = configure_optimizer(model, tcfg)
     total = tcfg.epochs * math.ceil(len(ws) / tcfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
+    factor = lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     bar = tqdm(total=total, desc=f"retrain {cfg.kind}", disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(tcfg.epochs):
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar, postfix={"epoch": epoch + 1})

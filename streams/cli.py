@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -90,7 +91,11 @@ def cmd_broker(args) -> int:
     from streamrec.streams.topics import ensure_topics
 
     settings = Settings(partitions=args.partitions)  # checked before anything starts
-    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None)
+    log_file = None
+    if not args.data_dir:  # its last lines are printed if it dies (with --data-dir: DIR/tansu.log)
+        fd, log_file = tempfile.mkstemp(prefix="streamrec-tansu-", suffix=".log")
+        os.close(fd)
+    broker = EmbeddedBroker(port=args.port or None, data_dir=args.data_dir or None, log_file=log_file)
     try:
         broker.start()
     except (BrokerError, OSError, RuntimeError, TimeoutError) as e:  # e.g. a busy --port, named in e
@@ -226,7 +231,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-at", type=float, default=0.4,
                    help="with several workers: SIGKILL the last one when this fraction of the events was consumed, "
                         "to show the handover (0: never; default %(default)s)")
-    Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size"])
+    Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size", "baseline"])
     _add_replay_options(p, default_speedup=None)
     p.add_argument("--duration", type=float, default=None,
                    help="without --speedup, replay the live part in about this many seconds "
@@ -255,12 +260,15 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="streamrec",
-                           description="Streaming sequential recommender: Kafka events in, top-K lists out.")
+                           description="Streaming sequential recommender: Kafka events in, top-K lists out.",
+                           epilog="`streamrec COMMAND --help` lists a command's options; every setting is also an "
+                                  "environment variable STREAMREC_<NAME>.")
     parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
     debug = OneLineParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error (or STREAMREC_DEBUG=1)")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (or STREAMREC_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (configure, run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[debug])

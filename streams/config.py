@@ -1,5 +1,6 @@
-"""All settings in one typed place (the pipeline's, the retraining job's), and the Kafka clients'
-configuration built from them.
+"""All settings in one typed place (the pipeline's; the retraining job's ``RetrainSettings`` in
+``streams/retrain_settings.py`` on the same machinery), and the Kafka clients' configuration built
+from them.
 
 Every field can be set by an environment variable ``STREAMREC_<FIELD>`` (upper case) and by the
 command line (``--field-name``); the command line wins. Values are checked here, once: a bad one
@@ -22,7 +23,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -216,69 +216,6 @@ def check(f: dataclasses.Field, value, env: str) -> None:
         raise SettingsError(f"{f.name}={value!r} is out of range: give a number {want} ({option_name(f)} or {env})")
 
 
-def parse_every(text: str) -> tuple[str, float]:
-    """``"10m"`` -> ("seconds", 600); ``"5000ev"`` -> ("events", 5000).
-
-    >>> parse_every("90s"), parse_every("2h"), parse_every("20000ev")
-    (('seconds', 90.0), ('seconds', 7200.0), ('events', 20000.0))
-    """
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|ev|events)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"--every {text!r}: use e.g. 90s, 10m, 2h or 50000ev")
-    value, unit = float(m.group(1)), m.group(2)
-    if unit in ("ev", "events"):
-        return "events", value
-    return "seconds", value * {"s": 1, "m": 60, "h": 3600}[unit]
-
-
-def parse_seconds(text: str) -> float:
-    """``"90"`` or ``"90s"`` -> 90.0; ``"10m"`` -> 600.0; ``"1h"`` -> 3600.0.
-
-    >>> parse_seconds("45"), parse_seconds("10m")
-    (45.0, 600.0)
-    """
-    unit, value = parse_every(text if text.strip()[-1:].isalpha() else f"{text}s")
-    if unit != "seconds":
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration, e.g. 300, 90s, 10m or 1h")
-    return value
-
-
-@dataclass
-class RetrainSettings(EnvSettings):
-    """The retraining job's own options (``streamrec retrain | shadow | models | promote | rollback``);
-    the Kafka side (bootstrap servers, topics) comes from :class:`Settings`.
-
-    >>> RetrainSettings.from_env({"STREAMREC_RETRAIN_EVERY": "10m", "STREAMREC_RETRAIN_SHADOW": "yes"}).every
-    ('seconds', 600.0)
-    """
-
-    env_prefix: ClassVar[str] = "STREAMREC_RETRAIN_"
-
-    registry: str = field(default="", metadata={"help": "model registry directory", "required": True})
-    export_dir: list[str] = field(default_factory=list, metadata={"help": "workers' Parquet export directories"})
-    ratings: str = field(default="", metadata={"help": "a ratings file instead (ML-20M csv, ML-1M dat, RecBole .inter)"})
-    cold: bool = field(default=False, metadata={"help": "train from scratch instead of warm-starting the champion"})
-    margin: float = field(default=0.005, metadata={"help": "offline gate: pass iff candidate NDCG@10 >= champion NDCG@10 - margin"})
-    epochs: int | None = field(default=None, metadata={"help": "fine-tuning epochs (None: the job's default)"})
-    threads: int = field(default=1, metadata={"help": "torch threads (1: leave the other core to the workers)"})
-    every: tuple[str, float] | None = field(default=None, metadata={
-        "help": "repeat: a period (90s, 10m, 2h) or a number of new events (50000ev); None: once", "parse": parse_every})
-    shadow: bool = field(default=False, metadata={
-        "help": "after the offline gate, have the workers score the candidate beside the champion on live traffic "
-                "and promote it only if the paired comparison says it is not worse"})
-    shadow_events: int = field(default=2000, metadata={"help": "paired events (summed over the workers) before deciding"})
-    shadow_timeout: float = field(default=3600.0, metadata={
-        "help": "reject for lack of evidence after this long: 600, 90s, 10m, 2h", "parse": parse_seconds})
-    shadow_alpha: float = field(default=0.05, metadata={"help": "one-sided error rate of the confidence bounds"})
-    shadow_margin: float = field(default=0.005, metadata={
-        "help": "promote iff the lower bound of mean NDCG@10(candidate - champion) >= -margin, reject iff its upper "
-                "bound < -margin"})
-    metrics_port: int = field(default=0, metadata={"help": "serve Prometheus /metrics of the job on this port (0: off)"})
-    metrics_host: str = field(default="127.0.0.1", metadata={"help": "address of the job's /metrics"})
-
-    SHADOW: ClassVar[list[str]] = ["shadow_events", "shadow_timeout", "shadow_alpha", "shadow_margin"]
-
-
 # --- Kafka clients ---------------------------------------------------------------------------
 
 
@@ -320,6 +257,11 @@ _SECURITY = {"security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.use
              "sasl.kerberos.service.name"}
 
 
+# Set in a worker process (streams/health.py): librdkafka's log lines go through Python logging, where
+# repeats are held back (a broker outage made each client print a line or two a second).
+CLIENT_LOGGER = None
+
+
 def kafka_config(kind: str, settings: "Settings | str", required: dict | None = None) -> dict:
     """The configuration of one Kafka client the project creates, with the user's properties file.
 
@@ -341,7 +283,10 @@ def kafka_config(kind: str, settings: "Settings | str", required: dict | None = 
     props = settings.client_properties()
     bootstrap = settings.bootstrap_servers or props.get("bootstrap.servers", "")
     if kind in ("producer", "consumer", "admin"):
-        return {**props, "bootstrap.servers": bootstrap, **required}
+        conf = {**props, "bootstrap.servers": bootstrap, **required}
+        if CLIENT_LOGGER is not None:
+            conf.setdefault("logger", CLIENT_LOGGER)
+        return conf
     if kind != "faust":
         raise ValueError(f"unknown Kafka client kind {kind!r}")
     conf = {"broker": ",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())}

@@ -31,7 +31,7 @@ from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.lists import ListFollower, show
-from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, check_port_free, metric_sum
+from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, metric_sum
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics
 
@@ -69,9 +69,6 @@ def run_demo(args) -> int:
         _thread.interrupt_main()  # stops whatever the demo is waiting on
 
     try:
-        if settings.metrics_port:  # asked for: must be free before anything starts
-            for w in range(args.workers):
-                check_port_free(settings.metrics_port + w, settings.metrics_host)
         if not settings.bootstrap_servers:
             broker = EmbeddedBroker(log_file=work / "broker.log").start()
             settings.bootstrap_servers = broker.bootstrap
@@ -79,7 +76,8 @@ def run_demo(args) -> int:
         settings.partitions = max(settings.partitions, 4 if args.workers > 1 else 1)
         ensure_topics(settings)
         transformer = args.model != "popularity"
-        extra = {"top_k": settings.top_k, "batch_size": settings.batch_size, "partitions": settings.partitions}
+        extra = {"top_k": settings.top_k, "batch_size": settings.batch_size, "partitions": settings.partitions,
+                 "baseline": settings.baseline}
         if settings.checkpoint:
             extra["checkpoint"] = settings.checkpoint
         if transformer:

@@ -6,16 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamrec.model.paired_eval import PairedResult, compare_with_baseline
-from streamrec.model.recommender import PopularityRecommender
+from streamrec.model.recommender import PopularityRecommender, Recommender
 
 HORIZON_DAYS = 30
+
+
+def make_baseline(settings) -> Recommender:
+    """``settings.baseline`` as the worker builds it (``streams/model_switch.build_baseline``), empty."""
+    from streamrec.model.baselines import BASELINES
+
+    if settings.baseline == "popularity":
+        return PopularityRecommender(window=settings.popularity_window)
+    return BASELINES[settings.baseline](popularity_window=settings.popularity_window)
 
 
 def transformer_summary(args, settings, work: Path, workers, ratings, n_live: int, follower,
                         retrainer) -> bool:
     """Print the comparison and write the report; False if the transformer served no list."""
     since = int(ratings.timestamp[n_live]) * 1000
-    baseline = PopularityRecommender(window=settings.popularity_window)  # the worker's own fallback
+    baseline = make_baseline(settings)  # the worker's own fallback, built the same way
     # Recall's horizon: 30 days of event time. MovieLens users rate in sessions; at the replay's
     # speed a session fits in one micro-batch, so the list after it rarely has a future within
     # the worker's default day.
@@ -26,14 +35,18 @@ def transformer_summary(args, settings, work: Path, workers, ratings, n_live: in
     print(f"\nonline evaluation of the live part ({len(ratings) - n_live:,} events; each graded against the list "
           "its user was shown before it)")
     print("  lists served        " + ", ".join(f"{m} {n:,}" for m, n in sorted(r.lists_by_model.items()))
-          + f"  (popularity = fallback for users {kind} cannot score)")
-    print(f"  baseline            {baseline.name} over the last {baseline.window:,} events, asked for a list for the "
-          "same users at the same moments; paired on the same events")
+          + f"  ({baseline.name} = fallback for users {kind} cannot score)")
+    print(f"  baseline            {baseline.name} (the fallback; its window: the last {settings.popularity_window:,} "
+          "events), asked for a list for the same users at the same moments; paired on the same events")
     for name, t, unit in (("NDCG@10", r.ndcg, "events"),
                           ("Recall@10", r.recall, f"lists (their next 10 items within {HORIZON_DAYS} days)")):
         lo, hi = PairedResult.interval(t)
         print(f"  {name:<19} {kind} {t.candidate_mean:.4f} vs {baseline.name} {t.champion_mean:.4f} over {t.n:,} "
               f"{unit}: difference {t.mean_diff:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f})")
+    for m, t in sorted(r.ndcg_by_model.items()):
+        lo, hi = PairedResult.interval(t)
+        print(f"    lists of {m:<12} NDCG@10 {t.candidate_mean:.4f} vs {baseline.name} {t.champion_mean:.4f} on the "
+              f"{t.n:,} events they were shown for: difference {t.mean_diff:+.4f} ({lo:+.4f} .. {hi:+.4f})")
     print(f"  not graded          {r.cold:,} live events with no list of theirs before them (a user's first "
           "live micro-batch, e.g. a burst of ratings, has only lists computed after it)")
     if retrainer is not None:

@@ -29,6 +29,7 @@ very broker that is gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -85,10 +86,50 @@ def fatal(message: str) -> None:
 class Health:
     """The worker's state of failure, shared by the event loop and the stage threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings, metrics) -> None:
+        self.settings, self.metrics = settings, metrics
         self.halted = False  # set in a stage thread when a batch fails; cleared when it is retried
         self.stage_problem: str | None = None
         self.broker: BrokerMonitor | None = None
+
+    async def with_retries(self, stage: str, attempt_once, first_error: BaseException | None = None):
+        """``await attempt_once()``, retried with backoff; past ``stage_retries`` failed attempts (not
+        counting those while the broker is unreachable) the worker exits with the original error first.
+
+        ``first_error``: the failure of the first attempt, made elsewhere (``Skipped``: none to count)."""
+        s = self.settings
+        error, started = first_error, time.monotonic()
+        attempt = 0 if first_error is None or isinstance(first_error, Skipped) else 1
+        while True:
+            if error is not None and not isinstance(error, Skipped):
+                failed = getattr(error, "stage", stage)
+                broker_down = self.broker is not None and self.broker.down_for() is not None
+                if attempt >= s.stage_retries and not broker_down:
+                    fatal(f"{describe(error)} (stage {failed} failed {attempt} times over "
+                          f"{time.monotonic() - started:.0f} s; limit stage_retries={s.stage_retries})")
+                wait = backoff(s.stage_backoff, attempt)
+                log.error("%s failed (attempt %d%s), retrying in %.1f s: %s", failed, attempt,
+                          ", broker unreachable" if broker_down else "", wait, describe(error))
+                await asyncio.sleep(wait)
+            try:
+                result = await attempt_once()
+            except Exception as e:
+                error = e if isinstance(e, StageFailed) else StageFailed(stage, e)
+                if error is not e:
+                    error.__cause__ = e
+                attempt += 1
+                self.count_failure(error)
+                continue
+            if attempt:
+                log.warning("%s succeeded after %d failed attempts", stage, attempt)
+                if not self.halted:  # no batch is being retried: nothing stands in the way now
+                    self.stage_problem = None
+            return result
+
+    def count_failure(self, error: BaseException) -> None:
+        stage = getattr(error, "stage", "store")
+        self.metrics.stage_failures.labels(stage).inc()
+        self.stage_problem = f"{stage} failing: {describe(error)}"
 
     @property
     def problem(self) -> str | None:
@@ -170,10 +211,13 @@ class QuietRepeats(logging.Filter):
     def __init__(self, every: float = 10.0):
         super().__init__()
         self.every = every
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key, now = (record.name, str(record.msg)), time.monotonic()
+        # librdkafka's lines share one template ("%s [%s] %s"): its first argument, the facility
+        # (FAIL, ERROR...), tells them apart.
+        first = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
+        key, now = (record.name, str(record.msg), first), time.monotonic()
         last, held = self._last.get(key, (-1e18, 0))
         if now - last < self.every:
             self._last[key] = (last, held + 1)
@@ -185,8 +229,15 @@ class QuietRepeats(logging.Filter):
 
 
 def quiet_kafka_client_logs(every: float = 10.0) -> None:
-    """Install :class:`QuietRepeats` on every aiokafka logger (a logger's filters see only its own records)."""
+    """Install :class:`QuietRepeats` on every aiokafka logger (a logger's filters see only its own
+    records), and send librdkafka's lines (confluent-kafka clients made by ``kafka_config`` from now
+    on) through a logger that has it too."""
+    from streamrec.streams import config
+
     quiet = QuietRepeats(every)
     for name in list(logging.Logger.manager.loggerDict):
         if name.startswith("aiokafka"):
             logging.getLogger(name).addFilter(quiet)
+    rdkafka = logging.getLogger("streamrec.librdkafka")
+    rdkafka.addFilter(quiet)
+    config.CLIENT_LOGGER = rdkafka

@@ -20,9 +20,11 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 
 import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.pipeline import Recommendation
@@ -51,6 +53,52 @@ class LatestLists:
 
     def __len__(self) -> int:
         return len(self._lists)
+
+    def warm_in_background(self, bootstrap: str, topic: str) -> threading.Thread:
+        """``warm`` in a thread of its own (a long topic must not hold up the worker), logged."""
+        def run() -> None:
+            try:
+                log.info("/recommendations: %d users' latest lists read back from %s", self.warm(bootstrap, topic), topic)
+            except Exception as e:  # the page still answers for the lists published from now on
+                log.warning("/recommendations: could not read back earlier lists from %s: %s", topic, e)
+
+        t = threading.Thread(target=run, daemon=True, name="lists-warm")
+        t.start()
+        return t
+
+    def warm(self, bootstrap: str, topic: str, idle: float = 1.0, timeout: float = 600.0) -> int:
+        """Add each user's last list on the (compacted) topic, for users we hold none for: after a
+        restart the latest lists are still answered. Reads from the beginning until nothing new
+        comes for ``idle`` s (Tansu's end offsets cannot be trusted); a list this worker publishes
+        meanwhile is newer and is kept (``setdefault``). Blocking: run it in a thread. Returns
+        the users added."""
+        consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"lists-warm-{os.getpid()}",
+                                                                  "enable.auto.commit": False}))
+        found: dict[int, bytes] = {}
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or not meta.partitions:
+                return 0
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+            last = time.time()
+            deadline = last + timeout
+            while time.time() < deadline:
+                got = [m for m in consumer.consume(5000, timeout=0.2) if not m.error() and m.value() is not None]
+                for m in got:
+                    try:
+                        found[int(m.key())] = m.value()  # the key is the user id
+                    except (TypeError, ValueError):
+                        continue
+                if got:
+                    last = time.time()
+                elif time.time() - last > idle:
+                    break
+        finally:
+            consumer.close()
+        before = len(self._lists)
+        for user, value in found.items():
+            self._lists.setdefault(user, value)
+        return len(self._lists) - before
 
     def answer(self, user: int, served_by: str) -> dict | None:
         raw = self._lists.get(user)

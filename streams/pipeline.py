@@ -32,6 +32,7 @@ from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_cla
 from streamrec.streams.ownership import Ownership
 
 if TYPE_CHECKING:
+    from streamrec.streams.latest_lists import LatestLists
     from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Stored:
 
 class BatchProcessor:
     def __init__(self, settings: Settings, store: EventStore, recommender: Recommender,
-                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership):
+                 producer: Producer, metrics: WorkerMetrics, ownership: Ownership, latest: LatestLists | None = None):
         self.settings, self.store, self.recommender = settings, store, recommender
         self.producer, self.metrics = producer, metrics
         self._encode = msgspec.json.Encoder().encode
@@ -97,7 +98,7 @@ class BatchProcessor:
         self._delivery_errors: list[str] = []
         self.ownership = ownership  # which partitions' rows this database holds (scale-out)
         self.shadow: Shadow | None = None  # a candidate scored beside the champion; the worker sets it
-        self.latest = None  # LatestLists (streams/latest_lists.py): delivered lists per user, for the web page
+        self.latest = latest  # delivered lists per user, for GET /recommendations (none: not kept)
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
 
@@ -124,12 +125,16 @@ class BatchProcessor:
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
         batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
-        for i, reason in batch.rejected:
-            self._dead_letter(raw, i, reason)
+        self.dead_letter_all(raw, batch)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch
 
-    def _dead_letter(self, raw: RawBatch, i: int, reason: str) -> None:
+    def dead_letter_all(self, raw: RawBatch, batch: EventBatch, count: bool = True) -> None:
+        """The batch's rejected records to the DLQ (again, uncounted, when the worker retries a failed batch)."""
+        for i, reason in batch.rejected:
+            self._dead_letter(raw, i, reason, count)
+
+    def _dead_letter(self, raw: RawBatch, i: int, reason: str, count: bool = True) -> None:
         """Copy record ``i`` to the DLQ (delivered by this batch's ``publish``, before its commit)."""
         key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i], reason)
         try:
@@ -139,8 +144,9 @@ class BatchProcessor:
             self.producer.poll(1)
             self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
                                   on_delivery=self._on_delivery)
-        self.metrics.rejected.labels(reject_class(reason)).inc()
-        log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
+        if count:
+            self.metrics.rejected.labels(reject_class(reason)).inc()
+            log.warning("rejected %s[%d]@%d: %s", raw.topic, raw.partitions[i], raw.offsets[i], reason)
 
     def store_batch(self, raw: RawBatch, batch: EventBatch) -> "Stored":
         """Stage 2: the batch into DuckDB (durable when this returns), and the model inputs of

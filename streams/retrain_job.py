@@ -7,7 +7,7 @@ With ``--shadow`` a candidate that passes the offline gate is scored by the work
 champion before it may be promoted (``streams/shadow_topic.py``). With ``--metrics-port`` the job serves
 its own Prometheus metrics (runs by outcome, durations, the shadow comparison).
 
-The job's options are ``streams.config.RetrainSettings`` (environment ``STREAMREC_RETRAIN_<FIELD>``,
+The job's options are ``streams.retrain_settings.RetrainSettings`` (environment ``STREAMREC_RETRAIN_<FIELD>``,
 command line ``--field``); the Kafka side is ``Settings`` (``STREAMREC_BOOTSTRAP_SERVERS``...).
 """
 
@@ -17,7 +17,8 @@ import argparse
 import logging
 import time
 
-from streamrec.streams.config import RetrainSettings, Settings
+from streamrec.streams.config import Settings
+from streamrec.streams.retrain_settings import RetrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def _retrain_once(job: RetrainSettings, kafka: Settings, registry, events, cfg, 
     metrics.duration.labels("train").observe(time.monotonic() - t0)
     metrics.gate_ndcg.labels("candidate").set(result.candidate_ndcg)
     metrics.gate_ndcg.labels("champion").set(float("nan") if result.champion_ndcg is None else result.champion_ndcg)
-    verdict = {"champion": "promoted", "candidate": "passed the offline gate, now in shadow"}.get(result.status, "rejected")
+    verdict = {"champion": "promoted",
+               "candidate": "passed the offline gate, now in shadow"}.get(result.status, "rejected")
     champ = "none" if result.champion_ndcg is None else f"{result.champion_ndcg:.4f}"
     print(f"{result.version} ({result.mode}, parent {result.parent}): {verdict}; NDCG@10 candidate "
           f"{result.candidate_ndcg:.4f} vs champion {champ}; {result.new_items} new items; "

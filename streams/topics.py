@@ -21,7 +21,7 @@ class KafkaUnreachable(RuntimeError):
     """No metadata from the bootstrap servers in time (wrong address, broker down, bad credentials)."""
 
 
-def connect(settings: Settings | str, timeout: float = 8.0) -> tuple[AdminClient, object]:
+def connect(settings: Settings | str, timeout: float = 6.0) -> tuple[AdminClient, object]:
     """An admin client and the cluster's metadata, or :class:`KafkaUnreachable` within ``timeout`` s.
 
     librdkafka would log every failed connection attempt (hundreds of lines in 30 s); its log is

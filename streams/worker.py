@@ -9,7 +9,8 @@ per-message machinery would cap it at ~13k events/s); everything else is plain f
     app.timer(eval_snapshot_seconds)(worker.snapshot_evaluation)
     app.timer(export_every)(worker.export_events)     # Parquet segments for retraining
     app.timer(1.0)(worker.follow_model_updates)       # promotions, rollbacks, shadows
-    app.page("/metrics"), app.page("/ready")
+    app.timer(ANNOUNCE_EVERY)(worker.announce_address)  # so peers can forward list requests
+    app.page("/metrics"), app.page("/ready"), GET /recommendations/{user_id} (streams/latest_lists.py)
 
 The ingest task says what the stream does::
 
@@ -25,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,8 +43,7 @@ from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.events import Contract
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
-from streamrec.streams.health import (BrokerMonitor, Health, Skipped, StageFailed, backoff, describe, fatal,
-                                      quiet_kafka_client_logs)
+from streamrec.streams.health import BrokerMonitor, Health, Skipped, StageFailed, describe, fatal, quiet_kafka_client_logs
 from streamrec.streams.latest_lists import ANNOUNCE_EVERY, LatestLists, Peers, add_views, ensure_workers_topic, web_address
 from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_switch import ModelSwitch
@@ -89,7 +89,7 @@ class Worker:
         self.pending: deque[asyncio.Future] = deque()  # batches stored or publishing, oldest first
         self.busy = asyncio.Lock()  # held while a batch is handed to the stage threads
         self.processor: BatchProcessor | None = None  # opened by the ingest task
-        self.health = Health()  # failures: retries, /ready, fatal exit (streams/health.py)
+        self.health = Health(settings, self.metrics)  # failures: retries, /ready, fatal exit (streams/health.py)
         quiet_kafka_client_logs()  # a broker outage: one line per kind of error per 10 s, not 50 a second
         for topic in (owners_topic(settings.interactions_topic), settings.model_updates_topic):
             self.metrics.skipped_records.labels(topic)  # exported at 0 from the start
@@ -108,14 +108,26 @@ class Worker:
         # the ingest task reads the buffer, not a stream
         app.task(self.ingest)
         app.timer(interval=10.0)(self.fence_from_ownership_log)
-        app.timer(interval=s.eval_snapshot_seconds)(self.snapshot_evaluation)
+        app.timer(interval=s.eval_snapshot_seconds)(self.periodic(self.snapshot_evaluation))
         if s.export_dir:
-            app.timer(interval=s.export_every)(self.export_events)
-        app.timer(interval=1.0)(self.follow_model_updates)
+            app.timer(interval=s.export_every)(self.periodic(self.export_events))
+        app.timer(interval=1.0)(self.periodic(self.follow_model_updates))
         app.page("/metrics")(self.metrics_page)
         app.page("/ready")(self.ready_page)
         add_views(app, s, self.latest, lambda: self.peers.live() if self.peers else [], self.assigned_partitions)
-        app.timer(interval=ANNOUNCE_EVERY)(self.announce_address)
+        app.timer(interval=ANNOUNCE_EVERY)(self.periodic(self.announce_address))
+
+    def periodic(self, job):
+        """A timer's job that fails (the broker away, a full disk) is tried again at its next tick:
+        an exception in a faust timer would end the worker (the 30 s ownership read once did)."""
+        @functools.wraps(job)
+        async def tick() -> None:
+            try:
+                await job()
+            except Exception as e:
+                if self.health.problem is None:  # else the problem is reported already, at its pace
+                    log.warning("%s failed (tried again at its next tick): %s", job.__name__, describe(e))
+        return tick
 
     async def _run(self, executor: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -135,9 +147,7 @@ class Worker:
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
-        processor = BatchProcessor(s, store, recommender, producer, metrics, ownership)
-        processor.latest = self.latest
-        return processor
+        return BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
 
     async def ingest(self) -> None:
         """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""
@@ -149,7 +159,7 @@ class Worker:
         while not self.app.should_stop:
             chunks, arrival = await self.buffer.take(s.batch_size, s.batch_within)
             raw = to_raw_batch(s.interactions_topic, chunks, arrival)
-            decoded = await self.with_retries("decode", lambda r=raw: self._run(self.decoder, processor.decode, r))
+            decoded = await self.health.with_retries("decode", lambda r=raw: self._run(self.decoder, processor.decode, r))
             async with self.busy:
                 while len(self.pending) >= 2:  # bounded: at most two batches past decoding
                     await self.pending.popleft()
@@ -175,7 +185,7 @@ class Worker:
             error = e
             self.healthy.clear()  # seen now, not when more batches arrive
             if not isinstance(e, Skipped):
-                self._count_failure(e)
+                self.health.count_failure(e)
         if previous is not None:
             await previous  # an earlier batch is acked (or retried) first
         if error is not None:
@@ -183,6 +193,8 @@ class Worker:
 
             async def again():  # the same threads as always: each stage's state stays in one thread
                 try:
+                    # Its dead letters again: a failed flush may have lost them (the DLQ is at least once).
+                    await self._run(self.decoder, processor.dead_letter_all, raw, decoded, False)
                     stored = await self._run(self.storer, processor.store_batch, raw, decoded)
                 except Exception as e:
                     raise StageFailed("store", e) from e
@@ -190,49 +202,12 @@ class Worker:
                     await self._run(self.publisher, processor.publish, raw, decoded, stored)
                 except Exception as e:
                     raise StageFailed("publish", e) from e
-            await self.with_retries("batch (store, publish)", again, first_error=error)
+            await self.health.with_retries("batch (store, publish)", again, first_error=error)
             if asyncio.current_task() is self.last_batch:  # no batch behind it: carry on
                 self.health.halted = False
                 self.health.stage_problem = None
                 self.healthy.set()
         self.ack(chunks)
-
-    async def with_retries(self, stage: str, attempt_once, first_error: BaseException | None = None):
-        """``await attempt_once()``, retried with backoff; past ``stage_retries`` failed attempts (not
-        counting those while the broker is unreachable) the worker exits with the original error first.
-
-        ``first_error``: the failure of the first attempt, made elsewhere (``Skipped``: none to count)."""
-        s, health = self.settings, self.health
-        error, started = first_error, time.monotonic()
-        attempt = 0 if first_error is None or isinstance(first_error, Skipped) else 1
-        while True:
-            if error is not None and not isinstance(error, Skipped):
-                failed = getattr(error, "stage", stage)
-                broker_down = health.broker is not None and health.broker.down_for() is not None
-                if attempt >= s.stage_retries and not broker_down:
-                    fatal(f"{describe(error)} (stage {failed} failed {attempt} times over "
-                          f"{time.monotonic() - started:.0f} s; limit stage_retries={s.stage_retries})")
-                wait = backoff(s.stage_backoff, attempt)
-                log.error("%s failed (attempt %d%s), retrying in %.1f s: %s", failed, attempt,
-                          ", broker unreachable" if broker_down else "", wait, describe(error))
-                await asyncio.sleep(wait)
-            try:
-                result = await attempt_once()
-            except Exception as e:
-                error = e if isinstance(e, StageFailed) else StageFailed(stage, e)
-                if error is not e:
-                    error.__cause__ = e
-                attempt += 1
-                self._count_failure(error)
-                continue
-            if attempt:
-                log.warning("%s succeeded after %d failed attempts", stage, attempt)
-            return result
-
-    def _count_failure(self, error: BaseException) -> None:
-        stage = getattr(error, "stage", "store")
-        self.metrics.stage_failures.labels(stage).inc()
-        self.health.stage_problem = f"{stage} failing: {describe(error)}"
 
     def _exit_on_error(self, done: asyncio.Future) -> None:
         """A batch's completion that raised (a bug in the retry path itself) must not go unnoticed."""
@@ -323,6 +298,7 @@ class Worker:
         """Tell the group's other workers our web address; hear theirs (streams/latest_lists.py)."""
         s = self.settings
         if self.peers is None:
+            self.latest.warm_in_background(s.bootstrap_servers, s.recommendations_topic)  # lists from before we started
             topic = f"{s.group_id}.workers"
             await self._run(self.loader, ensure_workers_topic, s, topic)
             self.peers = await self._run(self.loader, Peers, s.bootstrap_servers, topic,

@@ -102,9 +102,8 @@ def test_worker_builds_the_configured_baseline_warm_from_the_store(name, tmp_pat
     ids = [f"{u}:{i}:{t}" for t, (u, i) in enumerate(zip(users, items))]
     store = EventStore(tmp_path / "w.duckdb")
     try:
-        store.append(EventBatch.of(np.array([event_key(i) for i in ids], np.uint64), ids, users, items,
-                                   np.arange(200) * 1000, ["view"] * 200, partition=np.zeros(200, np.int32),
-                                   offset=np.arange(200)))
+        store.append(EventBatch.of(key=[event_key(i) for i in ids], event_id=ids, user=users, item=items,
+                                   event_time=np.arange(200) * 1000, event_type=["view"] * 200))
         rec = build_recommender(Settings(baseline=name, popularity_window=1000), store)
     finally:
         store.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 DATA = Path(__file__).parent / "data"
 
@@ -83,7 +84,8 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("command", ["replay", "worker"])
 def test_unreachable_broker_is_reported_within_seconds(command, tmp_path):
-    args = [str(DATA / "ratings.csv")] if command == "replay" else ["--db", str(tmp_path / "w.duckdb")]
+    args = ([str(DATA / "ratings.csv")] if command == "replay"
+            else ["--db", str(tmp_path / "w.duckdb"), "--metrics-port", str(_closed_port())])
     t0 = time.monotonic()
     r = streamrec(command, *args, "--bootstrap-servers", f"127.0.0.1:{_closed_port()}", timeout=30)
     took = time.monotonic() - t0
@@ -123,7 +125,13 @@ def test_ctrl_c_during_replay_flushes_and_counts(broker, settings):
         [sys.executable, "-m", "streamrec", "replay", str(DATA / "ratings.csv"), "--quiet", "--speedup", "20000000",
          "--bootstrap-servers", settings.bootstrap_servers, "--interactions-topic", settings.interactions_topic],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(6)  # connected and producing (~100k events at this speed-up take minutes)
+    # Interrupt once events arrive (the whole file at this speed-up takes ~35 s).
+    reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctrl-c-probe"})
+    reader.assign([TopicPartition(settings.interactions_topic, 0, OFFSET_BEGINNING)])
+    deadline = time.monotonic() + 60
+    while not [m for m in reader.consume(10, timeout=0.5) if not m.error()] and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+    reader.close()
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)

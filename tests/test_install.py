@@ -65,6 +65,9 @@ def test_short_demo_from_outside_the_repository(fresh, tmp_path):
     assert re.search(r"events stored\s+2,000 in DuckDB, rejected 0", r.stdout), r.stdout
     assert str(fresh) in r.stdout  # it replayed the bundled ratings.csv of the installed package
     assert (tmp_path / "run" / "worker-0.duckdb").is_file()
+    # faust's data folder is beside the DuckDB file, not a "<group>-data" folder where it was started.
+    assert (tmp_path / "run" / "worker-0.duckdb.faust").is_dir()
+    assert not list(tmp_path.glob("*-data")), sorted(p.name for p in tmp_path.iterdir())
 
 
 def test_setup_installs_once_then_only_checks():

@@ -127,3 +127,27 @@ def test_topic_creation_never_changes_existing_topics(broker, settings):
     (fut,) = admin.describe_configs([ConfigResource("topic", s.interactions_topic)]).values()
     policy = fut.result(10).get("cleanup.policy")  # Tansu lists only what was set
     assert policy is None or policy.value == "delete"  # the event log is not compacted
+
+
+def test_faust_builds_its_aiokafka_clients_from_the_file(tmp_path):
+    """The worker's faust app hands the file's client id and SASL settings to the aiokafka consumer
+    and producer it creates (built here as faust builds them, not started)."""
+    import asyncio
+
+    path = tmp_path / "client.properties"
+    path.write_text(f"client.id={CLIENT_ID}\nsecurity.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-256\n"
+                    "sasl.username=alice\nsasl.password=secret\n")
+    s = Settings(bootstrap_servers="127.0.0.1:9", kafka_config=str(path), db=str(tmp_path / "w.duckdb"))
+
+    async def build():
+        app = worker.Worker(s).app
+        consumer = app.consumer._thread._create_worker_consumer(app.consumer.transport)
+        producer = app.producer._new_producer()
+        try:
+            return [(c._client_id, c._security_protocol, c._sasl_mechanism, c._sasl_plain_username)
+                    for c in (consumer._client, producer.client)]
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    assert asyncio.run(build()) == [(CLIENT_ID, "SASL_PLAINTEXT", "SCRAM-SHA-256", "alice")] * 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from streamrec.storage.movielens import load_ratings
+from streamrec.streams.latest_lists import LatestLists
 from streamrec.streams.lists import fetch_list
 from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import metric_sum
@@ -53,7 +54,10 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
         for m in msgs:  # the topic's last list per user is the latest
             r = msgspec.json.decode(m.value(), type=Recommendation)
             latest[r.user_id], part[r.user_id] = r, m.partition()
-        users = [next(u for u in latest if part[u] == p) for p in (0, 1)]  # a user of each partition
+        by_part = {p: [u for u in latest if part[u] == p] for p in (0, 1)}
+        assert all(by_part.values()), f"lists on each partition: { {p: len(u) for p, u in by_part.items()} }, " \
+                                      f"{len(msgs)} read of {published:.0f} published"
+        users = [by_part[0][0], by_part[1][0]]  # a user of each partition
         for w in workers:
             for u in users:
                 status, a = fetch_list(f"http://127.0.0.1:{w.port}", u)
@@ -61,6 +65,11 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
                 assert (a["items"], a["version"], a["event_time"]) == (latest[u].items, latest[u].model_version,
                                                                        latest[u].event_time)
                 assert a["model"] == "popularity" and a["freshness_seconds"] >= 0
+        # A restarted worker reads each user's last list back from the (compacted) topic.
+        fresh = LatestLists()
+        assert fresh.warm(s.bootstrap_servers, s.recommendations_topic) == len(latest)
+        for u in users:
+            assert fresh.answer(u, "x")["items"] == latest[u].items
         status, a = fetch_list(f"http://127.0.0.1:{workers[0].port}", 999_999_999)
         assert status == 404 and "unknown user 999999999" in a["error"]
 
@@ -84,7 +93,7 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
         assert r.returncode == 0, r.stderr
         assert (tmp_path / "b.png").stat().st_size > 1000
         r = streamrec("train", "--db", workers[0].db, "--out", str(tmp_path / "ck"), "--epochs", "1")
-        assert r.returncode == 2 and "held by another process" in r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 1 and "held by another process" in r.stderr.strip().splitlines()[-1]
     finally:
         for w in workers:
             w.stop()

@@ -97,3 +97,10 @@ def test_no_link_leaves_the_repository(doc):
             resolved = (path.parent / file).resolve()
             assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{doc}: {target} is not in the repository"
     assert "shared/notes" not in path.read_text(), f"{doc} points at notes outside the repository"
+
+
+def test_files_the_docs_name_exist():
+    """A renamed module leaves no stale pointer in README.md or docs/."""
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in re.findall(r"`((?:streams|model|storage|tests|benchmarks|scripts|deploy)/[\w/.-]+\.\w+)`", doc.read_text()):
+            assert (ROOT / path).exists(), f"{doc.name} names {path}, which does not exist"

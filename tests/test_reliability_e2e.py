@@ -191,3 +191,20 @@ def test_persistent_broker_restarted_under_a_running_worker(settings, tmp_path):
         worker.stop()
         broker.stop()
     assert stored_offsets(s.db) == list(range(len(first) + len(rest)))
+
+
+def test_outage_past_the_limit_exits_with_that_message(own_broker, settings, tmp_path):
+    """Past broker_outage_limit the worker exits non-zero saying the broker was unreachable."""
+    s = Settings(**{**settings.__dict__, "bootstrap_servers": own_broker.bootstrap})
+    log = tmp_path / "worker.log"
+    worker = start_worker(s, log, broker_outage_limit=4)
+    try:
+        worker.wait_ready()
+        own_broker.proc.send_signal(signal.SIGSTOP)
+        worker.proc.wait(60)
+        assert worker.proc.returncode == 3
+        fatal = [line for line in log.read_text().splitlines() if "fatal:" in line]
+        assert fatal and "broker unreachable for" in fatal[0], fatal
+    finally:
+        own_broker.proc.send_signal(signal.SIGCONT)
+        worker.stop()

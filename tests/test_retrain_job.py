@@ -4,8 +4,8 @@
 import pytest
 
 from streamrec.streams.cli import build_parser
-from streamrec.streams.prometheus import RETRAIN_OUTCOMES, RetrainMetrics
 from streamrec.streams.processes import parse_metrics
+from streamrec.streams.prometheus import RETRAIN_OUTCOMES, RetrainMetrics
 from streamrec.streams.retrain_job import run_retrain
 
 
@@ -16,7 +16,8 @@ def runs(metrics: RetrainMetrics) -> dict[str, float]:
 
 def test_a_run_with_nothing_to_train_on_is_skipped(tmp_path):
     metrics = RetrainMetrics()
-    args = build_parser().parse_args(["retrain", "--registry", str(tmp_path / "reg"), "--export-dir", str(tmp_path / "none")])
+    args = build_parser().parse_args(["retrain", "--registry", str(tmp_path / "reg"),
+                                      "--export-dir", str(tmp_path / "none")])
     with pytest.raises(SystemExit, match="no events"):
         run_retrain(args, metrics)
     assert runs(metrics) == {**dict.fromkeys(RETRAIN_OUTCOMES, 0.0), "skipped": 1.0}

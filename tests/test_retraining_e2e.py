@@ -52,7 +52,7 @@ def serving(version: str):
     return lambda m: m.get(f'streamrec_model_info{{model="sasrec",version="{version}"}}') == 1
 
 
-def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path):
+def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path, capsys):
     ratings = load_ratings(DATA / "ratings.csv")
     part1, part2, part3 = ratings.slice(0, 30_000), with_releases(ratings.slice(30_000, 60_000)), \
         ratings.slice(60_000, 70_000)
@@ -91,8 +91,12 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
                                training_seconds=0.0)
         weights = registry.path(v3) / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
-        with pytest.raises(CorruptCheckpointError):
-            streamrec(["promote", v3, *common])
+        with pytest.raises(CorruptCheckpointError):  # the registry refuses it ...
+            registry.promote(v3)
+        capsys.readouterr()
+        assert streamrec(["promote", v3, *common]) == 1  # ... and the CLI says so in one line
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "changed since registration" in err[-1], err
         assert registry.champion() == "v2"
         announce(settings.bootstrap_servers, topic, v3, str(registry.path(v3)))
         broken = tmp_path / "gone"

@@ -100,3 +100,17 @@ def test_sequences_view_matches_cache_on_random_streams(tmp_path):
     view = seq_view(s)
     for u, items in view.items():
         assert s.sequence(u).tolist() == items
+
+
+def test_decoded_batch_carries_each_valid_record_s_partition_and_offset(store):
+    """One EventBatch from decoding to the log: the rows of valid records keep their record's place."""
+    from streamrec.streams.events import decode_batch
+
+    good = b'{"user_id": 1, "item_id": %d, "event_time": 900000000000, "event_type": "view"}'
+    values = [good % 10, b"{", good % 11, None, good % 12]
+    b = decode_batch(values, partitions=np.array([3, 3, 4, 4, 5]), offsets=np.array([70, 71, 80, 81, 90]))
+    assert b.index.tolist() == [0, 2, 4] and [i for i, _ in b.rejected] == [1, 3]
+    assert b.partition.tolist() == [3, 4, 5] and b.offset.tolist() == [70, 80, 90]
+    assert store.append(b).n_new == 3
+    rows = store.con.execute("SELECT item_id, kafka_partition, kafka_offset FROM events ORDER BY item_id").fetchall()
+    assert rows == [(10, 3, 70), (11, 4, 80), (12, 5, 90)]
