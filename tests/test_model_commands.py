@@ -102,3 +102,18 @@ def test_train_reads_the_event_log_through_storage_store(chain_csv, tmp_path, mo
     assert run(args) == 0
     assert calls == [db]
     assert json.loads((tmp_path / "m" / "card.json").read_text())["data"]["source"] == f"duckdb:{db}"
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+def test_train_defaults_are_the_models_recipe(kind, chain_csv, tmp_path):
+    from streamrec.model.config import ModelConfig, TrainConfig
+
+    csv, _ = chain_csv
+    args, run = parse("train", ["--ratings", str(csv), "--model", kind, "--out", str(tmp_path / "m"), "--epochs", "1",
+                                "--no-progress", "--no-test"])
+    assert run(args) == 0
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    want_m, want_t = ModelConfig.defaults(kind, n_items=30).to_dict(), TrainConfig.defaults(kind, epochs=1).to_dict()
+    assert card["config"] == want_m and card["train"] == want_t
+    if kind == "bert4rec":  # its own recipe, not SASRec's
+        assert card["config"]["mask_prob"] == 0.4 and card["train"]["batch_size"] == 32

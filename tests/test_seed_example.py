@@ -1,6 +1,9 @@
-"""The seed report's example, on ml-latest-small: a SASRec trained from the CLI defaults (one
-session-wide training run, capped at SEED_EPOCHS epochs to keep CI short) continues Harry Potter 1,
-The Lord of the Rings 1 with The Two Towers; partial and ambiguous titles on the command line."""
+"""The seed report's example, on ml-latest-small, and partial titles on the command line.
+
+The example (a SASRec trained from the CLI defaults continues Harry Potter 1, The Lord of the
+Rings 1 with The Two Towers) does NOT hold yet: after the epochs CI can afford the model still
+ranks by popularity (docs/accuracy.md). It is a strict xfail, so the day it passes CI says so.
+"""
 
 import argparse
 from pathlib import Path
@@ -11,7 +14,7 @@ import torch
 from streamrec.model.commands import COMMANDS
 
 DATA = Path(__file__).parent / "data"
-SEED_EPOCHS = 12  # the defaults' schedule is longer; early epochs already learn sequels
+SEED_EPOCHS = 4  # the defaults run up to 100 epochs in 10 minutes; CI affords a few
 
 
 def run(name, argv):
@@ -21,12 +24,10 @@ def run(name, argv):
     return fn(p.parse_args([str(a) for a in argv]))
 
 
-@pytest.fixture(scope="session")
-def seed_model(tmp_path_factory):
+def train(out, epochs, extra=(), ratings=DATA / "ratings.csv"):
     torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("seed") / "sasrec"
-    assert run("train", ["--ratings", DATA / "ratings.csv", "--out", out, "--epochs", SEED_EPOCHS,
-                         "--no-progress", "--no-test"]) == 0
+    assert run("train", ["--ratings", ratings, "--out", out, "--epochs", epochs,
+                         "--no-progress", "--no-test", *extra]) == 0
     return out
 
 
@@ -38,15 +39,28 @@ def recommend(checkpoint, titles, capsys):
     return code, [line.split(". ", 1)[1].rsplit("  (", 1)[0] for line in lines], out.err
 
 
-def test_two_towers_follows_harry_potter_and_the_fellowship(seed_model, capsys):
-    code, top, _ = recommend(seed_model, ["harry potter and the sorcerer's stone", "fellowship of the ring"], capsys)
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the defaults do not learn the sequel within CI's training budget yet")
+def test_two_towers_follows_harry_potter_and_the_fellowship(tmp_path, capsys):
+    model = train(tmp_path / "sasrec", SEED_EPOCHS)
+    code, top, _ = recommend(model, ["harry potter and the sorcerer's stone", "fellowship of the ring"], capsys)
     assert code == 0 and len(top) == 10
     assert "Lord of the Rings: The Two Towers, The (2002)" in top, top
 
 
-def test_ambiguous_partial_titles_list_the_candidates(seed_model, capsys):
-    code, _, err = recommend(seed_model, ["harry potter", "lord of the rings"], capsys)
+def test_partial_titles_resolve_and_ambiguous_ones_list_the_candidates(tmp_path, capsys):
+    # Any checkpoint that knows both films will do: a tiny one, one epoch, on the 120 first users.
+    lines = (DATA / "ratings.csv").read_text().splitlines()
+    small = tmp_path / "ratings.csv"
+    small.write_text("\n".join([lines[0]] + [x for x in lines[1:] if int(x.split(",")[0]) <= 120]) + "\n")
+    assert {",4896,", ",4993,"} <= {f",{x.split(',')[1]}," for x in small.read_text().splitlines()[1:]}
+    model = train(tmp_path / "tiny", 1, ["--d-model", "8", "--heads", "1", "--layers", "1", "--max-len", "8"], small)
+    code, top, _ = recommend(model, ["harry potter and the sorcerer's stone", "fellowship of the ring"], capsys)
+    assert code == 0 and len(top) == 10
+    assert not {"Harry Potter and the Sorcerer's Stone (a.k.a. Harry Potter and the Philosopher's Stone) (2001)",
+                "Lord of the Rings: The Fellowship of the Ring, The (2001)"} & set(top)  # seen: never recommended
+    code, _, err = recommend(model, ["harry potter", "lord of the rings"], capsys)
     assert code == 2
     assert "'harry potter' fits 8 films" in err and "Harry Potter and the Chamber of Secrets (2002)" in err
-    code, _, err = recommend(seed_model, ["hary poter and the chamber of secrets"], capsys)
+    code, _, err = recommend(model, ["hary poter and the chamber of secrets"], capsys)
     assert code == 2 and "is unknown; did you mean" in err and "Chamber of Secrets" in err
