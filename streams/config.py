@@ -158,7 +158,7 @@ class Settings(EnvSettings):
     batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill", min=0.0)
     popularity_window: int = _f(50_000, "events in the popularity model's window", min=1)
     baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: "
-                                     "popularity, item2item or itemknn")
+                                     "popularity, item2item or itemknn", choices=("popularity", "item2item", "itemknn"))
     checkpoint: str = _f("", "transformer checkpoint directory (empty: the baseline only)")
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
@@ -213,6 +213,10 @@ def _bool(raw: str) -> bool:
 
 
 def check(f: dataclasses.Field, value, env: str) -> None:
+    """Raise :class:`SettingsError` unless ``value`` is in the field's range or among its choices."""
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SettingsError(f"{f.name}={value!r}: give one of {', '.join(choices)} ({option_name(f)} or {env})")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if value is None or (lo is None and hi is None):
         return
