@@ -30,6 +30,7 @@ from tqdm import tqdm
 from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
+from streamrec.streams.demo_summary import run_summary
 from streamrec.streams.lists import ListFollower, show
 from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, metric_sum
 from streamrec.streams.replay import ReplayInterrupted, replay
@@ -129,19 +130,7 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
     follower = ListFollower(settings.bootstrap_servers, settings.recommendations_topic, keep=10 if transformer else 0)
     follower.start()
     threads.append(follower)
-    printer_stop = threading.Event()
-
-    def printer() -> None:
-        last: dict[int, tuple] = {}
-        while not printer_stop.wait(1.0):
-            with follower.lock:
-                recs = [follower.latest[u] for u in shown if u in follower.latest]
-            for rec in recs:
-                if last.get(rec.user_id) != (rec.event_time, rec.model_version):
-                    last[rec.user_id] = (rec.event_time, rec.model_version)
-                    tqdm.write(show(rec, titles))
-
-    threading.Thread(target=printer, daemon=True).start()
+    printer_stop = _print_changes(follower, shown, titles)
     n_live = 0
     if transformer:
         from streamrec.streams.demo_model import split_by_time
@@ -150,29 +139,8 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
         if n_live <= 0 or n_live >= len(ratings):
             raise SystemExit(f"demo: --train-fraction {args.train_fraction} leaves nothing to train on or to replay")
         _history_and_training(args, settings, work, workers, ratings.slice(0, n_live))
-    live = ratings.slice(n_live, None)
-    speedup = args.speedup
-    duration = args.duration if args.duration is not None else (120.0 if transformer else 20.0)
-    if speedup is None:  # default: the live part in about --duration seconds
-        span = float(live.timestamp[-1] - live.timestamp[0]) if len(live) else 0.0
-        speedup = span / duration if span > 0 and duration > 0 else 0.0
-    print(f"replaying {len(live):,} ratings{' (the live part)' if transformer else ''} from {ratings_path} "
-          f"({'as fast as possible' if not speedup else f'{speedup:,.0f}x event time'})")
-    killed: list[WorkerProcess] = []
-    if len(workers) > 1 and args.kill_at > 0:
-        threading.Thread(target=kill_midway, args=(workers, len(ratings), args.kill_at, killed), daemon=True).start()
     t0 = time.time()
-    retrainer = None
-    if transformer and args.retrain_at > 0:
-        cut = int(len(live) * args.retrain_at)
-        stats = replay(live.slice(0, cut), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
-        retrainer = _start_retrain(args, settings, work, workers, n_live + cut)
-        more = replay(live.slice(cut, None), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
-        stats.events, stats.seconds = stats.events + more.events, stats.seconds + more.seconds
-    else:
-        stats = replay(live, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
-    if retrainer is not None:  # its hot swap belongs to the run: wait for it to be decided
-        retrainer.join(timeout=args.retrain_seconds * 3 + 120)
+    stats, retrainer, killed = _replay_live(args, settings, work, workers, ratings, n_live, transformer, ratings_path)
 
     # Wait for the workers to store everything and for their lists to arrive.
     dead_owned = 0
@@ -185,34 +153,8 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
     printer_stop.set()
     time.sleep(1.2)
     follower.stopped.set()
-
-    m = [w.metrics() for w in workers if w.alive()]
-    stored = dead_owned + sum(x.get("streamrec_store_events", 0) for x in m) - (seed[0] if seed else 0)
-    stored_alive = sum(metric_sum(x, "streamrec_events_stored_total") for x in m)  # by the running workers
-    rejected = sum(metric_sum(x, "streamrec_events_rejected_total") for x in m)
-    fresh = np.array(follower.freshness) if follower.freshness else np.zeros(1)
-    print("\nfinal lists:")
-    for u in sorted(shown):
-        if u in follower.latest:
-            print(show(follower.latest[u], titles, n=10))
-    print("\nsummary")
-    print(f"  events replayed     {n_live + stats.events:,}" + (f" ({n_live:,} history, then {stats.events:,} live"
-          if transformer else f" ({stats.rate:,.0f} events/s into Kafka") + ")")
-    print(f"  events stored       {int(stored):,} in DuckDB, rejected {int(rejected)}; "
-          f"{elapsed:.1f}s from first live event to last list, {busy:.2f}s of pipeline work "
-          f"({stored_alive / max(busy, 1e-9):,.0f} events/s while busy)")
-    print(f"  users               {len(users):,}; users with a list {len(follower.latest):,}")
-    print(f"  lists published     {follower.count:,}")
-    print(f"  freshness           p50 {np.percentile(fresh, 50):.3f}s  p99 {np.percentile(fresh, 99):.3f}s "
-          "(Kafka timestamp of the triggering event -> list published)")
-    for w in workers:
-        print(f"  metrics             {w.metrics_url}")
-    print(f"  worker logs, DuckDB {work}/")
-    ok = stored >= n_live + stats.events and follower.count > 0
-    if stored < n_live + stats.events:
-        print(f"  FAILED: {int(stored):,} of {n_live + stats.events:,} events stored", file=sys.stderr)
-    if follower.count == 0:
-        print("  FAILED: no list was published", file=sys.stderr)
+    ok = run_summary(workers, work, follower, shown, titles, transformer, n_live, stats, len(users),
+                     dead_owned, seed, elapsed, busy)
     for w in workers:
         w.stop()  # DuckDB files can be read once their workers are gone
     if transformer:
@@ -222,6 +164,53 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
     if len(workers) > 1:
         ok = check_scale_out(workers, killed, ratings, settings.seq_len, seed[0] if seed else 0) and ok
     return 0 if ok else 1
+
+
+def _print_changes(follower: ListFollower, shown: set[int], titles: dict[int, str]) -> threading.Event:
+    """Print the shown users' lists as they change, every second, until the returned event is set."""
+    stop = threading.Event()
+
+    def printer() -> None:
+        last: dict[int, tuple] = {}
+        while not stop.wait(1.0):
+            with follower.lock:
+                recs = [follower.latest[u] for u in shown if u in follower.latest]
+            for rec in recs:
+                if last.get(rec.user_id) != (rec.event_time, rec.model_version):
+                    last[rec.user_id] = (rec.event_time, rec.model_version)
+                    tqdm.write(show(rec, titles))
+
+    threading.Thread(target=printer, daemon=True).start()
+    return stop
+
+
+def _replay_live(args, settings: Settings, work: Path, workers: list[WorkerProcess], ratings, n_live: int,
+                 transformer: bool, ratings_path: Path):
+    """Replay everything after the history (retraining once on the way, killing a worker with
+    several); returns the replay's stats, the retraining thread (or None) and the killed workers."""
+    live = ratings.slice(n_live, None)
+    speedup = args.speedup
+    duration = args.duration if args.duration is not None else (120.0 if transformer else 20.0)
+    if speedup is None:  # default: the live part in about --duration seconds
+        span = float(live.timestamp[-1] - live.timestamp[0]) if len(live) else 0.0
+        speedup = span / duration if span > 0 and duration > 0 else 0.0
+    print(f"replaying {len(live):,} ratings{' (the live part)' if transformer else ''} from {ratings_path} "
+          f"({'as fast as possible' if not speedup else f'{speedup:,.0f}x event time'})")
+    killed: list[WorkerProcess] = []
+    if len(workers) > 1 and args.kill_at > 0:
+        threading.Thread(target=kill_midway, args=(workers, len(ratings), args.kill_at, killed), daemon=True).start()
+    retrainer = None
+    if transformer and args.retrain_at > 0:
+        cut = int(len(live) * args.retrain_at)
+        stats = replay(live.slice(0, cut), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        retrainer = _start_retrain(args, settings, work, workers, n_live + cut)
+        more = replay(live.slice(cut, None), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        stats.events, stats.seconds = stats.events + more.events, stats.seconds + more.seconds
+    else:
+        stats = replay(live, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+    if retrainer is not None:  # its hot swap belongs to the run: wait for it to be decided
+        retrainer.join(timeout=args.retrain_seconds * 3 + 120)
+    return stats, retrainer, killed
 
 
 def wait_processed(workers: list[WorkerProcess], follower: ListFollower, n_events: int, dead_owned: int = 0,

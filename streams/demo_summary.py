@@ -1,12 +1,18 @@
-"""The end of ``streamrec demo`` with a transformer: the served lists beside popularity's on the
-same live events (paired), the retraining's outcome, and the online report PNG."""
+"""The end of ``streamrec demo``: the run's summary (stored, lists, freshness) and, with a
+transformer, the served lists beside popularity's on the same live events (paired), the
+retraining's outcome, and the online report PNG."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from streamrec.model.paired_eval import PairedResult, compare_with_baseline
 from streamrec.model.recommender import PopularityRecommender, Recommender
+from streamrec.streams.lists import show
+from streamrec.streams.processes import metric_sum
 
 HORIZON_DAYS = 30
 
@@ -66,3 +72,36 @@ def transformer_summary(args, settings, work: Path, workers, ratings, n_live: in
     if not served:
         print(f"  FAILED: no list came from {kind}", flush=True)
     return bool(served)
+
+
+def run_summary(workers: list, work: Path, follower, shown: set[int], titles,
+             transformer: bool, n_live: int, stats, n_users: int, dead_owned: int, seed, elapsed: float,
+             busy: float) -> bool:
+    """Print the final lists and the run's summary; False if events were lost or no list came."""
+    m = [w.metrics() for w in workers if w.alive()]
+    stored = dead_owned + sum(x.get("streamrec_store_events", 0) for x in m) - (seed[0] if seed else 0)
+    stored_alive = sum(metric_sum(x, "streamrec_events_stored_total") for x in m)  # by the running workers
+    rejected = sum(metric_sum(x, "streamrec_events_rejected_total") for x in m)
+    fresh = np.array(follower.freshness) if follower.freshness else np.zeros(1)
+    print("\nfinal lists:")
+    for u in sorted(shown):
+        if u in follower.latest:
+            print(show(follower.latest[u], titles, n=10))
+    print("\nsummary")
+    print(f"  events replayed     {n_live + stats.events:,}" + (f" ({n_live:,} history, then {stats.events:,} live"
+          if transformer else f" ({stats.rate:,.0f} events/s into Kafka") + ")")
+    print(f"  events stored       {int(stored):,} in DuckDB, rejected {int(rejected)}; "
+          f"{elapsed:.1f}s from first live event to last list, {busy:.2f}s of pipeline work "
+          f"({stored_alive / max(busy, 1e-9):,.0f} events/s while busy)")
+    print(f"  users               {n_users:,}; users with a list {len(follower.latest):,}")
+    print(f"  lists published     {follower.count:,}")
+    print(f"  freshness           p50 {np.percentile(fresh, 50):.3f}s  p99 {np.percentile(fresh, 99):.3f}s "
+          "(Kafka timestamp of the triggering event -> list published)")
+    for w in workers:
+        print(f"  metrics             {w.metrics_url}")
+    print(f"  worker logs, DuckDB {work}/")
+    if stored < n_live + stats.events:
+        print(f"  FAILED: {int(stored):,} of {n_live + stats.events:,} events stored", file=sys.stderr)
+    if follower.count == 0:
+        print("  FAILED: no list was published", file=sys.stderr)
+    return stored >= n_live + stats.events and follower.count > 0

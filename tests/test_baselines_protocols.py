@@ -92,6 +92,9 @@ def test_metrics_and_paired_bootstrap():
 
 @pytest.mark.parametrize("name", ["popularity", "item2item", "itemknn"])
 def test_worker_builds_the_configured_baseline_warm_from_the_store(name, tmp_path):
+    from dataclasses import fields
+
+    from streamrec.model.baselines import BASELINES
     from streamrec.storage.batch import EventBatch
     from streamrec.storage.store import EventStore
     from streamrec.streams.config import Settings
@@ -112,5 +115,7 @@ def test_worker_builds_the_configured_baseline_warm_from_the_store(name, tmp_pat
     if name == "item2item":
         assert top[0] == 1  # learnt from the stored events: after 30 comes 1
     assert 30 not in top and min(top) >= 1
-    with pytest.raises(ValueError, match="baseline must be one of"):
-        build_recommender(Settings(baseline="nope"), None)
+    with pytest.raises(ValueError, match="give one of popularity, item2item, itemknn"):
+        build_recommender(Settings(baseline="nope"), None)  # refused where settings are read
+    choices = next(f for f in fields(Settings) if f.name == "baseline").metadata["choices"]
+    assert set(choices) == set(BASELINES)  # the setting offers exactly the baselines there are
