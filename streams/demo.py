@@ -32,7 +32,7 @@ from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.lists import ListFollower, show
 from streamrec.streams.processes import ChildFailed, Watchdog, WorkerProcess, metric_sum
-from streamrec.streams.replay import replay
+from streamrec.streams.replay import ReplayInterrupted, replay
 from streamrec.streams.topics import ensure_topics
 
 DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (package data)
@@ -62,7 +62,7 @@ def run_demo(args) -> int:
     work = Path(args.workdir)
     clear_workdir(work)
     failure: list[str] = []
-    broker, workers, watchdog = None, [], None
+    broker, workers, watchdog, followers = None, [], None, []
 
     def on_death(why: str) -> None:  # runs in the watchdog thread
         failure.append(why)
@@ -96,16 +96,19 @@ def run_demo(args) -> int:
         # From now on a child that dies interrupts whatever the demo waits on.
         watchdog = Watchdog([w.died for w in workers] + ([broker.failure] if broker else []), on_death)
         watchdog.start()
-        return _run(args, settings, work, workers, transformer)
+        return _run(args, settings, work, workers, transformer, followers)
     except ChildFailed as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ReplayInterrupted):  # the watchdog's interrupt, or Ctrl-C
         if failure:
             print(f"demo failed: {failure[0]}", file=sys.stderr)
             return 1
         raise
     finally:
+        for f in followers:  # closed before the broker goes: no reconnection noise
+            f.stopped.set()
+            f.join(3)
         if watchdog:
             watchdog.stop()
         for w in workers:
@@ -114,7 +117,8 @@ def run_demo(args) -> int:
             broker.stop()
 
 
-def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], transformer: bool) -> int:
+def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], transformer: bool, threads: list) -> int:
+    """The run once the workers are ready; ``threads``: gets the list follower (stopped by the caller)."""
     ratings_path = Path(args.ratings or DATA / "ratings.csv")
     titles = load_titles(args.movies or DATA / "movies.csv")
     ratings = load_ratings(ratings_path, min_rating=args.min_rating)
@@ -124,6 +128,7 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
 
     follower = ListFollower(settings.bootstrap_servers, settings.recommendations_topic, keep=10 if transformer else 0)
     follower.start()
+    threads.append(follower)
     printer_stop = threading.Event()
 
     def printer() -> None:
@@ -216,7 +221,7 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
 
         ok = transformer_summary(args, settings, work, workers, ratings, n_live, follower, retrainer) and ok
     if len(workers) > 1:
-        ok = check_scale_out(workers, killed, ratings, settings.seq_len) and ok
+        ok = check_scale_out(workers, killed, ratings, settings.seq_len, seed[0] if seed else 0) and ok
     return 0 if ok else 1
 
 
@@ -294,7 +299,7 @@ def _seed_example(settings: Settings, titles: dict[int, str], ratings, follower:
         print(f"  {k:3d}. {titles.get(i, f'movie {i}')}")
     from streamrec.streams.lists import fetch_list
 
-    url = f"http://127.0.0.1:{workers[-1].port}"
+    url = f"http://127.0.0.1:{next(w for w in workers if w.alive()).port}"  # any live worker answers for any user
     status, answer = fetch_list(url, user)
     got = (f"{answer['model']} {answer['version']}, {len(answer['items'])} items, published {answer['age_seconds']:.1f}s ago"
            if status == 200 else answer.get("error"))
@@ -349,8 +354,10 @@ def handover(settings: Settings, dead: WorkerProcess, alive: list[WorkerProcess]
     return owned
 
 
-def check_scale_out(workers: list[WorkerProcess], killed: list[WorkerProcess], ratings, seq_len: int) -> bool:
-    """Every event owned by exactly one database; every user's sequence whole on its owner."""
+def check_scale_out(workers: list[WorkerProcess], killed: list[WorkerProcess], ratings, seq_len: int,
+                    extra: int = 0) -> bool:
+    """Every event owned by exactly one database; every user's sequence whole on its owner.
+    ``extra``: events sent besides the ratings (the seed's example)."""
     import duckdb
 
     keys, seqs = [], {}
@@ -366,11 +373,11 @@ def check_scale_out(workers: list[WorkerProcess], killed: list[WorkerProcess], r
     overlap = total - len(set().union(*keys))  # events owned by more than one database
     print("\nscale-out check")
     print(f"  events owned        {' + '.join(f'{len(k):,}' for k in keys)} = {total:,} "
-          f"(replayed {len(ratings):,}); owned by two databases: {overlap}")
+          f"(replayed {len(ratings):,}{f' + {extra} of the seed' if extra else ''}); owned by two databases: {overlap}")
     order = np.argsort(ratings.user, kind="stable")  # ratings are time-sorted: stays so per user
     users, starts = np.unique(ratings.user[order], return_index=True)
     items = np.split(ratings.item[order], starts[1:])
     wrong = sum(seqs.get(u, (None,))[0] != it[-seq_len:].tolist() for u, it in zip(users.tolist(), items))
     print(f"  sequences           {len(users) - wrong:,} of {len(users):,} users' sequences on the survivor equal "
           f"the last {seq_len} events of the source (what a single worker stores)")
-    return overlap == 0 and total == len(ratings) and wrong == 0
+    return overlap == 0 and total == len(ratings) + extra and wrong == 0

@@ -190,7 +190,11 @@ class Ownership:
         self.claimed: set[int] = set()
         self.recovered_events = 0  # copies stored by recoveries, for the metric
         self.fenced_events = 0
-        self._fenced_at = -1  # length of the log at the last fencing
+        # Length of the newest log applied. The log only grows, so a read of it is a prefix of
+        # every later read: a shorter one is older than what was applied, and applying it would
+        # disown rows this database stored under its own later claims (the timer reads the log
+        # on one thread and fences on the store thread, where claims may come in between).
+        self._applied = -1
 
     def refresh(self, claims: list[Claim] | None = None) -> int:
         """Disown what other databases own by now: on start (what they took over while this one
@@ -200,10 +204,13 @@ class Ownership:
         database is only touched when the log has grown since the last fencing.
         """
         claims = self.log.read() if claims is None else claims
-        if len(claims) == self._fenced_at:
+        if len(claims) <= self._applied:  # nothing new, or a read older than one applied already
+            if len(claims) < self._applied:
+                log.info("ownership: a read of the log older than the one applied (%d < %d claims) is ignored",
+                         len(claims), self._applied)
             return 0
         n = fence(self.store, claims)
-        self._fenced_at = len(claims)
+        self._applied = len(claims)
         self.fenced_events += n
         if n:
             log.warning("ownership: %d events this database stored past its last commit are owned elsewhere", n)

@@ -127,3 +127,31 @@ def test_last_log_lines_put_errors_first(tmp_path):
                    "duckdb.IOException: IO Error: lock\nstopping 1\nstopping 2\nbye\n")
     assert last_log_lines(log, n=2) == ["[ERROR] boom: disk full", "duckdb.IOException: IO Error: lock",
                                         "stopping 2", "bye"]
+
+
+def test_demo_stops_when_its_worker_dies_mid_replay(tmp_path):
+    """SIGKILL the worker while the demo replays: the demo notices at once, says so, exits 1."""
+    import os
+    import re
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "streamrec", "demo", "--workdir", str(tmp_path / "run"), "--model",
+                          "popularity", "--limit", "20000", "--duration", "60"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = None
+        for line in p.stdout:  # "worker ready (pid N), ...", then "replaying ..."
+            if m := re.match(r"worker ready \(pid (\d+)\)", line):
+                pid = int(m.group(1))
+            if line.startswith("replaying"):
+                break
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.time()
+        _, err = p.communicate(timeout=60)
+        took = time.time() - t0
+    finally:
+        p.kill()
+    assert p.returncode == 1
+    assert f"worker-0 (pid {pid}) exited with status -9" in err, err[-2000:]
+    assert took < 30, f"the demo took {took:.0f}s to stop"  # the replay alone would take 60 s

@@ -79,6 +79,16 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
         assert f"user {users[1]}: popularity" in r.stdout
         assert r.stdout.count("\n") == 1 + len(latest[users[1]].items)  # head line + one line per item
 
+        follow = subprocess.Popen([sys.executable, "-m", "streamrec", "lists", str(users[0]), "--follow",
+                                   "--worker-url", f"http://127.0.0.1:{workers[1].port}"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:  # --follow prints the current list at once, then waits for changes
+            head = follow.stdout.readline()
+            assert head.startswith(f"user {users[0]}: popularity"), head
+        finally:
+            follow.terminate()
+            follow.wait(10)
+
         # While the worker runs: its database is locked, its exports are not.
         r = streamrec("report", "--db", workers[0].db, "--out", str(tmp_path / "a.png"))
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
