@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 import platform
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,7 @@ from streamrec.model.baselines import ItemKNNRecommender, TransitionRecommender 
 from streamrec.model.config import ModelConfig, TrainConfig  # noqa: E402
 from streamrec.model.data import build_sequences, leave_one_out  # noqa: E402
 from streamrec.model.evaluate import item_counts, model_scorer, popularity_scorer  # noqa: E402
-from streamrec.model.protocols import (METRICS, event_metrics, loo_set, paired_bootstrap,  # noqa: E402
-                                       rank_events, temporal_split)
+from streamrec.model.protocols import METRICS, event_metrics, loo_set, paired_bootstrap, rank_events, temporal_split  # noqa: E402
 from streamrec.model.recommender import PopularityRecommender  # noqa: E402
 from streamrec.model.train import train  # noqa: E402
 from streamrec.storage.movielens import load_ratings, recbole_ml100k_path  # noqa: E402
@@ -67,7 +66,8 @@ def train_default(kind: str, split, n_items: int, log: dict) -> torch.nn.Module:
     mcfg = ModelConfig.defaults(kind, n_items, **{k: v for k, v in sets.items() if k in mf})
     tcfg = TrainConfig.defaults(kind, **{k: v for k, v in sets.items() if k not in mf})
     res = train(split, mcfg, tcfg, progress=sys.stderr.isatty())
-    log.update(seconds=round(res.seconds, 1), cpu_seconds=round(res.cpu_seconds, 1), best_epoch=res.best_epoch, epochs=res.history[-1]["epoch"],
+    log.update(seconds=round(res.seconds, 1), cpu_seconds=round(res.cpu_seconds, 1), best_epoch=res.best_epoch,
+               epochs=res.history[-1]["epoch"],
                valid_ndcg10=round(res.valid.get("NDCG@10", 0.0), 4))
     print(f"  {kind}: {res.seconds:.0f}s, best epoch {res.best_epoch} of {res.history[-1]['epoch']}, "
           f"valid NDCG@10 {res.valid.get('NDCG@10', 0):.4f}", flush=True)
@@ -88,7 +88,8 @@ def run_dataset(ds: str, args) -> dict:
         users["a"] = es.users
         scorers = baseline_scorers(split.test_inputs, len(vocab))
         for kind in args.models:
-            scorers[kind] = model_scorer(train_default(kind, split, len(vocab), out["train"].setdefault(f"{kind}/a", {})))
+            scorers[kind] = model_scorer(train_default(kind, split, len(vocab), out["train"].setdefault(f"{kind}/a",
+                                                                                                        {})))
         for name, s in scorers.items():
             r = rank_events(s, es)
             ranks.setdefault("a-masked", {})[name] = r["masked"]
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                   help="print one table per data set from the --json-out files of separate runs (e.g. one per protocol)")
+                   help="print one table per data set from the --json-out files of separate runs "
+                        "(e.g. one per protocol)")
     p.add_argument("--set", nargs="*", default=[], metavar="KIND.FIELD=JSON",
                    help="experiment: override a default, e.g. sasrec.lr=0.002 (results then are not the defaults')")
     args = p.parse_args(argv)

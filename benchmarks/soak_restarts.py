@@ -4,10 +4,10 @@ compared with the source (run by hand; minutes).
 One worker (default): it is killed and restarted ``--cycles`` times while it works through the
 replayed topic, each time only after the restarted worker has stored at least one new batch (the
 count of such "kills after progress" is printed); at the end every event must be stored exactly
-once and every sequence must equal the source's. With ``--workers N`` (N >= 2, four partitions, one DuckDB file each) a random worker
-is killed and restarted in each cycle while a timed replay runs, so partitions keep moving; at the
-end every event must be owned by exactly one database and every user's sequence, on the database
-that owns the user's partition now, must equal the source's.
+once and every sequence must equal the source's. With ``--workers N`` (N >= 2, four partitions, one
+DuckDB file each) a random worker is killed and restarted in each cycle while a timed replay runs,
+so partitions keep moving; at the end every event must be owned by exactly one database and every
+user's sequence, on the database that owns the user's partition now, must equal the source's.
 
     python benchmarks/soak_restarts.py --cycles 10
     python benchmarks/soak_restarts.py --workers 2 --cycles 6
@@ -83,9 +83,11 @@ def main() -> int:
     n, distinct = con.execute("SELECT count(*), count(DISTINCT key) FROM events").fetchone()
     seqs = dict(con.execute("SELECT user_id, items FROM sequences").fetchall())
     con.close()
-    bad = [u for u in np.unique(ratings.user).tolist() if seqs.get(u) != ratings.item[ratings.user == u][-200:].tolist()]
+    bad = [u for u in np.unique(ratings.user).tolist()
+           if seqs.get(u) != ratings.item[ratings.user == u][-200:].tolist()]
     ok = n == distinct == len(ratings) and not bad
-    print(f"{after_progress} of {c + 1} kills after progress: stored {n:,} rows ({distinct:,} distinct) of {len(ratings):,}; "
+    print(f"{after_progress} of {c + 1} kills after progress: stored {n:,} rows ({distinct:,} distinct) "
+          f"of {len(ratings):,}; "
           f"{len(bad)} users with a wrong sequence -> {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

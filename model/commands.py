@@ -151,7 +151,8 @@ def run_train(args) -> int:
 
 
 def configure_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR", help="directory written by `streamrec train`")
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
+                   help="directory written by `streamrec train`")
     _add_data_args(p, filter_defaults=False)
     p.add_argument("--part", choices=["test", "valid"], default="test",
                    help="leave-one-out target: newest item (test) or the one before (valid); default test")
@@ -190,7 +191,8 @@ def run_evaluate(args) -> int:
 
 
 def configure_recommend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR", help="directory written by `streamrec train`")
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
+                   help="directory written by `streamrec train`")
     p.add_argument("--movies", type=Path, required=True, metavar="FILE", help="movies.csv with movieId,title")
     p.add_argument("--titles", nargs="+", required=True, metavar="TITLE",
                    help='watched movies in order, oldest first: whole or partial titles ("toy story", '

@@ -203,7 +203,8 @@ class Registry:
         digest = _sha256(d / WEIGHTS)
         if info.sha256 and digest != info.sha256:
             raise CorruptCheckpointError(
-                f"{version}: {WEIGHTS} changed since registration (sha256 {digest[:12]}, registered {info.sha256[:12]})")
+                f"{version}: {WEIGHTS} changed since registration (sha256 {digest[:12]}, "
+                f"registered {info.sha256[:12]})")
         try:
             ck = load_checkpoint(d)
         except Exception as e:  # safetensors header/size errors, bad JSON, shape mismatches ...

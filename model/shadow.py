@@ -156,7 +156,8 @@ def shadow_decision(tally: PairedTally, min_events: int, margin: float = 0.005, 
     else:
         lower, upper = -math.inf, math.inf
     summary = (f"NDCG@10 candidate {tally.candidate_mean:.4f} vs champion {tally.champion_mean:.4f} over {n} paired "
-               f"events, difference {mean:+.4f}, {100 * (1 - alpha):g}% bounds [{lower:+.4f}, {upper:+.4f}], margin {margin}")
+               f"events, difference {mean:+.4f}, {100 * (1 - alpha):g}% bounds [{lower:+.4f}, {upper:+.4f}], "
+               f"margin {margin}")
     if n < min_events:
         if timed_out:
             return ShadowDecision("reject", n, mean, lower, upper,

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+.venv/bin/ruff check .  # line length, import order, pyflakes: [tool.ruff] in pyproject.toml
 exec .venv/bin/python -m pytest "$@"

@@ -103,7 +103,8 @@ def cmd_broker(args) -> int:
     settings.bootstrap_servers = broker.bootstrap
     ensure_topics(settings)
     print(f"Kafka bootstrap servers: {broker.bootstrap}"
-          + (f" (persistent: {args.data_dir})" if args.data_dir else " (memory storage: lost when it stops)"), flush=True)
+          + (f" (persistent: {args.data_dir})" if args.data_dir else " (memory storage: lost when it stops)"),
+          flush=True)
     print(f"  export STREAMREC_BOOTSTRAP_SERVERS={broker.bootstrap}   # then: streamrec worker / replay", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
@@ -225,7 +226,8 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratings", default=None, help="ratings file (default: the bundled ml-latest-small)")
     p.add_argument("--movies", default=None, help="movies.csv for titles (default: the bundled one)")
     p.add_argument("--workdir", default="demo-run", help="folder for the worker's DuckDB and logs")
-    p.add_argument("--show-users", type=_nonnegative(int), default=3, help="users whose lists are printed as they update")
+    p.add_argument("--show-users", type=_nonnegative(int), default=3,
+                   help="users whose lists are printed as they update")
     p.add_argument("--workers", type=int, choices=range(1, 9), metavar="{1..8}", default=1,
                    help="workers in the consumer group")
     p.add_argument("--kill-at", type=float, default=0.4,
@@ -318,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
 def database_in_use(e: Exception) -> str | None:
     """One line for DuckDB's lock error (a running worker holds its file), else None.
 
-    >>> print(database_in_use(OSError('IO Error: Could not set lock on file "/r/w.duckdb": Conflicting lock is held in python (PID 7)')))
-    /r/w.duckdb is held by another process (pid 7), e.g. a running worker: DuckDB lets one process open it. Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain --export-dir DIR, streamrec report --export-dir DIR), or wait until it stops
+    >>> print(database_in_use(OSError('IO Error: Could not set lock on file "/r/w.duckdb": '
+    ...                                 'Conflicting lock is held in python (PID 7)')))
+    /r/w.duckdb is held by another process (pid 7), e.g. a running worker: DuckDB lets one process open it.
+    Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain
+    --export-dir DIR, streamrec report --export-dir DIR), or wait until it stops
     """
     import re
 

@@ -14,7 +14,8 @@ raises :class:`SettingsError` with one line that names the setting and what it a
 >>> Settings(top_k=0)
 Traceback (most recent call last):
 ...
-streamrec.streams.config.SettingsError: top_k=0 is out of range: give a number from 1 to 10000 (--top-k or STREAMREC_TOP_K)
+streamrec.streams.config.SettingsError: top_k=0 is out of range: give a number from 1 to 10000
+(--top-k or STREAMREC_TOP_K)
 """
 
 from __future__ import annotations
@@ -141,12 +142,14 @@ class Settings(EnvSettings):
     """The pipeline's settings: Kafka, topics, the worker, its models and its limits."""
 
     bootstrap_servers: str = _f("", "Kafka bootstrap servers (host:port,...); `streamrec broker` starts a local one")
-    kafka_config: str = _f("", "Kafka client properties file (client.properties format: security.protocol, sasl.*, ssl.*, client.id, ...) for every client")
+    kafka_config: str = _f("", "Kafka client properties file (client.properties format: security.protocol, "
+                               "sasl.*, ssl.*, client.id, ...) for every client")
     interactions_topic: str = _f("interactions", "topic of click events")
     dlq_topic: str = _f("interactions.dlq", "dead-letter topic for invalid events")
     recommendations_topic: str = _f("recommendations", "topic of published top-K lists (compacted, keyed by user)")
     partitions: int = _f(1, "partitions when the pipeline creates its topics", min=1)
-    replication_factor: int = _f(0, "replication factor of the topics it creates (0: the smaller of 3 and the cluster's brokers)", min=0)
+    replication_factor: int = _f(0, "replication factor of the topics it creates "
+                                    "(0: the smaller of 3 and the cluster's brokers)", min=0)
     group_id: str = _f("streamrec-worker", "consumer group (faust app id) of the workers")
     db: str = _f("streamrec.duckdb", "this worker's DuckDB file; faust's data folder goes beside it (DB.faust/)")
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
@@ -154,7 +157,8 @@ class Settings(EnvSettings):
     batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
     batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill", min=0.0)
     popularity_window: int = _f(50_000, "events in the popularity model's window", min=1)
-    baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: popularity, item2item or itemknn")
+    baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: "
+                                     "popularity, item2item or itemknn", choices=("popularity", "item2item", "itemknn"))
     checkpoint: str = _f("", "transformer checkpoint directory (empty: the baseline only)")
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
@@ -169,7 +173,8 @@ class Settings(EnvSettings):
     max_event_skew: float = _f(86400.0, "seconds an event_time may be ahead of its record's Kafka timestamp", min=0.0)
     allow_null_keys: bool = _f(False, "accept records without a key (else the key must be the user id)")
     stage_retries: int = _f(8, "attempts at a failing micro-batch before the worker exits", min=1)
-    stage_backoff: float = _f(1.0, "seconds before the first retry of a failed batch; doubles each time, up to 30", min=0.0)
+    stage_backoff: float = _f(1.0, "seconds before the first retry of a failed batch; doubles each time, up to 30",
+                              min=0.0)
     broker_outage_limit: float = _f(300.0, "seconds the broker may be unreachable before the worker exits", min=0.0)
 
     def faust_datadir(self) -> Path:
@@ -208,6 +213,10 @@ def _bool(raw: str) -> bool:
 
 
 def check(f: dataclasses.Field, value, env: str) -> None:
+    """Raise :class:`SettingsError` unless ``value`` is in the field's range or among its choices."""
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SettingsError(f"{f.name}={value!r}: give one of {', '.join(choices)} ({option_name(f)} or {env})")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if value is None or (lo is None and hi is None):
         return
@@ -319,7 +328,8 @@ def faust_credentials(props: dict[str, str]):
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     if protocol not in ("SASL_SSL", "SASL_PLAINTEXT"):
-        raise SettingsError(f"security.protocol={protocol}: faust's clients take PLAINTEXT, SSL, SASL_SSL or SASL_PLAINTEXT")
+        raise SettingsError(f"security.protocol={protocol}: faust's clients take PLAINTEXT, SSL, SASL_SSL "
+                            "or SASL_PLAINTEXT")
     mechanism = props.get("sasl.mechanism", props.get("sasl.mechanisms", "PLAIN")).upper()
     if mechanism == "GSSAPI":
         return faust.GSSAPICredentials(kerberos_service_name=props.get("sasl.kerberos.service.name", "kafka"),

@@ -19,9 +19,9 @@ import _thread
 import logging
 import shutil
 import sys
-from importlib import resources
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -143,14 +143,13 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
 
     threading.Thread(target=printer, daemon=True).start()
     n_live = 0
-    model = None
     if transformer:
         from streamrec.streams.demo_model import split_by_time
 
         n_live = split_by_time(ratings, args.train_fraction)
         if n_live <= 0 or n_live >= len(ratings):
             raise SystemExit(f"demo: --train-fraction {args.train_fraction} leaves nothing to train on or to replay")
-        model = _history_and_training(args, settings, work, workers, ratings.slice(0, n_live))
+        _history_and_training(args, settings, work, workers, ratings.slice(0, n_live))
     live = ratings.slice(n_live, None)
     speedup = args.speedup
     duration = args.duration if args.duration is not None else (120.0 if transformer else 20.0)
@@ -301,7 +300,8 @@ def _seed_example(settings: Settings, titles: dict[int, str], ratings, follower:
 
     url = f"http://127.0.0.1:{next(w for w in workers if w.alive()).port}"  # any live worker answers for any user
     status, answer = fetch_list(url, user)
-    got = (f"{answer['model']} {answer['version']}, {len(answer['items'])} items, published {answer['age_seconds']:.1f}s ago"
+    got = (f"{answer['model']} {answer['version']}, {len(answer['items'])} items, "
+           f"published {answer['age_seconds']:.1f}s ago"
            if status == 200 else answer.get("error"))
     print(f"  the same list from the worker's web page: GET {url}/recommendations/{user} -> {status}: {got}")
     print(f"  (or: streamrec lists {user} --worker-url {url} --movies movies.csv [--follow])")
@@ -347,7 +347,8 @@ def handover(settings: Settings, dead: WorkerProcess, alive: list[WorkerProcess]
         store.close()
     for w in alive:
         m = w.metrics()
-        tqdm.write(f"*** {Path(w.db).stem} took over: {m.get('streamrec_partition_claims_total', 0):.0f} partition claims, "
+        tqdm.write(f"*** {Path(w.db).stem} took over: "
+                   f"{m.get('streamrec_partition_claims_total', 0):.0f} partition claims, "
                    f"{m.get('streamrec_events_recovered_total', 0):,.0f} earlier events copied from Kafka")
     tqdm.write(f"*** {Path(dead.db).stem}'s database reopened: owns {owned:,} events; {fenced:,} it stored past its "
                "last commit now belong to the partitions' next owner")

@@ -100,7 +100,8 @@ class MidStreamRetrain(threading.Thread):
             cfg = RetrainConfig(threads=1)  # the other core stays with the worker
             cfg.train = replace(cfg.train, max_seconds=self.seconds)
             r = self.result = retrain(self.registry, events, cfg)
-            verdict = "promoted, announced: the worker swaps it in between two micro-batches" if r.promoted else "rejected"
+            swapped = "promoted, announced: the worker swaps it in between two micro-batches"
+            verdict = swapped if r.promoted else "rejected"
             champ = "-" if r.champion_ndcg is None else f"{r.champion_ndcg:.4f}"
             tqdm.write(f"*** retrained {r.version} ({r.mode} from {r.parent}, {r.training_seconds:.0f}s, "
                        f"{r.new_items} new items): gate NDCG@10 {r.candidate_ndcg:.4f} vs champion {champ} "

@@ -58,7 +58,8 @@ class LatestLists:
         """``warm`` in a thread of its own (a long topic must not hold up the worker), logged."""
         def run() -> None:
             try:
-                log.info("/recommendations: %d users' latest lists read back from %s", self.warm(bootstrap, topic), topic)
+                log.info("/recommendations: %d users' latest lists read back from %s", self.warm(bootstrap, topic),
+                         topic)
             except Exception as e:  # the page still answers for the lists published from now on
                 log.warning("/recommendations: could not read back earlier lists from %s: %s", topic, e)
 
@@ -130,7 +131,8 @@ class Peers:
         """Announce our address, read the others' announcements; returns the live peers (blocking:
         run it off the event loop)."""
         now = time.time()
-        self._producer.produce(self.topic, key=self.url.encode(), value=json.dumps({"url": self.url, "at": now}).encode())
+        self._producer.produce(self.topic, key=self.url.encode(), value=json.dumps({"url": self.url,
+                                                                                    "at": now}).encode())
         self._producer.poll(0)
         for msg in self._consumer.consume(1000, timeout=0.2):
             if msg.error() or msg.value() is None:

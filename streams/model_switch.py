@@ -19,9 +19,9 @@ from typing import Callable
 from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommender
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
-from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.model_updates import ModelUpdate, UpdateFollower, ensure_topic
 from streamrec.streams.pipeline import BatchProcessor
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.shadow_topic import Shadow
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ its own DuckDB file. Two problems arise when a partition moves from worker A to 
    offsets that another database owns as ``owned = false`` (``fence``): the events a killed worker
    stored past its last commit are owned by whoever consumed them next, as soon as the killed
    worker's database is opened again (a running worker also re-reads the log every few seconds:
-   a restarted worker's claims may precede the claims of the worker that took its partitions). A gracefully stopped or rebalanced worker commits before
-   it lets its partitions go (see ``streams/worker.py``), so it leaves nothing to fence.
+   a restarted worker's claims may precede the claims of the worker that took its partitions). A
+   gracefully stopped or rebalanced worker commits before it lets its partitions go (see
+   ``streams/worker.py``), so it leaves nothing to fence.
 
 Limits: a worker that is alive but has lost its partitions (a long pause past the session
 timeout) may store a batch after the new owner's claim; those rows are fenced at its next claim

@@ -19,17 +19,17 @@ import numpy as np
 from confluent_kafka import Producer
 
 from streamrec.model.exposure import Exposure
-from streamrec.model.prequential import NO_LIST
 from streamrec.model.online import OnlineEvaluator
+from streamrec.model.prequential import NO_LIST
 from streamrec.model.recommender import Recommendations, Recommender
+from streamrec.storage.batch import EventBatch
 from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
-from streamrec.storage.batch import EventBatch
 from streamrec.streams.events import Contract, decode_batch
-from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 from streamrec.streams.ownership import Ownership
+from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 
 if TYPE_CHECKING:
     from streamrec.streams.latest_lists import LatestLists
@@ -120,7 +120,7 @@ class BatchProcessor:
         and publishing n overlap (DuckDB, NumPy and librdkafka release the GIL). Dead letters
         are delivered by the ``publish`` of this batch.
         """
-        m, s = self.metrics, self.settings
+        m = self.metrics
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
@@ -136,7 +136,8 @@ class BatchProcessor:
 
     def _dead_letter(self, raw: RawBatch, i: int, reason: str, count: bool = True) -> None:
         """Copy record ``i`` to the DLQ (delivered by this batch's ``publish``, before its commit)."""
-        key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i], reason)
+        key, value, headers = dead_letter(raw.topic, raw.partitions[i], raw.offsets[i], raw.keys[i], raw.values[i],
+                                          reason)
         try:
             self.producer.produce(self.settings.dlq_topic, value=value, key=key, headers=headers,
                                   on_delivery=self._on_delivery)
@@ -261,7 +262,8 @@ class BatchProcessor:
         rows = zip(user_list, recs.items.tolist(), recs.scores.tolist(), n_valid, recs.models, recs.versions,
                    trigger_time.tolist(), trigger_ts.tolist(), trigger_part.tolist(), trigger_off.tolist())
         for u, items, scores, nv, model, version, t_time, t_ts, t_part, t_off in rows:
-            value = encode(Recommendation(u, items[:nv], scores[:nv], model, version, t_time, t_ts, t_part, t_off, now_ms))
+            value = encode(Recommendation(u, items[:nv], scores[:nv], model, version, t_time, t_ts, t_part, t_off,
+                                          now_ms))
             try:
                 produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
             except BufferError:  # local queue full: wait for deliveries, then retry once

@@ -116,7 +116,8 @@ class WorkerProcess:
         """One line saying how the child ended, then its last log lines (errors first)."""
         code = self.proc.returncode if self.proc is not None else None
         lines = "\n".join(f"    {x}" for x in last_log_lines(self.log))
-        return f"{self.name} (pid {self.proc.pid if self.proc else '-'}) exited with status {code}; log {self.log}:\n{lines}"
+        pid = self.proc.pid if self.proc else "-"
+        return f"{self.name} (pid {pid}) exited with status {code}; log {self.log}:\n{lines}"
 
     def metrics(self) -> dict[str, float]:
         """Scrape ``/metrics`` into ``{'name{labels}': value}``."""

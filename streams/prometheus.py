@@ -7,8 +7,16 @@ Names follow Prometheus conventions: ``streamrec_`` prefix, ``_total`` for count
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
-                               Gauge, Histogram, generate_latest)
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
@@ -102,13 +110,17 @@ def reject_class(reason: str) -> str:
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = r = process_registry()
-        self.consumed = Counter("streamrec_events_consumed_total", "Messages taken from the interactions topic", registry=r)
+        self.consumed = Counter("streamrec_events_consumed_total", "Messages taken from the interactions topic",
+                                registry=r)
         self.stored = Counter("streamrec_events_stored_total", "Valid events newly written to DuckDB", registry=r)
-        self.duplicates = Counter("streamrec_events_duplicate_total", "Valid events already stored (redeliveries)", registry=r)
-        self.rejected = Counter("streamrec_events_rejected_total", "Invalid messages sent to the DLQ", ["reason"], registry=r)
+        self.duplicates = Counter("streamrec_events_duplicate_total", "Valid events already stored (redeliveries)",
+                                  registry=r)
+        self.rejected = Counter("streamrec_events_rejected_total", "Invalid messages sent to the DLQ", ["reason"],
+                                registry=r)
         for c in REJECT_CLASSES:
             self.rejected.labels(c)
-        self.batch_size = Histogram("streamrec_batch_size_events", "Messages per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram("streamrec_batch_size_events", "Messages per micro-batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
         self.stage_latency = Histogram(
             "streamrec_stage_latency_seconds",
             "Time from a batch being consumed until it is stored, scored and published",
@@ -136,11 +148,14 @@ class WorkerMetrics:
         # Shadow mode (streams/shadow_topic.py): candidate vs champion on the same events, while it lasts.
         self.shadow_events = Gauge("streamrec_shadow_events", "Events graded against both the champion's and the "
                                    "shadowed candidate's list", ["champion", "candidate"], registry=r)
-        self.shadow_ndcg = Gauge("streamrec_shadow_ndcg", "Mean NDCG@10 over the paired events of the shadow comparison",
+        self.shadow_ndcg = Gauge("streamrec_shadow_ndcg",
+                                 "Mean NDCG@10 over the paired events of the shadow comparison",
                                  ["role", "version"], registry=r)
-        self.exported = Counter("streamrec_events_exported_total", "Events written to Parquet export segments", registry=r)
+        self.exported = Counter("streamrec_events_exported_total", "Events written to Parquet export segments",
+                                registry=r)
         self.lag = Gauge("streamrec_consumer_lag_events",
-                         "Records of the interactions partition not yet processed (high watermark from fetch responses)",
+                         "Records of the interactions partition not yet processed "
+                         "(high watermark from fetch responses)",
                          ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
         # Reliability (streams/health.py): failures are counted where they happen, never silent.
@@ -152,22 +167,29 @@ class WorkerMetrics:
                                       "requests, 0 while it does not", registry=r)
         self.broker_reachable.set(1)
         self.skipped_records = Counter("streamrec_control_records_skipped_total", "Records of the ownership log or "
-                                       "model-updates topic that do not decode (logged and skipped)", ["topic"], registry=r)
+                                       "model-updates topic that do not decode (logged and skipped)", ["topic"],
+                                       registry=r)
         # Scale-out (streams/ownership.py): partitions taken over, their history copied from Kafka.
         self.partition_claims = Counter("streamrec_partition_claims_total",
-                                        "Partitions claimed in the ownership log (one per partition per assignment)", registry=r)
+                                        "Partitions claimed in the ownership log (one per partition per assignment)",
+                                        registry=r)
         self.recovered = Counter("streamrec_events_recovered_total",
-                                 "Earlier events of taken-over partitions copied from Kafka (owned by another database)", registry=r)
+                                 "Earlier events of taken-over partitions copied from Kafka "
+                                 "(owned by another database)", registry=r)
         self.disowned = Counter("streamrec_events_disowned_total",
-                                "Stored events found owned by another database (stored past a commit before a crash)", registry=r)
+                                "Stored events found owned by another database (stored past a commit before a crash)",
+                                registry=r)
         self.recovery_seconds = Histogram("streamrec_partition_recovery_seconds",
                                           "Time to claim a partition and copy its history before its first batch",
                                           buckets=LATENCY_BUCKETS, registry=r)
-        self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event", registry=r)
+        self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event",
+                                     registry=r)
         # The feedback-loop watch (model/exposure.py): are the lists collapsing onto a few items?
-        self.list_coverage = Gauge("streamrec_list_coverage", "Share of the catalogue in the model's recent published lists",
+        self.list_coverage = Gauge("streamrec_list_coverage",
+                                   "Share of the catalogue in the model's recent published lists",
                                    ["model"], registry=r)
-        self.list_gini = Gauge("streamrec_list_gini", "Gini index of item exposure in the model's recent published lists",
+        self.list_gini = Gauge("streamrec_list_gini",
+                               "Gini index of item exposure in the model's recent published lists",
                                ["model"], registry=r)
 
         # Online (prequential) evaluation, set from the evaluator's snapshots.
@@ -232,7 +254,8 @@ class RetrainMetrics:
         for phase in ("train", "shadow"):
             self.duration.labels(phase)
         self.last_success = Gauge("streamrec_retrain_last_success_timestamp_seconds",
-                                  "Unix time of the last run that ended in a decision (promoted or rejected)", registry=r)
+                                  "Unix time of the last run that ended in a decision (promoted or rejected)",
+                                  registry=r)
         self.gate_ndcg = Gauge("streamrec_retrain_gate_ndcg", "Offline gate NDCG@10 of the last run's models",
                                ["role"], registry=r)
         for role in ("candidate", "champion"):
@@ -241,7 +264,8 @@ class RetrainMetrics:
                                    "Paired events summed over the workers in the current (or last) shadow comparison",
                                    registry=r)
         self.shadow_workers = Gauge("streamrec_retrain_shadow_workers",
-                                    "Workers that reported a tally for the current (or last) shadow comparison", registry=r)
+                                    "Workers that reported a tally for the current (or last) shadow comparison",
+                                    registry=r)
         self.shadow_diff = Gauge("streamrec_retrain_shadow_ndcg_diff",
                                  "Mean paired NDCG@10 difference, candidate - champion, and its confidence bounds",
                                  ["bound"], registry=r)

@@ -121,7 +121,8 @@ def _produce_all(producer, topic, values, keys, times, speedup, start, bar, on_d
         bar.update(min(step, len(values) - a))
 
 
-def replay_file(path: str | Path, bootstrap: Settings | str, topic: str, speedup: float = 0.0, min_rating: float | None = None,
+def replay_file(path: str | Path, bootstrap: Settings | str, topic: str, speedup: float = 0.0,
+                min_rating: float | None = None,
                 start: int = 0, limit: int | None = None, progress: bool = True) -> ReplayStats:
     ratings = load_ratings(path, min_rating=min_rating)
     ratings = ratings.slice(start, None if limit is None else start + limit)

@@ -41,7 +41,8 @@ def connect(settings: Settings | str, timeout: float = 6.0) -> tuple[AdminClient
             cause = errors[-1] if errors else failure
             raise KafkaUnreachable(
                 f"cannot reach Kafka at {bootstrap or '(no address)'} within {timeout:.0f}s ({cause}); check "
-                "--bootstrap-servers / STREAMREC_BOOTSTRAP_SERVERS and --kafka-config, or start one with `streamrec broker`")
+                "--bootstrap-servers / STREAMREC_BOOTSTRAP_SERVERS and --kafka-config, "
+                "or start one with `streamrec broker`")
 
 
 def create_topics(settings: Settings | str, wanted: dict[str, tuple[int, dict]], replication_factor: int = 0,

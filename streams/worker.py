@@ -43,12 +43,27 @@ from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.events import Contract
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
-from streamrec.streams.health import BrokerMonitor, Health, Skipped, StageFailed, describe, fatal, quiet_kafka_client_logs
-from streamrec.streams.latest_lists import ANNOUNCE_EVERY, LatestLists, Peers, add_views, ensure_workers_topic, web_address
-from streamrec.streams.prometheus import WorkerMetrics
+from streamrec.streams.health import (
+    BrokerMonitor,
+    Health,
+    Skipped,
+    StageFailed,
+    describe,
+    fatal,
+    quiet_kafka_client_logs,
+)
+from streamrec.streams.latest_lists import (
+    ANNOUNCE_EVERY,
+    LatestLists,
+    Peers,
+    add_views,
+    ensure_workers_topic,
+    web_address,
+)
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership, owners_topic
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
+from streamrec.streams.prometheus import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +174,8 @@ class Worker:
         while not self.app.should_stop:
             chunks, arrival = await self.buffer.take(s.batch_size, s.batch_within)
             raw = to_raw_batch(s.interactions_topic, chunks, arrival)
-            decoded = await self.health.with_retries("decode", lambda r=raw: self._run(self.decoder, processor.decode, r))
+            decoded = await self.health.with_retries("decode", lambda r=raw: self._run(self.decoder, processor.decode,
+                                                                                       r))
             async with self.busy:
                 while len(self.pending) >= 2:  # bounded: at most two batches past decoding
                     await self.pending.popleft()
@@ -170,7 +186,8 @@ class Worker:
                     result = st.result()  # the store's own failure (or Skipped) first
                     return guarded("publish", processor.publish, r, d, result)
                 published = self.publisher.submit(publish)
-                done = asyncio.ensure_future(self.complete(self.last_batch, asyncio.wrap_future(published), raw, decoded, chunks))
+                done = asyncio.ensure_future(self.complete(self.last_batch, asyncio.wrap_future(published), raw,
+                                                           decoded, chunks))
                 done.add_done_callback(self._exit_on_error)
                 self.pending.append(done)
                 self.last_batch = done

@@ -46,7 +46,8 @@ def read_topic(bootstrap: str, topic: str, min_count: int = 0, idle: float = 2.0
     Tansu's ListOffsets end offset is wrong, so instead of asking for it we read until at least
     ``min_count`` messages arrived and nothing new came for ``idle`` seconds.
     """
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     out, last, deadline = [], time.time(), time.time() + timeout

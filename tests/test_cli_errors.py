@@ -38,6 +38,7 @@ def one_line_error(r: subprocess.CompletedProcess, status: int, *words: str) -> 
     (["worker", "--top-k", "0"], {}, ["--top-k", "out of range", "from 1"]),
     (["worker", "--top-k", "-3"], {}, ["--top-k", "out of range"]),
     (["worker", "--top-k", "abc"], {}, ["--top-k", "whole number"]),
+    (["worker", "--baseline", "knn"], {}, ["--baseline", "one of popularity, item2item, itemknn"]),
     (["worker", "--batch-size", "0"], {}, ["batch_size", "out of range"]),
     (["worker"], {"STREAMREC_TOP_K": "abc"}, ["STREAMREC_TOP_K", "whole number"]),
     (["worker"], {"STREAMREC_METRICS_PORT": "70000"}, ["metrics_port", "out of range"]),

@@ -29,19 +29,23 @@ def _append(store, batch, offset0=0):
 
 def test_conflicting_payload_is_found_redelivery_is_not(tmp_path):
     store = EventStore(tmp_path / "w.duckdb")
-    ev = b'{"user_id": 1, "item_id": 2, "event_time": 900000000000, "event_type": "rating", "rating": 4.5, "event_id": "e1"}'
+    ev = (b'{"user_id": 1, "item_id": 2, "event_time": 900000000000, "event_type": "rating", "rating": 4.5, '
+          b'"event_id": "e1"}')
     first = decode_batch([ev, ev.replace(b'"e1"', b'"e2"')])
     assert _append(store, first).n_new == 2
     # Again: the same e1 (a redelivery), e1 with another item, e2 with another rating, a new e3,
     # and inside the batch a new e4 twice with different payloads (the first one is stored).
     e4 = ev.replace(b'"e1"', b'"e4"')
-    second = decode_batch([ev, ev.replace(b'"item_id": 2', b'"item_id": 3'), ev.replace(b'"e1"', b'"e2"').replace(b"4.5", b"4"),
+    second = decode_batch([ev, ev.replace(b'"item_id": 2', b'"item_id": 3'), ev.replace(b'"e1"',
+                                                                                        b'"e2"').replace(b"4.5", b"4"),
                            ev.replace(b'"e1"', b'"e3"'), e4, e4.replace(b'"user_id": 1', b'"user_id": 9')])
     result = _append(store, second, 2)
     assert result.new_mask.tolist() == [False, False, False, True, True, False]
     found = conflicts(store, second, result.new_mask)
     assert [j for j, _ in found] == [1, 2, 5]
     reasons = [r for _, r in found]
-    assert "differs in item_id" in reasons[0] and "differs in rating" in reasons[1] and "differs in user_id" in reasons[2]
+    assert "differs in item_id" in reasons[0] and "differs in rating" in reasons[1]
+    assert "differs in user_id" in reasons[2]
     assert {reject_class(r) for r in reasons} == {"conflict"}
-    assert store.con.execute("SELECT item_id FROM events WHERE event_id = 'e1'").fetchall() == [(2,)]  # stored one stays
+    assert store.con.execute("SELECT item_id FROM events WHERE event_id = 'e1'").fetchall() == [(2,
+                                                                                                 )]  # stored one stays

@@ -347,7 +347,8 @@ def test_compose_runs_the_retraining_job_and_prometheus_scrapes_it():
     # The job reads what the workers export and writes the registry they serve, on shared volumes.
     def volume_of(svc: dict, path: str) -> str:
         mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
-        return next(src for target, src in mounts.items() if path == target or path.startswith(target.rstrip("/") + "/"))
+        return next(src for target,
+                    src in mounts.items() if path == target or path.startswith(target.rstrip("/") + "/"))
 
     registry = _option(cmd, "--registry")[0]
     exports = _option(cmd, "--export-dir")

@@ -13,8 +13,6 @@ import pkgutil
 
 import pytest
 
-import streamrec
-
 
 def _modules() -> list[str]:
     names = ["streamrec"]

@@ -16,17 +16,18 @@ import uuid
 import msgspec
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
-from hypothesis import HealthCheck, Phase, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from streamrec.model.recommender import PopularityRecommender
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.events import decode, event_key
 from streamrec.streams.ownership import Ownership
-from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
+from streamrec.streams.prometheus import WorkerMetrics
 from streamrec.streams.topics import ensure_topics
-
 from tests.conftest import read_topic
 
 NOW = int(time.time() * 1000)
@@ -94,7 +95,8 @@ class Harness:
 
     def __init__(self, broker, tmp_path):
         tag = uuid.uuid4().hex[:8]
-        self.s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic=f"fuzz-{tag}", dlq_topic=f"fuzz-{tag}.dlq",
+        self.s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic=f"fuzz-{tag}",
+                          dlq_topic=f"fuzz-{tag}.dlq",
                           group_id=f"fuzz-{tag}",
                           recommendations_topic=f"fuzz-{tag}.recs", db=str(tmp_path / "fuzz.duckdb"))
         ensure_topics(self.s)
@@ -104,8 +106,10 @@ class Harness:
         self.consumer.assign([TopicPartition(self.s.interactions_topic, 0, 0)])
         self.store = EventStore(self.s.db)
         self.processor = BatchProcessor(self.s, self.store, PopularityRecommender(window=1000),
-                                        Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5}), WorkerMetrics(),
-                                        Ownership(self.store, broker.bootstrap, self.s.interactions_topic, self.s.group_id))
+                                        Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5}),
+                                        WorkerMetrics(),
+                                        Ownership(self.store, broker.bootstrap, self.s.interactions_topic,
+                                                  self.s.group_id))
         self.sent: list[tuple[int, bytes | None]] = []  # (offset, value)
 
     def run(self, batch: list[tuple[bytes | None, bytes | None]]) -> None:
@@ -118,7 +122,8 @@ class Harness:
         assert len(recs) == len(batch)
         self.sent += [(m.offset(), m.value()) for m in recs]
         raw = RawBatch(self.s.interactions_topic, [m.key() for m in recs], [m.value() for m in recs],
-                       np.array([m.partition() for m in recs], np.int32), np.array([m.offset() for m in recs], np.int64),
+                       np.array([m.partition() for m in recs], np.int32), np.array([m.offset() for m in recs],
+                                                                                   np.int64),
                        np.array([m.timestamp()[1] for m in recs], np.int64), time.time())
         p = self.processor
         decoded = p.decode(raw)
@@ -130,7 +135,8 @@ def test_fuzzed_messages_are_stored_once_or_dead_lettered(broker, tmp_path):
 
     # No shrinking: every example costs broker round trips; a failure names its offset and value.
     @hyp_settings(max_examples=30, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.large_base_example])
     @given(messages())
     def feed(batch):
         h.run(batch)
@@ -157,6 +163,7 @@ def test_fuzzed_messages_are_stored_once_or_dead_lettered(broker, tmp_path):
         ev = decode(value)  # raises if it was invalid: then it should have been dead-lettered
         first = by_key.get(event_key(ev.id()))
         assert first is not None and first[0] < offset, f"offset {offset} lost: {value[:200]!r}"
-        assert first[2:7] == (ev.id(), ev.user_id, ev.item_id, ev.event_time, ev.event_type), f"offset {offset}: conflict kept silent"
+        assert first[2:7] == (ev.id(), ev.user_id, ev.item_id, ev.event_time,
+                              ev.event_type), f"offset {offset}: conflict kept silent"
         duplicates += 1
     assert len(stored) > 0.1 * n and len(dead) > 0.1 * n and duplicates > 0, (len(stored), len(dead), duplicates)

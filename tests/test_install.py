@@ -44,7 +44,8 @@ def fresh(tmp_path_factory) -> Path:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "deprecat" not in (r.stdout + r.stderr).lower()
     # One namespace: nothing with a generic name lands in site-packages.
-    assert sorted(p.name for p in site.iterdir()) == ["_deps.pth", "streamrec", wheel.name.split("-py3")[0] + ".dist-info"]
+    assert sorted(p.name for p in site.iterdir()) == ["_deps.pth", "streamrec",
+                                                      wheel.name.split("-py3")[0] + ".dist-info"]
     return venv
 
 
@@ -59,7 +60,8 @@ def test_version_from_outside_the_repository(fresh, tmp_path):
 
 
 def test_short_demo_from_outside_the_repository(fresh, tmp_path):
-    r = run([str(fresh / "bin" / "streamrec"), "demo", "--model", "popularity", "--limit", "2000", "--duration", "2", "--workdir", "run",
+    r = run([str(fresh / "bin" / "streamrec"), "demo", "--model", "popularity", "--limit", "2000", "--duration", "2",
+             "--workdir", "run",
              "--metrics-port", "0", "--show-users", "1"], cwd=tmp_path, timeout=240)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     assert re.search(r"events stored\s+2,000 in DuckDB, rejected 0", r.stdout), r.stdout

@@ -14,9 +14,9 @@ import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from streamrec.storage.movielens import load_ratings
 from streamrec.streams import demo, lists, model_updates, ownership, replay, shadow_topic, topics, worker
 from streamrec.streams.config import Settings, SettingsError, kafka_config
-from streamrec.storage.movielens import load_ratings
 from tests.test_cli_errors import DATA
 
 CLIENT_ID = "streamrec-props-test"
@@ -63,7 +63,8 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
     model_updates.UpdateFollower(s.bootstrap_servers, updates, since_ms=0).close()  # consumer
     follower = lists.ListFollower(s.bootstrap_servers, s.recommendations_topic)  # consumer
     follower.consumer.close()
-    decision = shadow_topic.wait_for_shadow(s.bootstrap_servers, f"evals-{uuid.uuid4().hex[:6]}", "v1", "v2", since_ms=0,
+    decision = shadow_topic.wait_for_shadow(s.bootstrap_servers, f"evals-{uuid.uuid4().hex[:6]}", "v1", "v2",
+                                            since_ms=0,
                                       timeout=0.5, min_events=10, margin=0.0, alpha=0.05)  # consumer
     assert decision.verdict != "promote"
 
@@ -71,7 +72,8 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
     w.open_pipeline().store.con.close()
 
     kinds = {(module, cls) for module, cls, _ in recorded}
-    assert {("worker", "Producer"), ("topics", "AdminClient"), ("replay", "Producer"), ("ownership", "Producer"), ("ownership", "Consumer"),
+    assert {("worker", "Producer"), ("topics", "AdminClient"), ("replay", "Producer"), ("ownership", "Producer"),
+            ("ownership", "Consumer"),
             ("model_updates", "Producer"), ("model_updates", "Consumer"), ("lists", "Consumer"),
             ("shadow_topic", "Consumer")} <= kinds, kinds
     for module, cls, conf in recorded:

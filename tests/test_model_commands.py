@@ -54,7 +54,8 @@ def test_every_command_has_help(capsys):
 def test_train_evaluate_recommend(kind, chain_csv, tmp_path, capsys):
     csv, movie_ids = chain_csv
     out = tmp_path / kind
-    args, run = parse("train", ["--ratings", str(csv), "--model", kind, "--out", str(out), "--epochs", "40", "--dropout", "0.1",
+    args, run = parse("train", ["--ratings", str(csv), "--model", kind, "--out", str(out), "--epochs", "40",
+                                "--dropout", "0.1",
                                 "--d-model", "32", "--max-len", "10", "--batch-size", "32", "--lr", "0.005",
                                 "--warmup-steps", "5", "--no-progress"])
     assert run(args) == 0

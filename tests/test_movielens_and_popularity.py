@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommender, Recommendations
+from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommendations, Recommender
 from streamrec.storage.movielens import FormatError, load_ratings, load_titles, recbole_ml100k_path
 from streamrec.streams.config import Settings
 

@@ -15,8 +15,7 @@ from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import metric_sum
 from streamrec.streams.replay import make_producer, replay
 from streamrec.streams.topics import ensure_topics
-
-from tests.conftest import read_topic, start_worker, wait_metrics, wait_stored
+from tests.conftest import read_topic, start_worker, wait_stored
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
@@ -24,10 +23,13 @@ DATA = Path(__file__).parent / "data"
 BAD = [
     (b'{"user_id": 1, "item_id": ', "malformed JSON"),
     (b'{"user_id": 1, "event_time": 5, "event_type": "click"}', "missing required field `item_id`"),
-    (b'{"user_id": "abc", "item_id": 2, "event_time": 5, "event_type": "click"}', "Expected `int`, got `str` - at `$.user_id`"),
-    (b'{"user_id": 1, "item_id": 2.5, "event_time": 5, "event_type": "click"}', "Expected `int`, got `float` - at `$.item_id`"),
+    (b'{"user_id": "abc", "item_id": 2, "event_time": 5, "event_type": "click"}',
+     "Expected `int`, got `str` - at `$.user_id`"),
+    (b'{"user_id": 1, "item_id": 2.5, "event_time": 5, "event_type": "click"}',
+     "Expected `int`, got `float` - at `$.item_id`"),
     (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "rating", "rating": NaN}', "ratings must be finite"),
-    (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "rating", "rating": 1e999}', "Number out of range - at `$.rating`"),
+    (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "rating", "rating": 1e999}',
+     "Number out of range - at `$.rating`"),
     (b'{"user_id": 123456789012345678901234567890, "item_id": 2, "event_time": 5, "event_type": "click"}',
      "Expected `int` <= 9223372036854775807 - at `$.user_id`"),
     (b'{"user_id": 1, "item_id": 2, "event_time": 5, "event_type": "teleport"}', "Invalid enum value 'teleport'"),

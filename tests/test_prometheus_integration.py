@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from streamrec.streams.broker import free_port
-from streamrec.streams.prometheus import RETRAIN_OUTCOMES, RetrainMetrics
 from streamrec.streams.processes import metric_sum
+from streamrec.streams.prometheus import RETRAIN_OUTCOMES, RetrainMetrics
 from streamrec.streams.replay import make_producer, replay
 from tests.conftest import start_worker
 

@@ -4,7 +4,6 @@ no link leaves the repository; the list format says what ``scores`` mean for eve
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import fields
@@ -102,5 +101,6 @@ def test_no_link_leaves_the_repository(doc):
 def test_files_the_docs_name_exist():
     """A renamed module leaves no stale pointer in README.md or docs/."""
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for path in re.findall(r"`((?:streams|model|storage|tests|benchmarks|scripts|deploy)/[\w/.-]+\.\w+)`", doc.read_text()):
+        for path in re.findall(r"`((?:streams|model|storage|tests|benchmarks|scripts|deploy)/[\w/.-]+\.\w+)`",
+                               doc.read_text()):
             assert (ROOT / path).exists(), f"{doc.name} names {path}, which does not exist"

@@ -18,7 +18,6 @@ from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.events import Event, encode
 from streamrec.streams.processes import metric_sum
-
 from tests.conftest import read_topic, start_worker, wait_metrics, wait_stored
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,8 @@ T0 = 1_500_000_000_000  # 2017, ms
 
 def events(n: int, start: int = 0, users: int = 50) -> list[tuple[bytes, bytes]]:
     """(key, value) of ``n`` distinct valid events."""
-    return [(str(i % users).encode(), encode(Event(i % users, 1000 + i, T0 + i * 1000, "click"))) for i in range(start, start + n)]
+    return [(str(i % users).encode(), encode(Event(i % users, 1000 + i, T0 + i * 1000, "click")))
+            for i in range(start, start + n)]
 
 
 def produce(bootstrap: str, topic: str, records, **conf) -> None:
@@ -42,7 +42,8 @@ def stored_offsets(db: str) -> list[int]:
     """Offsets of the stored events; each must appear once."""
     con = duckdb.connect(db, read_only=True)
     try:
-        return [r[0] for r in con.execute("SELECT kafka_offset FROM events WHERE owned ORDER BY kafka_offset").fetchall()]
+        rows = con.execute("SELECT kafka_offset FROM events WHERE owned ORDER BY kafka_offset").fetchall()
+        return [r[0] for r in rows]
     finally:
         con.close()
 
@@ -57,7 +58,8 @@ def test_poison_pills_are_dead_letters_and_valid_neighbours_are_stored(settings,
     deep = b'{"user_id": 1, "item_id": 2, "event_time": 1500000000000, "event_type": "view", "x": ' \
         + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}"
     poison = [(b"1", deep),
-              (b"1", b'{"user_id": 1, "item_id": 2, "event_time": 1500000000000, "event_type": "view", "event_id": "\xff\xfe"}'),
+              (b"1", b'{"user_id": 1, "item_id": 2, "event_time": 1500000000000, "event_type": "view", '
+                     b'"event_id": "\xff\xfe"}'),
               (b"1", b'{"user_id": 1, "junk": "' + b"z" * 1_500_000 + b'"}'),
               (b"1", bytes(range(256)) * 4),
               (b"1", b""), (b"1", None)]
@@ -148,7 +150,8 @@ def test_broker_paused_longer_than_30s_is_ridden_out(own_broker, settings, tmp_p
         own_broker.proc.send_signal(signal.SIGSTOP)
         paused = time.time()
         try:
-            m = wait_metrics(worker, lambda m: m.get("streamrec_broker_reachable") == 0, "broker unreachable", timeout=20)
+            wait_metrics(worker, lambda m: m.get("streamrec_broker_reachable") == 0, "broker unreachable",
+                             timeout=20)
             status, body = ready_status(worker)
             assert status == 503 and "broker unreachable" in body["reason"]
             time.sleep(max(0.0, 35 - (time.time() - paused)))
@@ -157,7 +160,7 @@ def test_broker_paused_longer_than_30s_is_ridden_out(own_broker, settings, tmp_p
             own_broker.proc.send_signal(signal.SIGCONT)
         rest = events(3000, start=3000)
         produce(s.bootstrap_servers, s.interactions_topic, rest)
-        m = wait_stored(worker, len(first) + len(rest), timeout=120)
+        wait_stored(worker, len(first) + len(rest), timeout=120)
         wait_metrics(worker, lambda m: m.get("streamrec_broker_reachable") == 1, "broker reachable again", timeout=20)
         assert "broker unreachable for" in Path(worker.log).read_text()
     finally:

@@ -12,9 +12,9 @@ from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.inference import TransformerRecommender
 from streamrec.model.registry import Registry
 from streamrec.model.retrain import RetrainConfig, RetrainError, retrain
-from streamrec.model.warm_start import grow_model, grow_vocab
 from streamrec.model.transformer import build_model
 from streamrec.model.vocab import ItemVocab
+from streamrec.model.warm_start import grow_model, grow_vocab
 from streamrec.storage.movielens import Ratings
 
 torch.set_num_threads(1)

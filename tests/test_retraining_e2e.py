@@ -101,7 +101,8 @@ def test_retrain_promote_hot_swap_reject_corrupt_and_rollback(settings, tmp_path
         announce(settings.bootstrap_servers, topic, v3, str(registry.path(v3)))
         broken = tmp_path / "gone"
         announce(settings.bootstrap_servers, topic, "v99", str(broken))
-        m = wait_metrics(worker, lambda m: m['streamrec_model_loads_total{outcome="failed"}'] == 2, "failed loads counted")
+        m = wait_metrics(worker, lambda m: m['streamrec_model_loads_total{outcome="failed"}'] == 2,
+                         "failed loads counted")
         assert serving("v2")(m)
 
         # Lists after the swap come from v2 and can recommend items v1 never saw.

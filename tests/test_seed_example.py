@@ -32,7 +32,8 @@ def train(out, epochs, extra=(), ratings=DATA / "ratings.csv"):
 
 
 def recommend(checkpoint, titles, capsys):
-    code = run("recommend", ["--checkpoint", checkpoint, "--movies", DATA / "movies.csv", "-k", 10, "--titles", *titles])
+    code = run("recommend", ["--checkpoint", checkpoint, "--movies", DATA / "movies.csv", "-k", 10, "--titles",
+                             *titles])
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()[1:]
     return code, [line.split(". ", 1)[1].rsplit("  (", 1)[0] for line in lines], out.err

@@ -24,7 +24,8 @@ def test_tally_matches_numpy_and_adds_up_across_workers():
     one_by_one = PairedTally()
     for a, b in zip(champion, candidate):
         one_by_one.update(a, b)
-    a, b = tally_of(candidate[:200] - champion[:200], champion[:200]), tally_of(candidate[200:] - champion[200:], champion[200:])
+    a, b = tally_of(candidate[:200] - champion[:200], champion[:200]), tally_of(candidate[200:] - champion[200:],
+                                                                                champion[200:])
     merged = a + b
     d = candidate - champion
     for t in (one_by_one, merged):

@@ -20,10 +20,10 @@ from streamrec.model.registry import Registry
 from streamrec.model.retrain import RetrainConfig, retrain
 from streamrec.storage.movielens import Ratings, load_ratings
 from streamrec.streams.cli import build_parser
-from streamrec.streams.prometheus import RetrainMetrics
 from streamrec.streams.model_updates import ModelUpdate
 from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import parse_metrics
+from streamrec.streams.prometheus import RetrainMetrics
 from streamrec.streams.replay import replay
 from streamrec.streams.retrain_job import run_retrain, run_shadow
 from streamrec.streams.shadow_topic import ShadowReport
@@ -85,7 +85,8 @@ def test_shadow_promotes_a_better_candidate_and_rejects_a_worse_one(settings, tm
     part0, part1 = ratings.slice(0, 10_000), ratings.slice(10_000, 40_000)
     part2, part3 = ratings.slice(40_000, 55_000), ratings.slice(55_000, 70_000)
     registry = Registry(tmp_path / "registry")
-    v1 = retrain(registry, shuffled_items(part0), RetrainConfig(cold=True, model=TINY, cold_train=TrainConfig(epochs=2)))
+    v1 = retrain(registry, shuffled_items(part0), RetrainConfig(cold=True, model=TINY,
+                                                                cold_train=TrainConfig(epochs=2)))
     assert v1.version == "v1" and registry.champion() == "v1"
 
     export = tmp_path / "export"
@@ -149,7 +150,8 @@ def test_shadow_promotes_a_better_candidate_and_rejects_a_worse_one(settings, tm
         worker.stop()
 
     # Tallies on the evaluations topic: cumulative per worker, enough of them for the decisions.
-    reports = [msgspec.json.decode(x.value(), type=ShadowReport) for x in read_topic(settings.bootstrap_servers, evaluations, 1)]
+    reports = [msgspec.json.decode(x.value(), type=ShadowReport) for x in read_topic(settings.bootstrap_servers,
+                                                                                     evaluations, 1)]
     by_pair = {}
     for r in reports:
         by_pair.setdefault((r.champion, r.candidate), []).append(r)
@@ -163,7 +165,8 @@ def test_shadow_promotes_a_better_candidate_and_rejects_a_worse_one(settings, tm
           f"v3 vs v2: {worse.n} paired events, NDCG@10 {worse.candidate_mean:.4f} vs {worse.champion_mean:.4f}")
 
     # Candidate lists are never published: v2's lists start with its promotion, v3 has none.
-    announced = [msgspec.json.decode(x.value(), type=ModelUpdate) for x in read_topic(settings.bootstrap_servers, updates, 1)]
+    announced = [msgspec.json.decode(x.value(), type=ModelUpdate) for x in read_topic(settings.bootstrap_servers,
+                                                                                      updates, 1)]
     assert [(u.action, u.version) for u in announced] == [("shadow", "v2"), ("promote", "v2"), ("shadow", "v3"),
                                                           ("unshadow", "v3")]
     promoted_at = announced[1].announced_at

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import duckdb
 import msgspec
-import pytest
-
 import numpy as np
+import pytest
 
 from streamrec.storage.movielens import Ratings, load_ratings
 from streamrec.streams.cli import main as streamrec
