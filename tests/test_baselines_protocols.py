@@ -112,5 +112,5 @@ def test_worker_builds_the_configured_baseline_warm_from_the_store(name, tmp_pat
     if name == "item2item":
         assert top[0] == 1  # learnt from the stored events: after 30 comes 1
     assert 30 not in top and min(top) >= 1
-    with pytest.raises(ValueError, match="baseline must be one of"):
-        build_recommender(Settings(baseline="nope"), None)
+    with pytest.raises(Exception, match="baseline='nope': give one of popularity, item2item, itemknn"):
+        Settings(baseline="nope")  # a clear one-line error before anything is built
