@@ -117,7 +117,8 @@ class Health:
                 error = e if isinstance(e, StageFailed) else StageFailed(stage, e)
                 if error is not e:
                     error.__cause__ = e
-                attempt += 1
+                if self.broker is None or self.broker.down_for() is None:
+                    attempt += 1  # an attempt made while the broker is away is not the stage's fault
                 self.count_failure(error)
                 continue
             if attempt:

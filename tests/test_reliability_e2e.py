@@ -137,11 +137,16 @@ def own_broker(tmp_path):
     b.stop()
 
 
+# CI pauses 35 s (past the 30 s that used to kill the worker); by hand, e.g.
+# STREAMREC_TEST_OUTAGE_SECONDS=310 shows a five-minute outage ridden out (docs/operations.md).
+OUTAGE = float(os.environ.get("STREAMREC_TEST_OUTAGE_SECONDS", "35"))
+
+
 def test_broker_paused_longer_than_30s_is_ridden_out(own_broker, settings, tmp_path):
-    """(b) SIGSTOP for 35 s under a running worker: nothing lost or doubled; the reachability
-    metric dips and recovers; /ready says why meanwhile."""
+    """(b) SIGSTOP for 35 s (OUTAGE) under a running worker: nothing lost or doubled; the
+    reachability metric dips and recovers; /ready says why meanwhile."""
     s = Settings(**{**settings.__dict__, "bootstrap_servers": own_broker.bootstrap})
-    worker = start_worker(s, tmp_path / "worker.log")
+    worker = start_worker(s, tmp_path / "worker.log", broker_outage_limit=max(300.0, OUTAGE + 60))
     try:
         worker.wait_ready()
         first = events(3000)
@@ -154,7 +159,7 @@ def test_broker_paused_longer_than_30s_is_ridden_out(own_broker, settings, tmp_p
                              timeout=20)
             status, body = ready_status(worker)
             assert status == 503 and "broker unreachable" in body["reason"]
-            time.sleep(max(0.0, 35 - (time.time() - paused)))
+            time.sleep(max(0.0, OUTAGE - (time.time() - paused)))
             assert worker.alive()
         finally:
             own_broker.proc.send_signal(signal.SIGCONT)
