@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from streamrec.streams.seaweedfs import SeaweedFS
+from streamrec.streams.seaweedfs import SeaweedFS, terminate
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +134,7 @@ class EmbeddedBroker:
 
     def _stop_tansu(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:  # Tansu can take ~8 s with clients connected
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout)  # Tansu can take ~8 s to exit with clients connected
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop_tansu(timeout)
