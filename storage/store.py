@@ -13,12 +13,20 @@ Tables (one database file per worker; DuckDB allows one writing process per file
 ``sequences`` is a view over the log rather than a second table, so it can never disagree with
 the log (a crash between two writes cannot leave it behind) and a micro-batch costs one insert:
 rewriting thousands of users' list rows per batch cost more than everything else the worker
-does (measured: ~80-180 ms per 5,000-event batch over 20k users). The worker keeps the same
-sequences in memory, updated per batch, and reloads a user from the log after a restart.
+does (measured: ~80-180 ms per 5,000-event batch over 20k users).
 
-Writes are one transaction per micro-batch: new events are inserted with
-``ON CONFLICT DO NOTHING`` (a redelivered event changes nothing), and a late event lands at its
-place in time.
+Idempotence without a DuckDB index: ``key`` has no ``PRIMARY KEY``. Its ART index, updated at
+random places for random 64-bit keys, made each batch slower as the log grew (30 -> 190 ms per
+5,000 events at 1M -> 8M stored; docs/benchmarks.md#store). The store keeps the stored keys in
+memory instead (``storage/key_index.py``: sorted NumPy runs, 16 bytes an event, with a hash of
+each event's payload so that a conflicting redelivery is found without a query), loaded from the
+log on open and updated only after ``COMMIT``, so a rolled-back batch leaves it right. A batch is
+one transaction of plain appends of the rows whose key is new; a late event lands at its place
+in time. A database written with the old ``PRIMARY KEY`` schema opens as it is.
+
+In memory, bounded by the users' state rather than the log: per user the last ``seq_len``
+events as one (3, n) int64 array (times, offsets, items), and the (user, item) pairs seen as
+sorted runs of 8-byte codes; a user's sequence is reloaded from the log after a restart.
 
 >>> import tempfile, os, numpy as np
 >>> store = EventStore(os.path.join(tempfile.mkdtemp(), "w.duckdb"), seq_len=2)
@@ -33,6 +41,7 @@ place in time.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +52,13 @@ import numpy as np
 import pyarrow as pa
 
 from streamrec.storage.batch import EventBatch
+from streamrec.storage.key_index import Codes, SortedRuns
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    key UBIGINT PRIMARY KEY,
+    key UBIGINT NOT NULL,             -- unique: the store checks it in memory (see above)
     event_id VARCHAR NOT NULL,
     user_id BIGINT NOT NULL,
     item_id BIGINT NOT NULL,
@@ -77,20 +89,11 @@ WHERE newest <= {n}
 GROUP BY user_id
 """
 
-
-@dataclass
-class UserState:
-    """In-memory view of one user: last N events (sorted) and every item ever seen.
-
-    Plain lists and a set, not arrays: a micro-batch touches thousands of users with a few
-    events each, and small-array NumPy calls would cost more than the work itself.
-    """
-
-    times: list[int]  # event times of the last N events, ascending
-    order: list[int]  # tie-breaker (Kafka offset)
-    items: list[int]  # item ids of the last N events
-    seen: set[int]  # item ids of all events
-    n_events: int
+# A hash of what an event says: the same SQL expression over the same column types, for the
+# stored rows (on open) and for new batches, so equal payloads always hash alike in one process.
+PAYLOAD_HASH = "hash(event_id, user_id, item_id, event_time, event_type, rating)"
+COLUMNS = "key, event_id, user_id, item_id, event_time, event_type, rating, kafka_partition, kafka_offset"
+LOW32 = np.uint64(0xFFFFFFFF)
 
 
 @dataclass
@@ -105,8 +108,7 @@ class EventStore:
         self.path, self.seq_len = str(path), seq_len
         self.con = duckdb.connect(self.path, read_only=read_only)
         # One DuckDB thread: the worker's other threads (decode, Kafka) need the second core, and a
-        # 5,000-row insert gains nothing from parallelism (measured 211k vs 168k events/s). Rarer
-        # checkpoints: each one rewrites the key index; the WAL is replayed on open after a crash.
+        # 5,000-row insert gains nothing from parallelism (measured 211k vs 168k events/s).
         self.con.execute("SET threads = 1")
         self.con.execute("SET checkpoint_threshold = '256MB'")
         if not read_only:
@@ -117,10 +119,26 @@ class EventStore:
         # This file's identity in the ownership log (streams/ownership.py): it names the database,
         # not the process, so a restarted worker on the same file is the same owner.
         self.db_id: str = self.con.execute("SELECT db_id FROM meta").fetchone()[0]
-        self._state: dict[int, UserState] = {}
+        self._load_indexes()
+
+    def _load_indexes(self) -> None:
+        """The in-memory indexes from the log: stored keys, users, items, seen pairs."""
+        con = self.con
+        keys = con.execute(f"SELECT key, {PAYLOAD_HASH} AS h FROM events").fetchnumpy()
+        self._keys = SortedRuns(np.asarray(keys["key"], np.uint64), np.asarray(keys["h"], np.uint64))
+        del keys
+        self._users, self._items = Codes(), Codes()  # users with stored events, and their items
+        pairs = con.execute("SELECT user_id, item_id FROM events").fetchnumpy()
+        seen = np.unique(self._pairs(pairs["user_id"], pairs["item_id"]))
+        self._seen = SortedRuns(seen)
+        self._seq: dict[int, np.ndarray] = {}  # user -> (3, n) int64: times, offsets, items (loaded users)
         self.n_events = self.count()  # events in the log, kept current by append
-        # Users with stored events; anyone else is new and needs no read.
-        self._known: set[int] = self._stored_users()
+
+    def _pairs(self, users, items) -> np.ndarray:
+        """(user, item) as one uint64: user code in the high half, item code in the low half."""
+        u = self._users.encode(np.asarray(users, np.int64)).astype(np.uint64)
+        i = self._items.encode(np.asarray(items, np.int64)).astype(np.uint64)
+        return (u << np.uint64(32)) | i
 
     def close(self) -> None:
         self.con.close()
@@ -136,17 +154,41 @@ class EventStore:
         n = len(key)
         if n == 0:
             return AppendResult(0, np.zeros(0, bool), np.zeros(0, np.int64))
-        # Duplicates inside the batch: keep the first occurrence. Sort by key for the index.
+        # New rows: the first occurrence in the batch of each key not stored yet, in arrival order.
         _, first = np.unique(key, return_index=True)
-        rows = first[np.argsort(key[first], kind="stable")]
+        stored, _ = self._keys.lookup(key[first])
+        rows = np.sort(first[~stored])
+        new_mask = np.zeros(n, bool)
+        new_mask[rows] = True
+        if len(rows) == 0:
+            return AppendResult(0, new_mask, np.zeros(0, np.int64))
+        self._load(np.unique(np.asarray(batch.user, np.int64)[rows]))  # before the insert: without its rows
+        new_keys, hashes = self._insert(batch, rows, owned)
+        try:  # after COMMIT: the memory follows the log
+            self._keys.add(new_keys, hashes)
+            pairs = np.unique(self._pairs(batch.user[rows], batch.item[rows]))
+            self._seen.add(pairs[~self._seen.lookup(pairs)[0]])
+            users = self._update_sequences(rows, batch)
+        except BaseException:
+            self._load_indexes()  # whatever was half done: rebuild from the log
+            raise
+        if owned:
+            self.n_events += len(rows)
+        return AppendResult(len(rows), new_mask, users)
+
+    def _insert(self, batch: EventBatch, rows: np.ndarray, owned: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Append ``rows`` of the batch in one transaction; (keys, payload hashes) as inserted."""
+        rating = np.asarray(batch.rating, np.float32)[rows]
+        ids, types = batch.event_id, batch.event_type
+        row_list = rows.tolist()
         table = pa.table({
-            "key": key[rows],
-            "event_id": pa.array([batch.event_id[i] for i in rows.tolist()], pa.string()),
+            "key": np.asarray(batch.key, np.uint64)[rows],
+            "event_id": pa.array([ids[i] for i in row_list], pa.string()),
             "user_id": np.asarray(batch.user, np.int64)[rows],
             "item_id": np.asarray(batch.item, np.int64)[rows],
             "event_time": np.asarray(batch.event_time, np.int64)[rows],
-            "event_type": pa.array([batch.event_type[i] for i in rows.tolist()], pa.string()),
-            "rating": np.asarray(batch.rating, np.float32)[rows],
+            "event_type": pa.array([types[i] for i in row_list], pa.string()),
+            "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
             "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
             "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
         })
@@ -154,27 +196,40 @@ class EventStore:
         con.execute("BEGIN TRANSACTION")
         try:
             con.register("batch", table)
-            inserted = con.execute(
-                "INSERT INTO events SELECT key, event_id, user_id, item_id, event_time, event_type,"
-                f" NULLIF(rating, 'NaN'::FLOAT), kafka_partition, kafka_offset, {bool(owned)} FROM batch"
-                " ON CONFLICT DO NOTHING RETURNING key"
-            ).fetchnumpy()["key"]
+            out = con.execute(f"INSERT INTO events SELECT {COLUMNS}, {bool(owned)} FROM batch"
+                              f" RETURNING key, {PAYLOAD_HASH} AS h").fetchnumpy()
             con.unregister("batch")
-            new_mask = np.zeros(n, bool)
-            new_mask[rows[np.isin(key[rows], inserted)]] = True
-            users = self._update_sequences(new_mask, batch.user, batch.item, batch.event_time, batch.offset)
             con.execute("COMMIT")
         except BaseException as e:
             try:
                 con.execute("ROLLBACK")
-                self._known = self._stored_users()
             except Exception as rollback_error:  # e.g. DuckDB aborted it already (a full disk): the cause stays
                 e.add_note(f"(rollback failed too: {rollback_error})")
-            self._state.clear()  # the cache may hold uncommitted merges; reload on demand
             raise
-        if owned:
-            self.n_events += int(new_mask.sum())
-        return AppendResult(int(new_mask.sum()), new_mask, users)
+        return np.asarray(out["key"], np.uint64), np.asarray(out["h"], np.uint64)
+
+    def conflicting_rows(self, batch: EventBatch, new_mask: np.ndarray) -> np.ndarray:
+        """Rows of ``batch`` not stored now whose event id is stored with another payload (by
+        payload hash; no query unless a row is not new)."""
+        dup = np.flatnonzero(~np.asarray(new_mask, bool))
+        if len(dup) == 0:
+            return dup
+        stored, theirs = self._keys.lookup(np.asarray(batch.key, np.uint64)[dup])
+        rating = np.asarray(batch.rating, np.float32)[dup]
+        table = pa.table({
+            "event_id": pa.array([batch.event_id[i] for i in dup.tolist()], pa.string()),
+            "user_id": np.asarray(batch.user, np.int64)[dup], "item_id": np.asarray(batch.item, np.int64)[dup],
+            "event_time": np.asarray(batch.event_time, np.int64)[dup],
+            "event_type": pa.array([batch.event_type[i] for i in dup.tolist()], pa.string()),
+            "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
+        })
+        cur = self.con.cursor()
+        try:
+            cur.register("dups", table)
+            mine = np.asarray(cur.execute(f"SELECT {PAYLOAD_HASH} AS h FROM dups").fetchnumpy()["h"], np.uint64)
+        finally:
+            cur.close()
+        return dup[stored & (mine != theirs)]
 
     def disown(self, partition: int, lo: int, hi: int | None) -> int:
         """Mark this database's events of ``partition`` at offsets [lo, hi) as owned elsewhere.
@@ -197,58 +252,51 @@ class EventStore:
     def mark_recovered(self, partition: int, lo: int, hi: int) -> None:
         self.con.execute("INSERT INTO recovered VALUES (?, ?, ?)", [partition, lo, hi])
 
-    def _update_sequences(self, new_mask, user, item, event_time, offset) -> np.ndarray:
-        user = np.asarray(user, np.int64)[new_mask]
-        if len(user) == 0:
-            return np.zeros(0, np.int64)
-        by_user = np.lexsort((np.asarray(offset, np.int64)[new_mask], np.asarray(event_time, np.int64)[new_mask], user))
-        u_sorted = user[by_user]
-        users, starts = np.unique(u_sorted, return_index=True)
-        self._load(users)
+    def _update_sequences(self, rows: np.ndarray, batch: EventBatch) -> np.ndarray:
+        """Each user's last ``seq_len`` events in memory, with the batch's ``rows`` merged in."""
+        user = np.asarray(batch.user, np.int64)[rows]
+        time = np.asarray(batch.event_time, np.int64)[rows]
+        offset = np.asarray(batch.offset, np.int64)[rows]
+        by_user = np.lexsort((offset, time, user))
+        cols = np.stack([time[by_user], offset[by_user], np.asarray(batch.item, np.int64)[rows][by_user]])
+        users, starts = np.unique(user[by_user], return_index=True)
         bounds = np.append(starts, len(by_user)).tolist()
-        item = np.asarray(item, np.int64)[new_mask][by_user].tolist()
-        times = np.asarray(event_time, np.int64)[new_mask][by_user].tolist()
-        order = np.asarray(offset, np.int64)[new_mask][by_user].tolist()
-        n, state = self.seq_len, self._state
+        first = cols[:2, starts].T.tolist()  # (time, offset) of each user's first new event
+        n, seq = self.seq_len, self._seq
         for j, u in enumerate(users.tolist()):
-            a, b = bounds[j], bounds[j + 1]
-            st = state.get(u)
+            new = cols[:, bounds[j]:bounds[j + 1]]
+            st = seq.get(u)
             if st is None:
-                st = state[u] = UserState([], [], [], set(), 0)
-            if st.times and (times[a], order[a]) < (st.times[-1], st.order[-1]):
-                # A late event: merge in time order (rare, so a plain sort is fine).
-                merged = sorted(zip(st.times + times[a:b], st.order + order[a:b], st.items + item[a:b]))
-                st.times, st.order, st.items = (list(c) for c in zip(*merged))
+                st = new.copy()  # a copy: a view would keep the whole batch alive
             else:
-                st.times += times[a:b]
-                st.order += order[a:b]
-                st.items += item[a:b]
-            if len(st.items) > n:
-                del st.times[:-n], st.order[:-n], st.items[:-n]
-            st.seen.update(item[a:b])
-            st.n_events += b - a
-        self._known.update(users.tolist())
+                late = first[j] < st[:2, -1].tolist()
+                st = np.concatenate((st, new), axis=1)
+                if late:  # rare: merge in time order, then arrival order
+                    st = st[:, np.lexsort((st[1], st[0]))]
+            seq[u] = st[:, -n:] if st.shape[1] > n else st
         return users
 
-    def _stored_users(self) -> set[int]:
-        return set(self.con.execute("SELECT DISTINCT user_id FROM events").fetchnumpy()["user_id"].tolist())
-
     def _load(self, users: np.ndarray) -> None:
-        """Fill the cache from the log for known users that are not in it (after a restart)."""
-        missing = [u for u in users.tolist() if u not in self._state and u in self._known]
+        """Load from the log the sequences of stored users that are not in memory (after a restart)."""
+        users = np.asarray(users, np.int64)
+        missing = [u for u in users[self._users.lookup(users) >= 0].tolist() if u not in self._seq]
         if not missing:
             return
-        self.con.register("missing", pa.table({"user_id": np.asarray(missing, np.int64)}))
-        rows = self.con.execute(
-            "SELECT user_id, list(item_id ORDER BY event_time, kafka_partition, kafka_offset),"
-            " list(event_time ORDER BY event_time, kafka_partition, kafka_offset),"
-            " list(kafka_offset ORDER BY event_time, kafka_partition, kafka_offset)"
-            " FROM events JOIN missing USING (user_id) GROUP BY user_id"
-        ).fetchall()
-        self.con.unregister("missing")
-        n = self.seq_len
-        for u, items, times, offsets in rows:
-            self._state[u] = UserState(times[-n:], offsets[-n:], items[-n:], set(items), len(items))
+        cur = self.con.cursor()  # the appending connection may be inside a transaction
+        try:
+            cur.register("missing", pa.table({"user_id": np.asarray(missing, np.int64)}))
+            rows = cur.execute(
+                "SELECT user_id, event_time, kafka_offset, item_id FROM events JOIN missing USING (user_id)"
+                " QUALIFY row_number() OVER (PARTITION BY user_id"
+                "   ORDER BY event_time DESC, kafka_partition DESC, kafka_offset DESC) <= ?"
+                " ORDER BY user_id, event_time, kafka_partition, kafka_offset", [self.seq_len]).fetchnumpy()
+        finally:
+            cur.close()
+        cols = np.stack([np.asarray(rows[c], np.int64) for c in ("event_time", "kafka_offset", "item_id")])
+        loaded, starts = np.unique(np.asarray(rows["user_id"], np.int64), return_index=True)
+        bounds = np.append(starts, cols.shape[1]).tolist()
+        for j, u in enumerate(loaded.tolist()):
+            self._seq[u] = cols[:, bounds[j]:bounds[j + 1]].copy()
 
     # -- reads -------------------------------------------------------------------------------
     def sequence(self, user: int) -> np.ndarray:
@@ -257,14 +305,17 @@ class EventStore:
 
     def sequences(self, users: Sequence[int]) -> list[np.ndarray]:
         self._load(np.asarray(users, np.int64))
-        state, empty = self._state, np.zeros(0, np.int64)
-        return [np.array(state[u].items, np.int64) if u in state else empty for u in users]
+        seq, empty = self._seq, np.zeros(0, np.int64)
+        return [seq[u][2] if u in seq else empty for u in users]
 
     def seen(self, users: Sequence[int]) -> list[np.ndarray]:
         """Every item each user has interacted with (unique, in no particular order)."""
-        self._load(np.asarray(users, np.int64))
-        state, empty = self._state, np.zeros(0, np.int64)
-        return [np.fromiter(state[u].seen, np.int64, len(state[u].seen)) if u in state else empty for u in users]
+        codes = self._users.lookup(np.asarray(users, np.int64))
+        lo = np.where(codes >= 0, codes, 0).astype(np.uint64) << np.uint64(32)
+        hi = np.where(codes >= 0, lo + np.uint64(1 << 32), lo)  # unknown user: an empty range
+        flat, total = self._seen.ranges(lo, hi)
+        items = self._items.ids[(flat & LOW32).astype(np.int64)]
+        return np.split(items, np.cumsum(total)[:-1]) if len(total) else []
 
     def count(self) -> int:
         """Events this database owns (copies of other databases' events excluded)."""

@@ -56,20 +56,21 @@ def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, valu
 def conflicts(store, batch, new_mask) -> list[tuple[int, str]]:
     """[(row of ``batch``, reason)] of the events not stored now whose id is stored with another
     payload: the stored one stays, the newcomer is a dead letter. A redelivery (same payload)
-    is a silent duplicate. ``store``: the EventStore the batch was just appended to."""
-    dup = np.flatnonzero(~np.asarray(new_mask, bool))
-    if len(dup) == 0:
+    is a silent duplicate. ``store``: the EventStore the batch was just appended to; it finds the
+    conflicts by payload hash in memory, and only those are read back, to name what differs."""
+    rows = store.conflicting_rows(batch, new_mask)
+    if len(rows) == 0:
         return []
-    con = store.con
-    con.register("dup_keys", pa.table({"key": np.unique(batch.key[dup])}))
+    cur = store.con.cursor()
     try:
-        rows = con.execute("SELECT key, event_id, user_id, item_id, event_time, event_type, rating"
-                           " FROM events JOIN dup_keys USING (key)").fetchall()
+        cur.register("dup_keys", pa.table({"key": np.unique(batch.key[rows])}))
+        stored = {r[0]: r[1:] for r in cur.execute(
+            "SELECT key, event_id, user_id, item_id, event_time, event_type, rating"
+            " FROM events JOIN dup_keys USING (key)").fetchall()}
     finally:
-        con.unregister("dup_keys")
-    stored = {r[0]: r[1:] for r in rows}
+        cur.close()
     out = []
-    for j in dup.tolist():
+    for j in rows.tolist():
         s = stored.get(int(batch.key[j]))
         if s is None:  # not stored (cannot happen after a committed append): nothing to compare
             continue
