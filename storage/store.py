@@ -110,7 +110,11 @@ class EventStore:
         # One DuckDB thread: the worker's other threads (decode, Kafka) need the second core, and a
         # 5,000-row insert gains nothing from parallelism (measured 211k vs 168k events/s).
         self.con.execute("SET threads = 1")
-        self.con.execute("SET checkpoint_threshold = '256MB'")
+        # A checkpoint stalls the insert that triggers it (also when run from another thread), for a
+        # time proportional to the WAL: without the key index, 8M events inserted stalled at most
+        # 0.3 s (16MB), 0.5 s (64MB) or 1.3 s (256MB), at 4.6, 3.5 and 2.2 ms a batch on average
+        # (docs/benchmarks.md#store). 64MB: stalls under the freshness budget, little throughput lost.
+        self.con.execute("SET checkpoint_threshold = '64MB'")
         if not read_only:
             self.con.execute(SCHEMA)
             self.con.execute(SEQUENCES_VIEW.format(n=int(seq_len)))

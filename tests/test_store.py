@@ -114,3 +114,64 @@ def test_decoded_batch_carries_each_valid_record_s_partition_and_offset(store):
     assert store.append(b).n_new == 3
     rows = store.con.execute("SELECT item_id, kafka_partition, kafka_offset FROM events ORDER BY item_id").fetchall()
     assert rows == [(10, 3, 70), (11, 4, 80), (12, 5, 90)]
+
+
+def test_restart_then_first_append_of_an_unloaded_user_adds_each_event_once(tmp_path):
+    path = tmp_path / "w.duckdb"
+    s = EventStore(path, seq_len=5)
+    s.append(batch([(1, 10, 100), (1, 11, 200)]))
+    s.close()
+    s = EventStore(path, seq_len=5)
+    s.append(batch([(1, 12, 300), (1, 10, 400, "again")], start_offset=2))  # user 1 not loaded before
+    assert s.sequence(1).tolist() == [10, 11, 12, 10]
+    assert sorted(s.seen([1, 2])[0].tolist()) == [10, 11, 12] and s.seen([1, 2])[1].tolist() == []
+    s.close()
+
+
+def test_a_rolled_back_batch_leaves_the_key_index_right(tmp_path):
+    s = EventStore(tmp_path / "w.duckdb", seq_len=5)
+    s.append(batch([(1, 10, 100)]))
+    bad = batch([(1, 11, 200), (2, 20, 150)], start_offset=1)
+    bad.event_type = ["view", None]  # NOT NULL violated: the whole transaction rolls back
+    with pytest.raises(Exception):
+        s.append(bad)
+    assert s.count() == 1 and s.sequence(2).tolist() == [] and s.seen([2])[0].tolist() == []
+    good = batch([(1, 11, 200), (2, 20, 150)], start_offset=1)
+    assert s.append(good).n_new == 2  # not taken for stored by the failed attempt
+    assert s.sequence(1).tolist() == [10, 11] and s.count() == 3
+    s.close()
+
+
+OLD_SCHEMA = """CREATE TABLE events (key UBIGINT PRIMARY KEY, event_id VARCHAR NOT NULL, user_id BIGINT NOT NULL,
+    item_id BIGINT NOT NULL, event_time BIGINT NOT NULL, event_type VARCHAR NOT NULL, rating FLOAT,
+    kafka_partition INTEGER NOT NULL, kafka_offset BIGINT NOT NULL, owned BOOLEAN NOT NULL DEFAULT true)"""
+
+
+def test_a_database_with_the_old_primary_key_schema_opens_and_stays_idempotent(tmp_path):
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(OLD_SCHEMA)
+    b = batch([(1, 10, 100), (1, 11, 200)])
+    con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, 'view', NULL, 0, ?, true)",
+                    [[int(b.key[i]), b.event_id[i], 1, int(b.item[i]), int(b.event_time[i]), i] for i in range(2)])
+    con.close()
+    s = EventStore(path, seq_len=5)
+    assert s.n_events == 2
+    r = s.append(batch([(1, 10, 100), (1, 12, 300)], start_offset=2))  # one redelivery, one new
+    assert r.new_mask.tolist() == [False, True] and s.count() == 3
+    assert s.sequence(1).tolist() == [10, 11, 12]
+    s.close()
+
+
+def test_conflicts_are_found_by_payload_hash_after_a_restart(tmp_path):
+    path = tmp_path / "w.duckdb"
+    s = EventStore(path)
+    s.append(batch([(1, 10, 100, "e1"), (2, 20, 100, "e2")]))
+    s.close()
+    s = EventStore(path)  # hashes of the stored rows recomputed on open must match new ones
+    again = batch([(1, 10, 100, "e1"), (2, 21, 100, "e2")], start_offset=2)
+    r = s.append(again)
+    assert r.n_new == 0 and s.conflicting_rows(again, r.new_mask).tolist() == [1]
+    s.close()

@@ -1,0 +1,53 @@
+"""Sorted key runs and dense codes against plain Python sets and dicts, on random streams."""
+
+import numpy as np
+
+from streamrec.storage.key_index import Codes, SortedRuns
+
+
+def test_sorted_runs_agree_with_a_dict_through_many_merges():
+    rng = np.random.default_rng(3)
+    runs, truth = SortedRuns(values=True), {}
+    for _ in range(200):
+        keys = np.unique(rng.integers(0, 2**64, int(rng.integers(1, 300)), dtype=np.uint64))
+        found, _ = runs.lookup(keys)
+        assert found.tolist() == [int(k) in truth for k in keys.tolist()]
+        new = keys[~found]
+        vals = rng.integers(0, 2**64, len(new), dtype=np.uint64)
+        runs.add(new, vals)
+        truth.update(zip(new.tolist(), vals.tolist()))
+    assert len(runs) == len(truth) and runs.runs <= 8  # merged: log-many runs, not 200
+    probe = np.array(list(truth)[::7] + [1, 2, 3], np.uint64)
+    found, vals = runs.lookup(probe)
+    assert found.tolist() == [int(k) in truth for k in probe.tolist()]
+    assert vals[found].tolist() == [truth[int(k)] for k in probe[found].tolist()]
+
+
+def test_ranges_group_every_key_in_its_interval():
+    rng = np.random.default_rng(5)
+    runs, keys = SortedRuns(), set()
+    for _ in range(30):
+        k = np.unique(rng.integers(0, 10_000, 50, dtype=np.uint64))
+        k = k[~runs.lookup(k)[0]]
+        runs.add(k)
+        keys.update(k.tolist())
+    lo = np.array([0, 500, 9000, 300, 20_000], np.uint64)
+    hi = np.array([100, 500, 10_000, 2000, 30_000], np.uint64)
+    flat, total = runs.ranges(lo, hi)
+    groups = np.split(flat, np.cumsum(total)[:-1])
+    for a, b, g in zip(lo.tolist(), hi.tolist(), groups):
+        assert sorted(g.tolist()) == sorted(k for k in keys if a <= k < b)
+
+
+def test_codes_are_dense_in_order_of_first_sight():
+    c = Codes()
+    rng = np.random.default_rng(1)
+    truth: dict[int, int] = {}
+    for _ in range(50):
+        ids = rng.integers(0, 2**63 - 1, 40) // rng.integers(1, 2**40, 40)  # repeats and big ids
+        codes = c.encode(ids)
+        for i in ids.tolist():
+            truth.setdefault(i, len(truth))
+        assert codes.tolist() == [truth[i] for i in ids.tolist()]
+    assert len(c) == len(truth) and c.ids.tolist() == list(truth)
+    assert c.lookup(np.array([-5])).tolist() == [-1]
