@@ -53,7 +53,9 @@ from streamrec.streams.processes import WorkerProcess  # noqa: E402
 from streamrec.streams.replay import make_producer  # noqa: E402
 from streamrec.streams.topics import ensure_topics  # noqa: E402
 
-FIELDS = ["events_stored", "seconds", "rate_ev_s", "store_ms_per_batch", "store_ms_max", "rss_mb", "duckdb_mb"]
+FIELDS = ["events_stored", "seconds", "rate_ev_s", "store_ms_per_batch", "store_ms_max", "rss_mb", "duckdb_mb",
+          "decode_ms", "score_ms", "publish_ms", "lists_per_batch"]
+STAGES = ("store", "decode", "score", "publish")  # the worker's streamrec_stage_duration_seconds labels
 
 
 def load_events(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -106,12 +108,15 @@ def store_only(events, db: Path, batch_size: int, every: int) -> list[dict]:
     return rows
 
 
-def _row(stored, seconds, rate, batch_seconds, rss, duck) -> dict:
+def _row(stored, seconds, rate, batch_seconds, rss, duck, worst: bool = True, stages: dict | None = None) -> dict:
+    """One line of the table; ``worst``: the slowest batch is known (not from a histogram's sum);
+    ``stages``: the worker's other stages, ms per batch."""
     row = {"events_stored": stored, "seconds": round(seconds, 1), "rate_ev_s": round(rate),
            "store_ms_per_batch": round(1000 * float(np.mean(batch_seconds)), 1) if len(batch_seconds) else "",
-           "store_ms_max": round(1000 * float(np.max(batch_seconds)), 1) if len(batch_seconds) else "",
+           "store_ms_max": round(1000 * float(np.max(batch_seconds)), 1) if len(batch_seconds) and worst else "",
            "rss_mb": round(rss), "duckdb_mb": round(duck)}
-    print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    row.update({k if k.startswith("lists") else f"{k}_ms": round(v, 1) for k, v in (stages or {}).items()})
+    print("  ".join(f"{k} {v}" for k, v in row.items() if v != ""), flush=True)
     return row
 
 
@@ -142,8 +147,10 @@ class ListCounter(threading.Thread):
         self.c.close()
 
 
-STORE_SUM = 'streamrec_stage_duration_seconds_sum{stage="store"}'
-STORE_COUNT = 'streamrec_stage_duration_seconds_count{stage="store"}'
+def stage_totals(m: dict) -> np.ndarray:
+    """(sum of seconds, count) of each stage in STAGES, from the worker's histogram."""
+    return np.array([[m.get(f'streamrec_stage_duration_seconds_{x}{{stage="{st}"}}', 0.0) for x in ("sum", "count")]
+                     for st in STAGES] + [[m.get("streamrec_users_scored_total", 0.0), 0.0]])
 
 
 def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
@@ -155,13 +162,16 @@ def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
         m, now = w.metrics(), time.perf_counter()
         stored = int(m.get("streamrec_store_events", 0))
         if mark is None and stored > 0:
-            mark = (stored, now, m.get(STORE_SUM, 0.0), m.get(STORE_COUNT, 0.0))
+            mark = (stored, now, stage_totals(m))
         if mark is not None and (stored // every > mark[0] // every or stored >= n):
-            batches = m.get(STORE_COUNT, 0.0) - mark[3]
-            per_batch = [(m.get(STORE_SUM, 0.0) - mark[2]) / batches] if batches else []
-            rows.append(_row(stored, now - mark[1], (stored - mark[0]) / (now - mark[1]), per_batch,
-                             rss_mb(w.proc.pid), db_mb(Path(w.db))))
-            mark = (stored, now, m.get(STORE_SUM, 0.0), m.get(STORE_COUNT, 0.0))
+            d = stage_totals(m) - mark[2]
+            ms = {st: 1000 * d[k, 0] / d[k, 1] if d[k, 1] else float("nan") for k, st in enumerate(STAGES)}
+            # Users scored (one list each) per batch: the per-user work, which follows the workload's
+            # shape (users per batch, their history lengths), not the size of the log.
+            ms["lists_per_batch"] = 1000 * d[-1, 0] / d[0, 1] if d[0, 1] else float("nan")
+            rows.append(_row(stored, now - mark[1], (stored - mark[0]) / (now - mark[1]), [ms.pop("store") / 1000],
+                             rss_mb(w.proc.pid), db_mb(Path(w.db)), worst=False, stages=ms))
+            mark = (stored, now, stage_totals(m))
         if stored >= n:
             return rows
         time.sleep(0.25)

@@ -115,6 +115,9 @@ class EventStore:
         # 0.3 s (16MB), 0.5 s (64MB) or 1.3 s (256MB), at 4.6, 3.5 and 2.2 ms a batch on average
         # (docs/benchmarks.md#store). 64MB: stalls under the freshness budget, little throughput lost.
         self.con.execute("SET checkpoint_threshold = '64MB'")
+        # DuckDB caches table blocks up to 80% of RAM by default, so its share of the worker's memory
+        # grew with the log (~25 MB a million events); the log is on disk and is read back rarely.
+        self.con.execute("SET memory_limit = '256MB'")
         if not read_only:
             self.con.execute(SCHEMA)
             self.con.execute(SEQUENCES_VIEW.format(n=int(seq_len)))
@@ -184,14 +187,16 @@ class EventStore:
         """Append ``rows`` of the batch in one transaction; (keys, payload hashes) as inserted."""
         rating = np.asarray(batch.rating, np.float32)[rows]
         ids, types = batch.event_id, batch.event_type
-        row_list = rows.tolist()
+        if len(rows) < len(ids):  # (usually every row is new: no list to build)
+            row_list = rows.tolist()
+            ids, types = [ids[i] for i in row_list], [types[i] for i in row_list]
         table = pa.table({
             "key": np.asarray(batch.key, np.uint64)[rows],
-            "event_id": pa.array([ids[i] for i in row_list], pa.string()),
+            "event_id": pa.array(ids, pa.string()),
             "user_id": np.asarray(batch.user, np.int64)[rows],
             "item_id": np.asarray(batch.item, np.int64)[rows],
             "event_time": np.asarray(batch.event_time, np.int64)[rows],
-            "event_type": pa.array([types[i] for i in row_list], pa.string()),
+            "event_type": pa.array(types, pa.string()),
             "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
             "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
             "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
