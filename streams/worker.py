@@ -161,7 +161,7 @@ class Worker:
                                                          "queue.buffering.max.messages": 1_000_000,
                                                          "message.timeout.ms": hold_ms}))
         ownership = Ownership(store, s.bootstrap_servers, s.interactions_topic, s.group_id,
-                              Contract(int(s.max_event_skew * 1000), s.allow_null_keys))
+                              Contract(int(s.max_event_skew * 1000), s.allow_null_keys), s.export_dir)
         metrics.disowned.inc(ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
