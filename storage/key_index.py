@@ -25,6 +25,7 @@ vectorised ``searchsorted`` per run.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 RATIO = 4  # a run is merged into the previous one while that one is less than RATIO times larger
@@ -104,13 +105,19 @@ class SortedRuns:
         dest = np.cumsum(total) - total  # where group j starts in the output
         out = np.empty(int(total.sum()), np.uint64)
         for run, s, c in zip(self._keys, starts, counts):
-            n = int(c.sum())
-            if n:
-                group = np.repeat(np.arange(q), c)
-                within = np.arange(n) - np.repeat(np.cumsum(c) - c, c)
-                out[dest[group] + within] = run[s[group] + within]
+            _copy_slices(run, s, c, out, dest)
             dest = dest + c
         return out, total
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_slices(src, starts, counts, out, dest):
+    """out[dest[j]:dest[j] + counts[j]] = src[starts[j]:starts[j] + counts[j]] for every j: a loop
+    of slice copies (NumPy's repeat/arange index arrays cost 5-10x more per element)."""
+    for j in range(len(starts)):
+        a, d = starts[j], dest[j]
+        for k in range(counts[j]):
+            out[d + k] = src[a + k]
 
 
 class Codes:
