@@ -34,12 +34,13 @@ RATIO = 4  # a run is merged into the previous one while that one is less than R
 class SortedRuns:
     """A set of distinct uint64 keys (optionally a uint64 value per key) as sorted runs, largest first."""
 
-    def __init__(self, keys: np.ndarray | None = None, values: bool | np.ndarray = False):
+    def __init__(self, keys: np.ndarray | None = None, values: bool | np.ndarray = False, is_sorted: bool = False):
+        """``keys``: distinct, and ascending when ``is_sorted`` (e.g. from an ``ORDER BY``)."""
         self._keys: list[np.ndarray] = []
         self._vals: list[np.ndarray] | None = [] if values is not False else None
         if keys is not None and len(keys):
-            order = np.argsort(keys, kind="stable")
-            self._keys.append(np.ascontiguousarray(keys[order], np.uint64))
+            order = slice(None) if is_sorted else np.argsort(keys)
+            self._keys.append(np.ascontiguousarray(np.asarray(keys)[order], np.uint64))
             if self._vals is not None:
                 self._vals.append(np.ascontiguousarray(np.asarray(values)[order], np.uint64))
 

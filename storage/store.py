@@ -118,6 +118,7 @@ class EventStore:
         # DuckDB caches table blocks up to 80% of RAM by default, so its share of the worker's memory
         # grew with the log (~25 MB a million events); the log is on disk and is read back rarely.
         self.con.execute("SET memory_limit = '256MB'")
+        self.con.execute("SET enable_progress_bar = false")  # (long loads on open drew bars in the worker's log)
         if not read_only:
             self.con.execute(SCHEMA)
             self.con.execute(SEQUENCES_VIEW.format(n=int(seq_len)))
@@ -131,13 +132,20 @@ class EventStore:
     def _load_indexes(self) -> None:
         """The in-memory indexes from the log: stored keys, users, items, seen pairs."""
         con = self.con
-        keys = con.execute(f"SELECT key, {PAYLOAD_HASH} AS h FROM events").fetchnumpy()
-        self._keys = SortedRuns(np.asarray(keys["key"], np.uint64), np.asarray(keys["h"], np.uint64))
+        # DuckDB sorts and de-duplicates (NumPy took minutes for 8M rows on a busy machine).
+        keys = con.execute(f"SELECT key, {PAYLOAD_HASH} AS h FROM events ORDER BY key").fetchnumpy()
+        self._keys = SortedRuns(np.asarray(keys["key"], np.uint64), np.asarray(keys["h"], np.uint64), is_sorted=True)
         del keys
-        self._users, self._items = Codes(), Codes()  # users with stored events, and their items
-        pairs = con.execute("SELECT user_id, item_id FROM events").fetchnumpy()
-        seen = np.unique(self._pairs(pairs["user_id"], pairs["item_id"]))
-        self._seen = SortedRuns(seen)
+        # Users with stored events, and their items, coded in id order so that the pairs come sorted.
+        self._users, self._items = Codes(), Codes()
+        self._users.encode(con.execute("SELECT DISTINCT user_id FROM events ORDER BY 1").fetchnumpy()["user_id"])
+        self._items.encode(con.execute("SELECT DISTINCT item_id FROM events ORDER BY 1").fetchnumpy()["item_id"])
+        pairs = con.execute("SELECT user_id, item_id FROM events ORDER BY 1, 2").fetchnumpy()  # (sorts spill)
+        pairs = self._pairs(pairs["user_id"], pairs["item_id"])
+        first = np.ones(len(pairs), bool)
+        first[1:] = pairs[1:] != pairs[:-1]
+        self._seen = SortedRuns(pairs[first], is_sorted=True)
+        del pairs
         self._seq: dict[int, np.ndarray] = {}  # user -> (3, n) int64: times, offsets, items (loaded users)
         self.n_events = self.count()  # events in the log, kept current by append
 
