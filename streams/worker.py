@@ -85,7 +85,8 @@ def make_app(settings: Settings, buffer: RecordBuffer, worker: "Worker") -> Bulk
         consumer_max_fetch_size=8 * 1024**2,  # per partition: fewer, larger fetches to parse in bulk
     )
     conf.update(kafka_config("faust", settings))  # broker, client id, credentials of --kafka-config
-    return BulkApp(settings.group_id, record_buffer=buffer, before_revoke=worker.before_revoke, **conf)
+    return BulkApp(settings.group_id, record_buffer=buffer, before_revoke=worker.before_revoke,
+                   fetch_wait=settings.fetch_wait, **conf)
 
 
 class Worker:
