@@ -163,6 +163,8 @@ class Settings(EnvSettings):
     baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: "
                                      "popularity, item2item or itemknn", choices=("popularity", "item2item", "itemknn"))
     checkpoint: str = _f("", "transformer checkpoint directory (empty: the baseline only)")
+    torch_threads: int = _f(1, "PyTorch CPU threads of a worker serving a transformer (its decode, store and "
+                               "publish stages have threads of their own: more fight them for the cores)", min=1)
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
     model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")

@@ -152,6 +152,12 @@ class Worker:
 
     def open_pipeline(self) -> BatchProcessor:
         s, metrics = self.settings, self.metrics
+        if s.checkpoint or s.registry:  # a transformer will score, in this (the publish) thread
+            import torch
+
+            # torch's default (one thread per core) made SASRec 2.5x slower in the worker than alone:
+            # its threads and the stage threads took the same two cores (docs/benchmarks.md).
+            torch.set_num_threads(s.torch_threads)
         store = EventStore(s.db, seq_len=s.seq_len)
         recommender = self.models.first_model(store)
         metrics.store_events.set(store.n_events)
