@@ -155,7 +155,7 @@ class Settings(EnvSettings):
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
     top_k: int = _f(20, "length of published lists", min=1, max=10_000)
     batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
-    batch_within: float = _f(0.02, "seconds to wait for a micro-batch to fill (longer: larger batches, "
+    batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill (longer: larger batches, "
                                    "staler lists)", min=0.0)
     fetch_wait: float = _f(0.01, "seconds the broker may hold the worker's fetch when no data is there "
                                  "(longer: fewer round trips, staler lists; faust's own is 1.5)", min=0.0, max=60.0)
