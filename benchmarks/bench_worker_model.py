@@ -136,7 +136,8 @@ def main() -> None:
     print(f"standalone, same model, batches of {batch}: {alone:,.0f} users/s; worker/standalone = "
           f"{worker_rate / alone:.2f}")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; load "
-          f"{os.getloadavg()[0]:.1f}; standalone torch threads {args.threads}, worker OMP_NUM_THREADS {args.worker_omp or 'unset'}; date {time.strftime('%Y-%m-%d %H:%M')}")
+          f"{os.getloadavg()[0]:.1f}; standalone torch threads {args.threads}, worker OMP_NUM_THREADS "
+          f"{args.worker_omp or 'unset'}; date {time.strftime('%Y-%m-%d %H:%M')}")
 
 
 if __name__ == "__main__":
