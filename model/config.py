@@ -34,6 +34,9 @@ class ModelConfig(_Dict):
     negatives: int = 0  # SASRec: 0 = full softmax ("SASRec+"); N > 0 = sampled softmax with N negatives
     future: int = 1  # SASRec: each position learns the next `future` items (1 = the classic next item)
     label_smoothing: float = 0.1  # SASRec, full softmax: share of the target mass spread over all items
+    knn_k: int = 0  # SASRec: > 0 adds an item-kNN prior (each item's knn_k strongest neighbours) to the logits
+    mask_seen: bool = False  # SASRec, full softmax: a position's history items leave its training softmax
+    knn_window: int = 10  # the prior: co-occurrence within this many events; the last this many items vote
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Sequences
 from streamrec.model.evaluate import evaluate_histories, model_scorer
+from streamrec.model.knn_prior import knn_table
 from streamrec.model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
 from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
@@ -43,7 +44,7 @@ def grow_model(
     grown = build_model(new_cfg).to(next(model.parameters()).device)
     old_sd, sd = model.state_dict(), grown.state_dict()
     for k, v in old_sd.items():
-        if k not in ("item_emb.weight", "out_bias"):
+        if k not in ("item_emb.weight", "out_bias", "knn_ids", "knn_vals"):  # the kNN table: fit() rebuilds it
             sd[k] = v.clone()
     w_old, b_old = old_sd["item_emb.weight"], old_sd["out_bias"]
     real = w_old[1 : cfg.n_items + 1]
@@ -88,6 +89,9 @@ def fit(
     model = model.to(device)
     cfg = model.cfg
     s = Sequences.from_list(np.arange(len(train_seqs)), train_seqs)
+    if cfg.knn_k > 0 and len(train_seqs):  # the item-kNN prior comes from this training data (a grown model's is empty)
+        counts = np.bincount(np.concatenate(train_seqs), minlength=cfg.n_items + 1)
+        model.set_knn(*knn_table(train_seqs, cfg.n_items, cfg.knn_k, cfg.knn_window), counts)
     ws = model.training_windows(s)
     info = {"best_epoch": 0, "valid": {}, "history": [], "train_windows": len(ws), "seconds": 0.0}
     start = time.perf_counter()
