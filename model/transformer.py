@@ -145,9 +145,16 @@ class SequentialTransformer(nn.Module):
         return self._dense_knn[1]
 
     def knn_prior(self, recent: torch.Tensor) -> torch.Tensor:
-        """Item-kNN scores [N, n_items] of ``recent`` [N, knn_window] (newest item first, 0 = none)."""
-        w = (KNN_SCALE * self.knn_weight).expand_as(recent).contiguous()
-        return F.embedding_bag(recent, self.knn_matrix(), per_sample_weights=w, mode="sum")
+        """Item-kNN scores [N, n_items] of ``recent`` [N, knn_window] (newest item first, 0 = none).
+        Training sums rows of the dense matrix (fast for many positions); inference scatters the
+        top-k rows, so a serving model never holds an n_items x n_items matrix."""
+        w = KNN_SCALE * self.knn_weight
+        if self.training:
+            return F.embedding_bag(recent, self.knn_matrix(), per_sample_weights=w.expand_as(recent).contiguous(),
+                                   mode="sum")
+        vals = self.knn_vals[recent] * w[:, None]  # [N, W, k]
+        out = torch.zeros(len(recent), self.cfg.n_items + 1, dtype=vals.dtype, device=vals.device)
+        return out.scatter_add_(1, self.knn_ids[recent].flatten(1), vals.flatten(1))[:, 1:]
 
     def recent_items(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, L, knn_window]: at every position the item there and the ones before it, newest first."""

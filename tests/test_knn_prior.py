@@ -82,3 +82,13 @@ def test_grown_model_rebuilds_its_table_from_the_fine_tuning_data():
     seqs = [np.array([4, 5, 4, 5, 1])] * 4
     grown, _ = fit(grown, seqs, seqs, np.array([5] * 4), TrainConfig(epochs=1, device="cpu"))
     assert grown.knn_ids[4, 0].item() == 5 and grown.knn_ids[5, 0].item() == 4
+
+
+def test_training_and_serving_compute_the_same_prior():
+    seqs = random_sequences(50, 30)
+    model = build_model(ModelConfig(n_items=50, max_len=24, d_model=8, n_heads=1, n_layers=1, knn_k=10))
+    model.set_knn(*knn_table(seqs, 50, 10))
+    recent = model.recent_items(torch.from_numpy(np.stack([s[:3] for s in seqs])))[:, -1]
+    dense_path = model.train().knn_prior(recent)  # rows of the dense matrix
+    sparse_path = model.eval().knn_prior(recent)  # scattered top-k rows
+    assert dense_path.abs().max() > 1 and torch.allclose(dense_path, sparse_path, atol=1e-5)
