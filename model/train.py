@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Split
 from streamrec.model.evaluate import evaluate_histories, model_scorer
-from streamrec.model.knn_prior import knn_table
 from streamrec.model.transformer import SequentialTransformer, build_model
 
 
@@ -127,8 +126,7 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     device = resolve_device(tcfg.device)
     model = build_model(mcfg).to(device)
     if mcfg.knn_k > 0:
-        counts = np.bincount(split.train.items, minlength=mcfg.n_items + 1)
-        model.set_knn(*knn_table(split.train.as_list(), mcfg.n_items, mcfg.knn_k, mcfg.knn_window), counts)
+        model.fit_knn(split.train.as_list())
     opt = configure_optimizer(model, tcfg)
     ws = model.training_windows(split.train)
     if not ws:

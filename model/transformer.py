@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from streamrec.model.config import ModelConfig
 from streamrec.model.data import Sequences, pad_left, windows
-from streamrec.model.knn_prior import own_pairs
+from streamrec.model.knn_prior import knn_table, own_pairs
 
 KNN_SCALE = 10.0  # the item-kNN prior's weights are parameters times this
 
@@ -133,6 +133,12 @@ class SequentialTransformer(nn.Module):
         self.knn_ids.copy_(torch.as_tensor(ids))
         self.knn_vals.copy_(torch.as_tensor(vals))
         self.knn_counts.copy_(torch.as_tensor(counts if counts is not None else np.zeros(len(ids), np.int64)))
+
+    def fit_knn(self, sequences: list[np.ndarray]) -> None:
+        """(Re)build the prior's table from item-index ``sequences`` (the data it may count)."""
+        seqs = [np.asarray(s, np.int64) for s in sequences]
+        counts = np.bincount(np.concatenate(seqs) if seqs else np.zeros(0, np.int64), minlength=self.cfg.n_items + 1)
+        self.set_knn(*knn_table(seqs, self.cfg.n_items, self.cfg.knn_k, self.cfg.knn_window), counts)
 
     def knn_matrix(self) -> torch.Tensor:
         """The table as a dense [n_items + 1, n_items] matrix (row 0 and missing neighbours: 0),

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Sequences
 from streamrec.model.evaluate import evaluate_histories, model_scorer
-from streamrec.model.knn_prior import knn_table
 from streamrec.model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
 from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
@@ -90,8 +89,7 @@ def fit(
     cfg = model.cfg
     s = Sequences.from_list(np.arange(len(train_seqs)), train_seqs)
     if cfg.knn_k > 0 and len(train_seqs):  # the item-kNN prior comes from this training data (a grown model's is empty)
-        counts = np.bincount(np.concatenate(train_seqs), minlength=cfg.n_items + 1)
-        model.set_knn(*knn_table(train_seqs, cfg.n_items, cfg.knn_k, cfg.knn_window), counts)
+        model.fit_knn(train_seqs)
     ws = model.training_windows(s)
     info = {"best_epoch": 0, "valid": {}, "history": [], "train_windows": len(ws), "seconds": 0.0}
     start = time.perf_counter()
