@@ -83,6 +83,8 @@ class TrainConfig(_Dict):
 
 # Per-model departures from the field defaults: the recipe behind docs/accuracy.md's numbers.
 RECIPES: dict[str, dict[str, dict]] = {
-    "sasrec": {"model": {}, "train": {}},
+    # SASRec with an item-kNN prior (docs/accuracy.md, "Levers tried"): item-kNN's scores, from the training
+    # data, added to the logits with learned per-age weights; the transformer learns the residual.
+    "sasrec": {"model": {"knn_k": 200}, "train": {}},
     "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0}, "train": {"batch_size": 32}},
 }
