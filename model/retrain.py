@@ -312,20 +312,10 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
     cand_m, champ_m = gate_metrics(model, vocab, champ, full, gate_idx)
     cand, ch = cand_m["NDCG@10"], None if champ_m is None else champ_m["NDCG@10"]
 
-    metrics = {
-        "gate": {"NDCG@10": cand, "champion_NDCG@10": ch, "margin": cfg.margin, "candidate": cand_m,
-                 "champion": champ_m, "champion_version": parent if champ_m is not None else None},
-        "valid": fit_info["valid"],
-        "best_epoch": fit_info["best_epoch"],
-    }
-    data = {"n_events": int(len(ev)), "n_users": int(len(seqs)), "n_items": len(vocab), "new_items": int(len(new_ids)),
-            "since": since, "train_sequences": len(train_seqs), "train_windows": fit_info["train_windows"],
-            "gate_users": int(len(gate_idx))}
-    version = registry.register(
-        model=model, vocab=vocab, parent=parent if warm else None, cutoff=cutoff, metrics=metrics,
-        training_seconds=round(fit_info["seconds"], 2), mode=mode, data=data,
-        train=tcfg.to_dict(), retrain=cfg.to_dict(), history=fit_info["history"],
-    )
+    version = _register(registry, model, vocab, parent, warm, cutoff, cand_m, champ_m, fit_info, cfg, tcfg,
+                        data={"n_events": int(len(ev)), "n_users": int(len(seqs)), "n_items": len(vocab),
+                              "new_items": int(len(new_ids)), "since": since, "train_sequences": len(train_seqs),
+                              "train_windows": fit_info["train_windows"], "gate_users": int(len(gate_idx))})
     status, reason = decide(registry, version, cand, ch, parent, cfg)
     log.info("retrain %s -> %s: %s (%s)", mode, version, {"champion": "promoted"}.get(status, status), reason)
     return RetrainResult(
@@ -333,4 +323,21 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
         status=status, seconds=time.perf_counter() - t0, new_items=int(len(new_ids)), mode=mode,
         parent=parent if warm else None, training_seconds=fit_info["seconds"], gate_users=int(len(gate_idx)),
         train_sequences=len(train_seqs),
+    )
+
+
+def _register(registry: Registry, model, vocab, parent, warm: bool, cutoff: int, cand_m: dict,
+              champ_m: dict | None, fit_info: dict, cfg: RetrainConfig, tcfg, data: dict) -> str:
+    """The candidate into the registry with what the gate and the training saw; its version."""
+    metrics = {
+        "gate": {"NDCG@10": cand_m["NDCG@10"], "champion_NDCG@10": None if champ_m is None else champ_m["NDCG@10"],
+                 "margin": cfg.margin, "candidate": cand_m, "champion": champ_m,
+                 "champion_version": parent if champ_m is not None else None},
+        "valid": fit_info["valid"],
+        "best_epoch": fit_info["best_epoch"],
+    }
+    return registry.register(
+        model=model, vocab=vocab, parent=parent if warm else None, cutoff=cutoff, metrics=metrics,
+        training_seconds=round(fit_info["seconds"], 2), mode="warm" if warm else "cold", data=data,
+        train=tcfg.to_dict(), retrain=cfg.to_dict(), history=fit_info["history"],
     )

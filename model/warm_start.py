@@ -116,22 +116,29 @@ def fit(
     for epoch in range(tcfg.epochs):
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar, postfix={"epoch": epoch + 1})
         out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
-        if not has_valid:  # nothing to select on: keep the last epoch
-            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-            info["best_epoch"] = epoch + 1
-        else:
-            m = validate()
-            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
-            improved = m["NDCG@10"] > stopper.best
-            stop = stopper.update(m["NDCG@10"], epoch + 1, model)
-            if improved:
-                info["best_epoch"], info["valid"] = epoch + 1, m
-            if stop:
-                break
+        m = validate() if has_valid else None
+        if _record_epoch(info, stopper, epoch + 1, float(np.mean(losses)), m, model, bar):
+            break
         if out_of_time:
             break
     bar.close()
     stopper.restore(model)
     info["seconds"] = time.perf_counter() - start
     return model.eval(), info
+
+
+def _record_epoch(info: dict, stopper: EarlyStopping, epoch: int, loss: float, m: dict | None,
+                  model: SequentialTransformer, bar) -> bool:
+    """One epoch into ``info`` (history, best epoch); True when early stopping says stop. With no
+    validation (``m`` None) there is nothing to select on: the last epoch is kept."""
+    if m is None:
+        info["history"].append({"epoch": epoch, "loss": loss})
+        info["best_epoch"] = epoch
+        return False
+    info["history"].append({"epoch": epoch, "loss": loss, **m})
+    bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
+    improved = m["NDCG@10"] > stopper.best
+    stop = stopper.update(m["NDCG@10"], epoch, model)
+    if improved:
+        info["best_epoch"], info["valid"] = epoch, m
+    return stop

@@ -34,6 +34,29 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.user)
 
+    def without_inputs(self, keep: np.ndarray) -> "EventBatch":
+        """The rows whose input position is kept (``keep``: a mask over the inputs), renumbered
+        as positions among the kept inputs; rejected inputs likewise.
+
+        >>> b = EventBatch.of(key=[1, 2], event_id=["a", "b"], user=[1, 1], item=[5, 6], event_time=[0, 0],
+        ...                   event_type=["view", "view"], index=[0, 2])
+        >>> b.rejected = [(1, "bad")]
+        >>> c = b.without_inputs(np.array([False, True, True]))
+        >>> c.item.tolist(), c.index.tolist(), c.rejected
+        ([6], [1], [(0, 'bad')])
+        """
+        keep = np.asarray(keep, bool)
+        position = np.cumsum(keep) - 1  # input position -> position among the kept inputs
+        rows = np.flatnonzero(keep[self.index])
+        pick = rows.tolist()
+        return EventBatch(
+            key=self.key[rows], event_id=[self.event_id[i] for i in pick], user=self.user[rows],
+            item=self.item[rows], event_time=self.event_time[rows],
+            event_type=[self.event_type[i] for i in pick], rating=self.rating[rows],
+            partition=self.partition[rows], offset=self.offset[rows], index=position[self.index[rows]],
+            rejected=[(int(position[i]), reason) for i, reason in self.rejected if keep[i]],
+        )
+
     @classmethod
     def of(cls, key, event_id, user, item, event_time, event_type, rating=None, partition=None, offset=None,
            index=None) -> "EventBatch":

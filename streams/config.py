@@ -164,7 +164,8 @@ class Settings(EnvSettings):
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
     model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")
     model_evaluations_topic: str = _f("model-evaluations", "topic of shadow-mode tallies (candidate vs champion)")
-    export_dir: str = _f("", "write Parquet segments of the event log here (for retraining)")
+    export_dir: str = _f("", "write Parquet segments of the event log here (for retraining, and read by "
+                             "the next owner of a partition)")
     export_every: float = _f(30.0, "seconds between event-log exports", min=0.1)
     metrics_host: str = _f("127.0.0.1", "address of the /metrics endpoint")
     metrics_port: int = _f(6066, "port of the /metrics endpoint (the demo: 0 picks free ones)", min=0, max=65535)

@@ -41,11 +41,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from streamrec.storage.export import read_partition_segments
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import kafka_config
 from streamrec.streams.events import Contract, decode_batch
@@ -60,6 +62,7 @@ class Claim(msgspec.Struct):
     db_id: str
     claimed_at: int  # ms since the epoch
     nonce: str = ""  # lets the claimant find its own claim when it reads the log back
+    export_dir: str = ""  # where the claimant exports its events (storage/export.py); "" when it does not
 
 
 def owners_topic(interactions_topic: str) -> str:
@@ -135,9 +138,9 @@ class OwnershipLog:
                           self.topic, msg.offset(), type(e).__name__, str(e)[:200])
             return None
 
-    def claim(self, partition: int, start: int, db_id: str) -> list[Claim]:
+    def claim(self, partition: int, start: int, db_id: str, export_dir: str = "") -> list[Claim]:
         """Append a claim, wait for the broker's ack; returns the log up to and including it."""
-        claim = Claim(self.group, partition, start, db_id, int(time.time() * 1000), uuid.uuid4().hex)
+        claim = Claim(self.group, partition, start, db_id, int(time.time() * 1000), uuid.uuid4().hex, export_dir)
         self.producer.produce(self.topic, key=str(partition).encode(), value=msgspec.json.encode(claim))
         if self.producer.flush(30):
             raise RuntimeError(f"claim of partition {partition} not acknowledged by {self.topic}")
@@ -156,40 +159,66 @@ def fence(store: EventStore, claims: list[Claim]) -> int:
 
 def read_partition(bootstrap: str, topic: str, partition: int, lo: int, hi: int, timeout: float = 120.0):
     """Raw records of ``topic[partition]`` at offsets [lo, hi) as (values, offsets, keys, timestamps)."""
+    values, offsets, keys, stamps = [], [], [], []
+    for v, o, k, t in read_partition_chunks(bootstrap, topic, partition, lo, hi, timeout=timeout):
+        values += v
+        offsets.append(o)
+        keys += k
+        stamps += t
+    return values, np.concatenate(offsets) if offsets else np.zeros(0, np.int64), keys, stamps
+
+
+def read_partition_chunks(bootstrap: str, topic: str, partition: int, lo: int, hi: int, chunk: int = 200_000,
+                          timeout: float = 120.0):
+    """:func:`read_partition` in pieces of about ``chunk`` records (memory stays bounded);
+    ``timeout``: the longest wait for the next piece."""
+    if lo >= hi:
+        return
     c = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}",
                                                   "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024**2}))
     c.assign([TopicPartition(topic, partition, lo)])
-    values, offsets, keys, stamps, deadline = [], [], [], [], time.monotonic() + timeout
+    values, offsets, keys, stamps, deadline, first = [], [], [], [], time.monotonic() + timeout, True
     try:
-        while time.monotonic() < deadline:
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}[{partition}] offsets {lo}..{hi}: not read in {timeout}s")
             msgs = [m for m in c.consume(10_000, timeout=0.5) if not m.error()]
+            if not msgs:
+                continue
+            deadline = time.monotonic() + timeout
+            if first and msgs[0].offset() > lo:
+                log.warning("%s[%d]: offsets %d..%d are gone from Kafka (retention); those users' history is partial",
+                            topic, partition, lo, msgs[0].offset() - 1)
+            first = False
             for m in msgs:
                 if m.offset() < hi:
                     values.append(m.value())
                     offsets.append(m.offset())
                     keys.append(m.key())
                     stamps.append(m.timestamp()[1])
-            if msgs and msgs[-1].offset() >= hi - 1:
-                break
-        else:
-            raise TimeoutError(f"{topic}[{partition}] offsets {lo}..{hi}: not read in {timeout}s")
+            done = msgs[-1].offset() >= hi - 1
+            if len(values) >= chunk or (done and values):
+                yield values, np.asarray(offsets, np.int64), keys, stamps
+                values, offsets, keys, stamps = [], [], [], []
+            if done:
+                return
     finally:
         c.close()
-    if offsets and offsets[0] > lo:
-        log.warning("%s[%d]: offsets %d..%d are gone from Kafka (retention); those users' history is partial",
-                    topic, partition, lo, offsets[0] - 1)
-    return values, np.asarray(offsets, np.int64), keys, stamps
 
 
 class Ownership:
     """A worker's side of it: claim each partition once per assignment, fence, recover."""
 
     def __init__(self, store: EventStore, bootstrap: str, interactions_topic: str, group: str,
-                 contract: Contract = Contract()):
+                 contract: Contract = Contract(), export_dir: str = ""):
         self.store, self.bootstrap, self.topic, self.contract = store, bootstrap, interactions_topic, contract
+        # Named in this worker's claims, so that whoever takes a partition over next reads the
+        # events of it from these segments rather than from Kafka.
+        self.export_dir = str(Path(export_dir).resolve()) if export_dir else ""
         self.log = OwnershipLog(bootstrap, owners_topic(interactions_topic), group)
         self.claimed: set[int] = set()
         self.recovered_events = 0  # copies stored by recoveries, for the metric
+        self.recovered_from_segments = 0  # of those, read from the previous owner's exported segments
         self.fenced_events = 0
         # Length of the newest log applied. The log only grows, so a read of it is a prefix of
         # every later read: a shorter one is older than what was applied, and applying it would
@@ -227,27 +256,45 @@ class Ownership:
         new = sorted(set(np.unique(partitions).tolist()) - self.claimed)
         for p in new:
             start = int(offsets[partitions == p].min())
-            claims = self.log.claim(p, start, self.store.db_id)
+            claims = self.log.claim(p, start, self.store.db_id, self.export_dir)
             self.refresh(claims)
             self._recover(p, start, claims)
             self.claimed.add(p)
         return new
 
     def _recover(self, partition: int, start: int, claims: list[Claim]) -> None:
-        """Copy the events of ``partition`` below ``start`` that other databases own."""
+        """Copy the events of ``partition`` below ``start`` that other databases own: from the
+        owner's exported Parquet segments as far as they reach, the rest from Kafka, in chunks
+        (memory bounded)."""
         t0 = time.time()
-        n = 0
+        n = from_segments = 0
         for lo, hi, db in segments(claims, partition):
             hi = start if hi is None or hi > start else hi
             if db == self.store.db_id or lo >= hi or self.store.is_recovered(partition, lo, hi):
                 continue
-            values, offsets, keys, stamps = read_partition(self.bootstrap, self.topic, partition, lo, hi)
-            # The owner's rules: what it dead-lettered is not copied either.
-            batch = decode_batch(values, keys, stamps, self.contract, np.full(len(values), partition), offsets)
-            result = self.store.append(batch, owned=False)
+            done = lo
+            export_dir = exports_of(claims, db)
+            if export_dir:
+                for batch, top in read_partition_segments(export_dir, partition, lo, hi):
+                    got = self.store.append(batch, owned=False).n_new
+                    n, from_segments, done = n + got, from_segments + got, top + 1
+            # Past the last exported offset (the owner stored batches whole and in offset order, so
+            # nothing below it is missing from the segments): Kafka, under the owner's rules (what
+            # it dead-lettered is not copied either).
+            for values, offsets, keys, stamps in read_partition_chunks(self.bootstrap, self.topic, partition, done, hi):
+                batch = decode_batch(values, keys, stamps, self.contract, np.full(len(values), partition), offsets)
+                n += self.store.append(batch, owned=False).n_new
             self.store.mark_recovered(partition, lo, hi)
-            n += result.n_new
         self.recovered_events += n
+        self.recovered_from_segments += from_segments
         if n:
-            log.info("ownership: partition %d from offset %d; recovered %d earlier events from Kafka in %.1fs",
-                     partition, start, n, time.time() - t0)
+            log.info("ownership: partition %d from offset %d; recovered %d earlier events (%d from exported segments, "
+                     "the rest from Kafka) in %.1fs", partition, start, n, from_segments, time.time() - t0)
+
+
+def exports_of(claims: list[Claim], db_id: str) -> str:
+    """The export directory the newest claim of ``db_id`` names, if this machine can read it."""
+    for c in reversed(claims):
+        if c.db_id == db_id and c.export_dir:
+            return c.export_dir if Path(c.export_dir).is_dir() else ""
+    return ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -32,6 +32,8 @@ from streamrec.streams.ownership import Ownership
 from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 
 if TYPE_CHECKING:
+    from faust.types import TP
+
     from streamrec.streams.latest_lists import LatestLists
     from streamrec.streams.shadow_topic import Shadow
 
@@ -52,6 +54,35 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+def to_raw_batch(topic: str, chunks: list[tuple[TP, list]], arrival: float) -> RawBatch:
+    recs = [r for _, r_list in chunks for r in r_list]
+    return RawBatch(
+        topic=topic,
+        keys=[r.key for r in recs],
+        values=[r.value for r in recs],
+        partitions=np.fromiter((r.partition for r in recs), np.int32, len(recs)),
+        offsets=np.fromiter((r.offset for r in recs), np.int64, len(recs)),
+        timestamps=np.fromiter((r.timestamp for r in recs), np.int64, len(recs)),
+        received_at=arrival,
+    )
+
+
+def without_revoked(chunks: list[tuple[TP, list]], raw: RawBatch, decoded: EventBatch,
+                    revocations: list[set[TP]]) -> tuple[list[tuple[TP, list]], RawBatch, EventBatch]:
+    """The batch less the records of partitions revoked since it was taken."""
+    revoked = set().union(*revocations)
+    if not any(tp in revoked for tp, _ in chunks):
+        return chunks, raw, decoded
+    kept = [(tp, recs) for tp, recs in chunks if tp not in revoked]
+    gone = np.array(sorted(tp.partition for tp, _ in chunks if tp in revoked), np.int32)
+    keep = ~np.isin(raw.partitions, gone)
+    rows = np.flatnonzero(keep)
+    raw = replace(raw, keys=[raw.keys[i] for i in rows.tolist()],
+                              values=[raw.values[i] for i in rows.tolist()], partitions=raw.partitions[rows],
+                              offsets=raw.offsets[rows], timestamps=raw.timestamps[rows])
+    return kept, raw, decoded.without_inputs(keep)
 
 
 class Recommendation(msgspec.Struct):

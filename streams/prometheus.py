@@ -108,8 +108,18 @@ def reject_class(reason: str) -> str:
 
 
 class WorkerMetrics:
+    """The worker's Prometheus metrics, in groups: ingest, models, reliability, scale-out, lists."""
+
     def __init__(self) -> None:
         self.registry = r = process_registry()
+        self._ingest(r)
+        self._models(r)
+        self._reliability(r)
+        self._scale_out(r)
+        self._lists(r)
+
+    def _ingest(self, r: CollectorRegistry) -> None:
+        """Messages, events and the stages of a micro-batch."""
         self.consumed = Counter("streamrec_events_consumed_total", "Messages taken from the interactions topic",
                                 registry=r)
         self.stored = Counter("streamrec_events_stored_total", "Valid events newly written to DuckDB", registry=r)
@@ -140,6 +150,9 @@ class WorkerMetrics:
         self.inference_seconds = Histogram(
             "streamrec_inference_seconds", "Model time per micro-batch", buckets=LATENCY_BUCKETS, registry=r
         )
+
+    def _models(self, r: CollectorRegistry) -> None:
+        """The serving model, its loads and shadow mode; Parquet export; lag and the log's size."""
         self.model_info = Gauge("streamrec_model_info", "The serving model (value 1)", ["model", "version"], registry=r)
         self.model_loads = Counter("streamrec_model_loads_total", "Model loads after an announcement",
                                    ["outcome"], registry=r)
@@ -158,7 +171,9 @@ class WorkerMetrics:
                          "(high watermark from fetch responses)",
                          ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
-        # Reliability (streams/health.py): failures are counted where they happen, never silent.
+
+    def _reliability(self, r: CollectorRegistry) -> None:
+        """Failures are counted where they happen, never silent (streams/health.py)."""
         self.stage_failures = Counter("streamrec_stage_failures_total", "Failed attempts at a micro-batch stage "
                                       "(the batch is retried with backoff)", ["stage"], registry=r)
         for stage in ("decode", "store", "publish"):
@@ -169,7 +184,9 @@ class WorkerMetrics:
         self.skipped_records = Counter("streamrec_control_records_skipped_total", "Records of the ownership log or "
                                        "model-updates topic that do not decode (logged and skipped)", ["topic"],
                                        registry=r)
-        # Scale-out (streams/ownership.py): partitions taken over, their history copied from Kafka.
+
+    def _scale_out(self, r: CollectorRegistry) -> None:
+        """Partitions taken over, their history copied from Kafka (streams/ownership.py)."""
         self.partition_claims = Counter("streamrec_partition_claims_total",
                                         "Partitions claimed in the ownership log (one per partition per assignment)",
                                         registry=r)
@@ -182,6 +199,9 @@ class WorkerMetrics:
         self.recovery_seconds = Histogram("streamrec_partition_recovery_seconds",
                                           "Time to claim a partition and copy its history before its first batch",
                                           buckets=LATENCY_BUCKETS, registry=r)
+
+    def _lists(self, r: CollectorRegistry) -> None:
+        """What the published lists look like, and how they score online."""
         self.last_event_time = Gauge("streamrec_last_event_time_seconds", "Event time of the newest stored event",
                                      registry=r)
         # The feedback-loop watch (model/exposure.py): are the lists collapsing onto a few items?

@@ -33,7 +33,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
-import numpy as np
 from confluent_kafka import Producer
 from faust.types import TP
 
@@ -62,7 +61,7 @@ from streamrec.streams.latest_lists import (
 )
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership, owners_topic
-from streamrec.streams.pipeline import BatchProcessor, RawBatch
+from streamrec.streams.pipeline import BatchProcessor, RawBatch, to_raw_batch, without_revoked
 from streamrec.streams.prometheus import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -103,6 +102,7 @@ class Worker:
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")  # models, the ownership log
         self.pending: deque[asyncio.Future] = deque()  # batches stored or publishing, oldest first
         self.busy = asyncio.Lock()  # held while a batch is handed to the stage threads
+        self.revocations: list[set[TP]] = []  # the partitions each rebalance took away, in order
         self.processor: BatchProcessor | None = None  # opened by the ingest task
         self.health = Health(settings, self.metrics)  # failures: retries, /ready, fatal exit (streams/health.py)
         quiet_kafka_client_logs()  # a broker outage: one line per kind of error per 10 s, not 50 a second
@@ -161,7 +161,7 @@ class Worker:
                                                          "queue.buffering.max.messages": 1_000_000,
                                                          "message.timeout.ms": hold_ms}))
         ownership = Ownership(store, s.bootstrap_servers, s.interactions_topic, s.group_id,
-                              Contract(int(s.max_event_skew * 1000), s.allow_null_keys))
+                              Contract(int(s.max_event_skew * 1000), s.allow_null_keys), s.export_dir)
         metrics.disowned.inc(ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
@@ -176,11 +176,18 @@ class Worker:
         processor = self.processor = await self._run(self.publisher, self.open_pipeline)
         guarded = self.health.guarded
         while not self.app.should_stop:
+            rebalances = len(self.revocations)
             chunks, arrival = await self.buffer.take(s.batch_size, s.batch_within)
             raw = to_raw_batch(s.interactions_topic, chunks, arrival)
             decoded = await self.health.with_retries("decode", lambda r=raw: self._run(self.decoder, processor.decode,
                                                                                        r))
             async with self.busy:
+                if len(self.revocations) > rebalances:
+                    # Partitions were taken away while this batch was decoded: their records now
+                    # belong to the next owner, who consumes them from the committed offset.
+                    chunks, raw, decoded = without_revoked(chunks, raw, decoded, self.revocations[rebalances:])
+                    if not chunks:
+                        continue
                 while len(self.pending) >= 2:  # bounded: at most two batches past decoding
                     await self.pending.popleft()
                 await self.healthy.wait()  # no new batch while a failed one is retried
@@ -263,6 +270,7 @@ class Worker:
     async def before_revoke(self, revoked: set[TP]) -> None:
         """Called by the consumer before a rebalance takes partitions away."""
         async with self.between_batches():  # batches in flight finish and ack before the partitions go
+            self.revocations.append(set(revoked))
             dropped = self.buffer.pause(revoked)
             if self.processor is not None:
                 self.processor.ownership.reset()  # claim again after the new assignment
@@ -351,19 +359,6 @@ class Worker:
         if problem is not None:
             body["reason"] = problem
         return self.app.web.json(body, status=200 if ok else 503)
-
-
-def to_raw_batch(topic: str, chunks: list[tuple[TP, list]], arrival: float) -> RawBatch:
-    recs = [r for _, r_list in chunks for r in r_list]
-    return RawBatch(
-        topic=topic,
-        keys=[r.key for r in recs],
-        values=[r.value for r in recs],
-        partitions=np.fromiter((r.partition for r in recs), np.int32, len(recs)),
-        offsets=np.fromiter((r.offset for r in recs), np.int64, len(recs)),
-        timestamps=np.fromiter((r.timestamp for r in recs), np.int64, len(recs)),
-        received_at=arrival,
-    )
 
 
 def create_app(settings: Settings) -> BulkApp:

@@ -5,7 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from streamrec.streams.events import Contract, Event, InvalidEvent, decode, decode_batch, encode, event_key
+from streamrec.streams.events import (
+    Contract,
+    Event,
+    InvalidEvent,
+    check_record,
+    decode,
+    decode_batch,
+    encode,
+    event_key,
+)
 from streamrec.streams.prometheus import reject_class
 
 T = 900_000_000_000  # 1998-07-09, ms
@@ -117,3 +126,29 @@ def test_decode_never_raises_anything_but_invalid_event():
            b"\x00" * 10, b"1e999999", b'"' + b"\\" * 1001 + b'"']
     b = decode_batch([VALID] * 5 + bad + [VALID] * 5)
     assert len(b) == 10 and [i for i, _ in b.rejected] == list(range(5, 5 + len(bad)))
+
+
+def test_batch_path_gives_the_per_message_verdicts():
+    """decode_batch's array tests only pick who takes the per-message path: every message gets exactly
+    the verdict and reason of decode() + check_record(), in input order."""
+    ok = b'{"user_id": 5, "item_id": 2, "event_time": 900000000000, "event_type": "view"}'
+    values = [ok,
+              ok.replace(b'"view"', b'"rating", "rating": 1e39'),  # beyond float32
+              ok.replace(b'"view"', b'"rating"'),  # rating missing
+              ok.replace(b"900000000000", b"700000000000"),  # before 1995
+              ok.replace(b"900000000000", b"900100000000"),  # too far ahead of the record
+              ok.replace(b'"view"', b'"click", "x": ' + b"[" * 70 + b"]" * 70),  # too deep
+              ok.replace(b'"view"', b'"click", "x": ' + b"[" * 30 + b"]" * 30),  # deep but allowed
+              ok, ok, None, b"", ok.replace(b'"view"', b'"rating", "rating": 4.5')]
+    keys = [b"5"] * 7 + [b"5\x00", b"6", b"5", b"5", b"5"]
+    stamps = [T] * len(values)
+    batch = decode_batch(values, keys, stamps, Contract())
+    expected_ok, expected_rejected = [], []
+    for i, v in enumerate(values):
+        try:
+            check_record(decode(v), keys[i], stamps[i], Contract())
+            expected_ok.append(i)
+        except InvalidEvent as e:
+            expected_rejected.append((i, str(e)))
+    assert batch.index.tolist() == expected_ok == [0, 6, 11]
+    assert batch.rejected == expected_rejected and len(expected_rejected) == 9

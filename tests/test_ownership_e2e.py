@@ -96,3 +96,38 @@ def test_a_stale_read_of_the_log_never_disowns_rows_of_later_own_claims(settings
     keys_a, keys_b = owned_keys(str(tmp_path / "a.duckdb")), owned_keys(str(tmp_path / "b.duckdb"))
     assert not keys_a & keys_b
     assert len(keys_a) + len(keys_b) == 2 * PER_PARTITION
+
+
+def test_a_takeover_reads_the_previous_owners_exported_segments_then_kafka(settings, tmp_path):
+    """B exports its events of partition 1 up to offset 119, stores up to 199 and dies after committing
+    150. A takes partition 1 over at 150: offsets 0-119 come from B's segments, 120-149 from Kafka,
+    and A then holds exactly what a replay from Kafka alone gives."""
+    from streamrec.storage.export import export_new_events
+
+    s = dataclasses.replace(settings, partitions=2)
+    ensure_topics(s)
+    produce(s, 2)
+    b_store = EventStore(tmp_path / "b.duckdb")
+    b = Ownership(b_store, s.bootstrap_servers, s.interactions_topic, s.group_id, export_dir=str(tmp_path / "exp-b"))
+    assert store_range(b, s, 1, 0, 120) == 120
+    assert export_new_events(b_store.con, tmp_path / "exp-b") == 120
+    assert store_range(b, s, 1, 120, 200) == 80  # stored, not exported, then B dies
+    b_store.close()
+    a = Ownership(EventStore(tmp_path / "a.duckdb"), s.bootstrap_servers, s.interactions_topic, s.group_id)
+    kafka_only = Ownership(EventStore(tmp_path / "k.duckdb"), s.bootstrap_servers, s.interactions_topic, s.group_id)
+    try:
+        assert store_range(a, s, 1, 150, PER_PARTITION) == PER_PARTITION - 150
+        assert (a.recovered_events, a.recovered_from_segments) == (150, 120)
+        users = sorted({10 * (i % 7) + 1 for i in range(PER_PARTITION)})
+        # The same takeover with no segments to read (B's directory gone): all 150 from Kafka.
+        kafka_only.log.claim(1, 0, "db-without-exports")  # a previous owner that exports nothing
+        kafka_only.reset()
+        assert store_range(kafka_only, s, 1, 150, PER_PARTITION) == PER_PARTITION - 150
+        assert (kafka_only.recovered_events, kafka_only.recovered_from_segments) == (150, 0)
+        for mine, ref in zip(a.store.sequences(users), kafka_only.store.sequences(users)):
+            assert mine.tolist() == ref.tolist() and len(mine) > 0
+        seen = lambda o: [sorted(x.tolist()) for x in o.store.seen(users)]  # noqa: E731
+        assert seen(a) == seen(kafka_only)
+    finally:
+        a.store.close()
+        kafka_only.store.close()
