@@ -155,11 +155,16 @@ class Settings(EnvSettings):
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
     top_k: int = _f(20, "length of published lists", min=1, max=10_000)
     batch_size: int = _f(5000, "largest micro-batch, in events", min=1)
-    batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill", min=0.0)
+    batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill (longer: larger batches, "
+                                   "staler lists)", min=0.0)
+    fetch_wait: float = _f(0.01, "seconds the broker may hold the worker's fetch when no data is there "
+                                 "(longer: fewer round trips, staler lists; faust's own is 1.5)", min=0.0, max=60.0)
     popularity_window: int = _f(50_000, "events in the popularity model's window", min=1)
     baseline: str = _f("popularity", "simple model served without a transformer and as its fallback: "
                                      "popularity, item2item or itemknn", choices=("popularity", "item2item", "itemknn"))
     checkpoint: str = _f("", "transformer checkpoint directory (empty: the baseline only)")
+    torch_threads: int = _f(1, "PyTorch CPU threads of a worker serving a transformer (its decode, store and "
+                               "publish stages have threads of their own: more fight them for the cores)", min=1)
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
     model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")

@@ -18,7 +18,10 @@ This module is the only one that touches faust internals. It is written against
   ``_stopped``), besides the public ``callback``, ``flow_active``, ``should_stop``, ``highwater``;
 - ``faust.types.tuples.ack_lock`` (taken around the ack bookkeeping, as ``Consumer.ack`` does);
 - ``App._new_transport()`` (overridden to build :class:`BulkTransport`), ``Transport.Consumer``,
-  ``App.consumer_generation_id`` and ``app.monitor.track_tp_end_offset(tp, offset)``.
+  ``App.consumer_generation_id`` and ``app.monitor.track_tp_end_offset(tp, offset)``;
+- ``Consumer._new_consumer_thread()`` and ``AIOKafkaConsumerThread._create_worker_consumer(transport)``
+  (overridden: faust hard-codes the aiokafka consumer's ``fetch_max_wait_ms=1500``; we set the
+  consumer's ``_fetch_max_wait_ms`` before it starts, which is where aiokafka's fetcher reads it).
 
 ``tests/test_faust_bulk.py`` checks each of these on the installed faust and fails if one changed.
 """
@@ -116,10 +119,25 @@ class RecordBuffer:
         self.paused = False
 
 
+class BulkConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, building its aiokafka consumer with ``app.fetch_wait``."""
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        # faust passes fetch_max_wait_ms=1500 and has no setting for it. Tansu holds a fetch that
+        # finds no data for the whole wait (data arriving meanwhile does not end it), so this wait
+        # is how late a record can be taken: it bounds the lists' freshness.
+        consumer._fetch_max_wait_ms = int(self.app.fetch_wait * 1000)
+        return consumer
+
+
 class BulkConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with a bulk path for the topics of ``app.record_buffer``."""
 
     app: "BulkApp"
+
+    def _new_consumer_thread(self) -> BulkConsumerThread:
+        return BulkConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised end to end
         stopped = lambda: self._stopped.is_set() or fetcher._stopped.is_set()  # noqa: E731
@@ -211,15 +229,17 @@ class BulkApp(faust.App):
     """A faust app whose consumer hands the records of ``record_buffer.topics`` to that buffer.
 
     ``before_revoke(revoked)`` runs before a rebalance takes partitions away (the consumer
-    commits right after it).
+    commits right after it). ``fetch_wait``: seconds the broker may hold a fetch that finds no
+    data (aiokafka's ``fetch_max_wait_ms``; faust's own is 1.5).
     """
 
     record_buffer: RecordBuffer
     before_revoke: RevokeHook
 
-    def __init__(self, id: str, *, record_buffer: RecordBuffer, before_revoke: RevokeHook = _no_hook, **options):
+    def __init__(self, id: str, *, record_buffer: RecordBuffer, before_revoke: RevokeHook = _no_hook,
+                 fetch_wait: float = 1.5, **options):
         super().__init__(id, **options)
-        self.record_buffer, self.before_revoke = record_buffer, before_revoke
+        self.record_buffer, self.before_revoke, self.fetch_wait = record_buffer, before_revoke, fetch_wait
 
     def _new_transport(self):
         return BulkTransport(self.conf.broker_consumer, self)

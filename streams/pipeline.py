@@ -98,6 +98,10 @@ class Recommendation(msgspec.Struct):
     source_partition: int  # Kafka partition and offset of that event's message: the list
     source_offset: int  # reflects every event of the user up to and including it
     published_at: int  # ms: wall time of publication
+    # Where the time between source_timestamp and published_at went (ms, wall time): the worker
+    # received the micro-batch holding that event / had it durable in DuckDB. 0: not given.
+    received_at: int = 0
+    stored_at: int = 0
 
 
 @dataclass
@@ -113,6 +117,7 @@ class Stored:
     trigger_ts: np.ndarray  # Kafka timestamp, ms
     trigger_partition: np.ndarray
     trigger_offset: np.ndarray
+    stored_at: float = 0.0  # wall time (s) the batch was durable
 
 
 class BatchProcessor:
@@ -212,7 +217,7 @@ class BatchProcessor:
         user_list = users.tolist()
         return Stored(result, users, self.store.sequences(user_list), self.store.seen(user_list),
                       pick(batch.event_time), pick(raw.timestamps[idx]), pick(raw.partitions[idx]),
-                      pick(raw.offsets[idx]))
+                      pick(raw.offsets[idx]), t_stored)
 
     def _claim(self, raw: RawBatch) -> None:
         own, m = self.ownership, self.metrics
@@ -288,13 +293,14 @@ class BatchProcessor:
         trigger_part, trigger_off = stored.trigger_partition, stored.trigger_offset
 
         now_ms = int(time.time() * 1000)
+        received_ms, stored_ms = int(raw.received_at * 1000), int(stored.stored_at * 1000)
         encode, produce, topic = self._encode, self.producer.produce, s.recommendations_topic
         n_valid = (recs.items >= 0).sum(axis=1).tolist()
         rows = zip(user_list, recs.items.tolist(), recs.scores.tolist(), n_valid, recs.models, recs.versions,
                    trigger_time.tolist(), trigger_ts.tolist(), trigger_part.tolist(), trigger_off.tolist())
         for u, items, scores, nv, model, version, t_time, t_ts, t_part, t_off in rows:
             value = encode(Recommendation(u, items[:nv], scores[:nv], model, version, t_time, t_ts, t_part, t_off,
-                                          now_ms))
+                                          now_ms, received_ms, stored_ms))
             try:
                 produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
             except BufferError:  # local queue full: wait for deliveries, then retry once

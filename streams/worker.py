@@ -84,7 +84,8 @@ def make_app(settings: Settings, buffer: RecordBuffer, worker: "Worker") -> Bulk
         consumer_max_fetch_size=8 * 1024**2,  # per partition: fewer, larger fetches to parse in bulk
     )
     conf.update(kafka_config("faust", settings))  # broker, client id, credentials of --kafka-config
-    return BulkApp(settings.group_id, record_buffer=buffer, before_revoke=worker.before_revoke, **conf)
+    return BulkApp(settings.group_id, record_buffer=buffer, before_revoke=worker.before_revoke,
+                   fetch_wait=settings.fetch_wait, **conf)
 
 
 class Worker:
@@ -151,6 +152,12 @@ class Worker:
 
     def open_pipeline(self) -> BatchProcessor:
         s, metrics = self.settings, self.metrics
+        if s.checkpoint or s.registry:  # a transformer will score, in this (the publish) thread
+            import torch
+
+            # torch's default (one thread per core) made SASRec 2.5x slower in the worker than alone:
+            # its threads and the stage threads took the same two cores (docs/benchmarks.md).
+            torch.set_num_threads(s.torch_threads)
         store = EventStore(s.db, seq_len=s.seq_len)
         recommender = self.models.first_model(store)
         metrics.store_events.set(store.n_events)

@@ -105,3 +105,28 @@ def test_record_buffer_pause_drops_revoked_partitions():
         return dropped, refused, buf.size
 
     assert asyncio.run(run()) == (2, False, 1)
+
+
+def test_fetch_wait_reaches_the_aiokafka_consumer():
+    """faust hard-codes fetch_max_wait_ms=1500; the bulk consumer thread sets the app's ``fetch_wait``
+    where aiokafka's fetcher reads it (``AIOKafkaConsumer.start`` builds the Fetcher from it)."""
+    import aiokafka
+
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert params(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer) == ["self", "transport"]
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = BulkApp("faust-bulk-wait", record_buffer=RecordBuffer({"t"}, 10), broker="kafka://127.0.0.1:1",
+                      store="memory://", fetch_wait=0.02)
+        thread = app.consumer._thread
+        assert type(thread).__name__ == "BulkConsumerThread"
+
+        async def build():  # aiokafka builds its consumer inside a running loop
+            return thread._create_worker_consumer(app.transport)
+        consumer = loop.run_until_complete(build())
+        assert isinstance(consumer, aiokafka.AIOKafkaConsumer)
+        assert consumer._fetch_max_wait_ms == 20
+    finally:
+        loop.close()

@@ -65,6 +65,25 @@ def test_popularity_window_counts_and_excludes_seen():
     assert recs.row(0) == ([2], [2.0])
 
 
+def test_popularity_lists_equal_a_per_user_scan():
+    """The vectorised lists equal, user by user, the ranked items minus the user's seen ones, first k:
+    with users who have seen nothing, everything, items outside the window, the same item twice,
+    and more seen items than k + the catalogue."""
+    rng = np.random.default_rng(7)
+    pop = PopularityRecommender(window=3000)
+    pop.observe(rng.zipf(1.3, 3000) % 400 + 1)
+    ids, cnt = pop.ranked()
+    seen = [np.zeros(0, np.int64), ids.copy(), np.array([10**6, 10**6 + 1]), np.array([ids[0], ids[0], ids[2]])]
+    seen += [rng.choice(np.arange(1, 500), size=int(m), replace=False) for m in rng.integers(0, 450, 60)]
+    for k in (1, 20, 500):
+        recs = pop.recommend(seen, seen, k)
+        for u, s in enumerate(seen):
+            keep = [(int(i), float(c)) for i, c in zip(ids, cnt) if i not in set(s.tolist())][:k]
+            pad = k - len(keep)
+            assert recs.items[u].tolist() == [i for i, _ in keep] + [-1] * pad, (k, u)
+            assert recs.scores[u].tolist() == [c for _, c in keep] + [-np.inf] * pad, (k, u)
+
+
 class Echo(Recommender):
     name, version = "echo", "1"
 

@@ -129,6 +129,9 @@ def test_every_user_gets_lists_without_seen_items(clean_run, ratings):
         assert len(r.items) == 20 and len(set(r.items)) == 20
         assert r.scores == sorted(r.scores, reverse=True)
         assert r.model == "popularity" and r.model_version
+        # Where the freshness went, in order (ms, wall time): the batch was received, stored, published
+        # (received_at is when the batch's first record arrived: it may precede the event's own timestamp).
+        assert r.source_timestamp - 60_000 < r.received_at <= r.stored_at <= r.published_at
 
 
 def test_bad_messages_go_to_the_dlq_with_reasons(clean_run):
