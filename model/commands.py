@@ -59,15 +59,15 @@ def _recipe_default(field: str, group: str) -> str:
     """The default of a field for both models, as help text ("0.2; bert4rec: 0.1")."""
     from streamrec.model.config import RECIPES
 
-    base = getattr(ModelConfig() if group == "model" else TrainConfig(), field)
-    own = RECIPES["bert4rec"][group].get(field)
-    return f"{base}" + (f"; bert4rec: {own}" if own is not None and own != base else "")
+    plain = getattr(ModelConfig() if group == "model" else TrainConfig(), field)
+    base, own = (RECIPES[kind][group].get(field, plain) for kind in ("sasrec", "bert4rec"))
+    return f"{base}" + (f"; bert4rec: {own}" if own != base else "")
 
 
 # CLI option -> (config field, group); their defaults are the model's recipe (model.config.RECIPES).
 _MODEL_OPTS = {"max_len": "max_len", "d_model": "d_model", "heads": "n_heads", "layers": "n_layers",
                "dropout": "dropout", "mask_prob": "mask_prob", "negatives": "negatives", "future": "future",
-               "label_smoothing": "label_smoothing"}
+               "label_smoothing": "label_smoothing", "knn_k": "knn_k"}
 _TRAIN_OPTS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "eval_every", "seed"]
 
 
@@ -83,7 +83,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
              "mask_prob": "BERT4Rec: fraction of positions masked for the cloze task",
              "negatives": "SASRec: sampled-softmax negatives per batch; 0 = full softmax",
              "future": "SASRec: next items each position learns (1 = the next one only)",
-             "label_smoothing": "SASRec: label smoothing of the full softmax"}
+             "label_smoothing": "SASRec: label smoothing of the full softmax",
+             "knn_k": "SASRec: item-kNN prior, neighbours kept per item; 0 = plain SASRec"}
     for opt, field in _MODEL_OPTS.items():
         kind = float if isinstance(getattr(ModelConfig(), field), float) else int
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,

@@ -34,6 +34,9 @@ class ModelConfig(_Dict):
     negatives: int = 0  # SASRec: 0 = full softmax ("SASRec+"); N > 0 = sampled softmax with N negatives
     future: int = 1  # SASRec: each position learns the next `future` items (1 = the classic next item)
     label_smoothing: float = 0.1  # SASRec, full softmax: share of the target mass spread over all items
+    knn_k: int = 0  # SASRec: > 0 adds an item-kNN prior (each item's knn_k strongest neighbours) to the logits
+    mask_seen: bool = False  # SASRec, full softmax: a position's history items leave its training softmax
+    knn_window: int = 10  # the prior: co-occurrence within this many events; the last this many items vote
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):
@@ -80,6 +83,8 @@ class TrainConfig(_Dict):
 
 # Per-model departures from the field defaults: the recipe behind docs/accuracy.md's numbers.
 RECIPES: dict[str, dict[str, dict]] = {
-    "sasrec": {"model": {}, "train": {}},
+    # SASRec with an item-kNN prior (docs/accuracy.md, "Levers tried"): item-kNN's scores, from the training
+    # data, added to the logits with learned per-age weights; the transformer learns the residual.
+    "sasrec": {"model": {"knn_k": 200}, "train": {}},
     "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0}, "train": {"batch_size": 32}},
 }

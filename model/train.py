@@ -125,6 +125,8 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     gen = torch.Generator().manual_seed(tcfg.seed)
     device = resolve_device(tcfg.device)
     model = build_model(mcfg).to(device)
+    if mcfg.knn_k > 0:
+        model.fit_knn(split.train.as_list())
     opt = configure_optimizer(model, tcfg)
     ws = model.training_windows(split.train)
     if not ws:

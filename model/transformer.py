@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 from streamrec.model.config import ModelConfig
 from streamrec.model.data import Sequences, pad_left, windows
+from streamrec.model.knn_prior import knn_table, own_pairs
+
+KNN_SCALE = 10.0  # the item-kNN prior's weights are parameters times this
 
 
 class Block(nn.Module):
@@ -78,6 +81,15 @@ class SequentialTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.pre_ln else nn.Identity()
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_items))  # per-item popularity prior
         self.apply(self._init)
+        if cfg.knn_k > 0:  # "SASRec with an item-kNN prior": the table comes from set_knn (training data)
+            self.register_buffer("knn_ids", torch.zeros(cfg.n_items + 1, cfg.knn_k, dtype=torch.long))
+            self.register_buffer("knn_vals", torch.zeros(cfg.n_items + 1, cfg.knn_k))
+            # Item counts of the training data: training takes each user's own pairs out of the prior.
+            self.register_buffer("knn_counts", torch.zeros(cfg.n_items + 1, dtype=torch.long), persistent=False)
+            # One weight per age of the voting item, starting at item-kNN's 0.8 ** age (times KNN_SCALE,
+            # so Adam's ~lr-sized steps move the prior's strength at a useful pace).
+            self.knn_weight = nn.Parameter(0.8 ** torch.arange(cfg.knn_window, dtype=torch.float32))
+            self._dense_knn: tuple | None = None
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -115,6 +127,46 @@ class SequentialTransformer(nn.Module):
         """Scores of the real items 1..n_items (column j is item j + 1) for hidden states h [..., d]."""
         return h @ self.item_emb.weight[1 : self.cfg.n_items + 1].T + self.out_bias
 
+    def set_knn(self, ids: np.ndarray, vals: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Load the neighbour table (``knn_prior.knn_table`` of the training sequences) and the
+        item counts it came from (without them, training leaves each user's own pairs in)."""
+        self.knn_ids.copy_(torch.as_tensor(ids))
+        self.knn_vals.copy_(torch.as_tensor(vals))
+        self.knn_counts.copy_(torch.as_tensor(counts if counts is not None else np.zeros(len(ids), np.int64)))
+
+    def fit_knn(self, sequences: list[np.ndarray]) -> None:
+        """(Re)build the prior's table from item-index ``sequences`` (the data it may count)."""
+        seqs = [np.asarray(s, np.int64) for s in sequences]
+        counts = np.bincount(np.concatenate(seqs) if seqs else np.zeros(0, np.int64), minlength=self.cfg.n_items + 1)
+        self.set_knn(*knn_table(seqs, self.cfg.n_items, self.cfg.knn_k, self.cfg.knn_window), counts)
+
+    def knn_matrix(self) -> torch.Tensor:
+        """The table as a dense [n_items + 1, n_items] matrix (row 0 and missing neighbours: 0),
+        rebuilt only when the table changed (a new table or loaded weights bump the versions)."""
+        key = (self.knn_ids._version, self.knn_vals._version, self.knn_ids.device)
+        if self._dense_knn is None or self._dense_knn[0] != key:
+            m = torch.zeros(self.cfg.n_items + 1, self.cfg.n_items + 1, device=self.knn_ids.device)
+            m.scatter_add_(1, self.knn_ids, self.knn_vals)
+            self._dense_knn = (key, m[:, 1:].contiguous())
+        return self._dense_knn[1]
+
+    def knn_prior(self, recent: torch.Tensor) -> torch.Tensor:
+        """Item-kNN scores [N, n_items] of ``recent`` [N, knn_window] (newest item first, 0 = none).
+        Training sums rows of the dense matrix (fast for many positions); inference scatters the
+        top-k rows, so a serving model never holds an n_items x n_items matrix."""
+        w = KNN_SCALE * self.knn_weight
+        if self.training:
+            return F.embedding_bag(recent, self.knn_matrix(), per_sample_weights=w.expand_as(recent).contiguous(),
+                                   mode="sum")
+        vals = self.knn_vals[recent] * w[:, None]  # [N, W, k]
+        out = torch.zeros(len(recent), self.cfg.n_items + 1, dtype=vals.dtype, device=vals.device)
+        return out.scatter_add_(1, self.knn_ids[recent].flatten(1), vals.flatten(1))[:, 1:]
+
+    def recent_items(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, L, knn_window]: at every position the item there and the ones before it, newest first."""
+        W = self.cfg.knn_window
+        return F.pad(seq, (W - 1, 0)).unfold(1, W, 1).flip(-1)
+
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
 
@@ -130,6 +182,8 @@ class SequentialTransformer(nn.Module):
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """Next-item scores [B, n_items] for left-padded histories [B, L] (L <= history_len)."""
         h = self.encode(self._inference_input(seq), last_only=True)[:, -1]
+        if self.cfg.knn_k > 0:
+            return (self.logits(h) + self.knn_prior(self.recent_items(seq)[:, -1])).float()
         return self.logits(h).float()
 
 
@@ -164,7 +218,12 @@ class BERT4Rec(SequentialTransformer):
         """Cross-entropy over the full item vocabulary at the masked positions."""
         sel = labels > 0
         h = self.encode(inputs)[sel]  # project only the positions that have a label
-        return F.cross_entropy(self.logits(h).float(), labels[sel] - 1)
+        logits = self.logits(h)
+        if self.cfg.knn_k > 0:  # the prior of a position: the items before it, as at inference (masks: none)
+            before = F.pad(inputs, (1, 0))[:, :-1]
+            before = before.masked_fill(before == self.cfg.mask_id, 0)
+            logits = logits + self.knn_prior(self.recent_items(before)[sel])
+        return F.cross_entropy(logits.float(), labels[sel] - 1)
 
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         mask = torch.full((seq.size(0), 1), self.cfg.mask_id, dtype=seq.dtype, device=seq.device)
@@ -194,6 +253,25 @@ class SASRec(SequentialTransformer):
         targets[x[:, :-1] == 0] = 0  # padding positions predict nothing
         return x[:, :-1], targets
 
+    def _training_prior(self, inputs: torch.Tensor, targets: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """The item-kNN prior at the positions ``sel``, less the user's own pairs (``own_pairs``)."""
+        prior = self.knn_prior(self.recent_items(inputs)[sel])
+        if not self.training or not bool(self.knn_counts.any()):
+            return prior
+        x = torch.cat([inputs, targets[:, -1:, 0]], dim=1)  # the whole window: inputs + the last target
+        cols, vals = own_pairs(x, self.cfg.knn_window, self.knn_matrix(), self.knn_counts, KNN_SCALE * self.knn_weight)
+        return prior.scatter_add(1, (cols[sel] - 1).clamp(min=0), -vals[sel])
+
+    def _unseen(self, inputs: torch.Tensor, sel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[N, n_items]: False for the items a position's history holds (the targets excepted):
+        inference masks them, so training need not spend the softmax on pushing them down."""
+        B, L = inputs.shape
+        seen = torch.zeros(B, L, self.cfg.n_items + 1, dtype=torch.bool, device=inputs.device)
+        seen.scatter_(2, inputs[..., None], True)
+        seen = seen.cummax(dim=1).values[sel]
+        seen.scatter_(1, t, False)  # t = 0 (no target) clears the padding column, which is dropped
+        return ~seen[:, 1:]
+
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Full-softmax cross-entropy (SASRec+) with label smoothing, averaged over the next
         ``future`` items; or sampled softmax over cfg.negatives items shared by the batch (next
@@ -204,11 +282,18 @@ class SASRec(SequentialTransformer):
         h, t = self.encode(inputs)[sel], targets[sel]  # [N, d], [N, future]
         n, ls = self.cfg.negatives, self.cfg.label_smoothing
         if n <= 0:
-            logp = F.log_softmax(self.logits(h).float(), dim=-1)
+            logits = self.logits(h)
+            if self.cfg.knn_k > 0:
+                logits = logits + self._training_prior(inputs, targets, sel)
+            keep = self._unseen(inputs, sel, t) if self.cfg.mask_seen else None
+            if keep is not None:
+                logits = logits.masked_fill(~keep, -1e4)
+            logp = F.log_softmax(logits.float(), dim=-1)
             valid = t > 0
             picked = logp.gather(1, (t - 1).clamp(min=0)) * valid
             nll = -picked.sum(1) / valid.sum(1)
-            return ((1 - ls) * nll - ls * logp.mean(1)).mean()
+            smooth = logp.mean(1) if keep is None else (logp * keep).sum(1) / keep.sum(1)
+            return ((1 - ls) * nll - ls * smooth).mean()
         t = t[:, 0]
         neg = torch.randint(1, self.cfg.n_items + 1, (n,), device=h.device)
         w, b = self.item_emb.weight, self.out_bias

@@ -43,7 +43,7 @@ def grow_model(
     grown = build_model(new_cfg).to(next(model.parameters()).device)
     old_sd, sd = model.state_dict(), grown.state_dict()
     for k, v in old_sd.items():
-        if k not in ("item_emb.weight", "out_bias"):
+        if k not in ("item_emb.weight", "out_bias", "knn_ids", "knn_vals"):  # the kNN table: fit() rebuilds it
             sd[k] = v.clone()
     w_old, b_old = old_sd["item_emb.weight"], old_sd["out_bias"]
     real = w_old[1 : cfg.n_items + 1]
@@ -88,6 +88,8 @@ def fit(
     model = model.to(device)
     cfg = model.cfg
     s = Sequences.from_list(np.arange(len(train_seqs)), train_seqs)
+    if cfg.knn_k > 0 and len(train_seqs):  # the item-kNN prior comes from this training data (a grown model's is empty)
+        model.fit_knn(train_seqs)
     ws = model.training_windows(s)
     info = {"best_epoch": 0, "valid": {}, "history": [], "train_windows": len(ws), "seconds": 0.0}
     start = time.perf_counter()
