@@ -77,7 +77,14 @@ def write_ratings(out: str | Path, events: int = ML20M_EVENTS, seed: int = 0, zi
         start = rng.uniform(START, END - DAY)
         n_sessions = max(1, int(np.ceil(n / rng.integers(4, 20))))
         gaps = rng.exponential(rng.uniform(2, 60) * DAY, n_sessions)
-        session_start = np.minimum(start + np.cumsum(gaps) - gaps[0], END - 60)
+        offsets = np.cumsum(gaps) - gaps[0]
+        # A user whose sessions would run past the end has them squeezed into the time left (gaps
+        # keep their proportions): clipping them to the end instead piled 12% of a 20M stream
+        # into its last minute.
+        room = END - 60 - start
+        if offsets[-1] > room:
+            offsets *= room / offsets[-1]
+        session_start = start + offsets
         which = np.sort(rng.integers(0, n_sessions, n))
         t = session_start[which] + rng.uniform(0, 60, n)  # bursts within a minute
         t.sort()
