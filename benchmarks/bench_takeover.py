@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import produce  # noqa: E402
 from gen_ml20m import write_ratings  # noqa: E402
 
 from streamrec.storage.export import export_new_events  # noqa: E402
@@ -38,22 +39,9 @@ from streamrec.storage.movielens import load_ratings  # noqa: E402
 from streamrec.storage.store import EventStore  # noqa: E402
 from streamrec.streams.broker import EmbeddedBroker  # noqa: E402
 from streamrec.streams.config import Settings  # noqa: E402
-from streamrec.streams.events import Event, decode_batch, encode  # noqa: E402
+from streamrec.streams.events import decode_batch  # noqa: E402
 from streamrec.streams.ownership import Ownership, read_partition_chunks  # noqa: E402
-from streamrec.streams.replay import make_producer  # noqa: E402
 from streamrec.streams.topics import ensure_topics  # noqa: E402
-
-
-def produce(s: Settings, path: Path) -> int:
-    r = load_ratings(path)
-    p = make_producer(s.bootstrap_servers)
-    for k, (u, i, t, x) in enumerate(zip(r.user.tolist(), r.item.tolist(), r.timestamp.tolist(), r.rating.tolist())):
-        p.produce(s.interactions_topic, partition=0, key=str(u).encode(),
-                  value=encode(Event(u, i, t * 1000, "rating", x)))
-        if k % 10000 == 0:
-            p.poll(0)
-    p.flush(120)
-    return len(r)
 
 
 def previous_owner(s: Settings, tmp: Path, n: int, export_every: int) -> None:
@@ -93,7 +81,9 @@ def main() -> None:
         s = dataclasses.replace(Settings(bootstrap_servers=broker.bootstrap, interactions_topic="takeover"),
                                 partitions=1)
         ensure_topics(s)
-        n = produce(s, tmp / "ratings.csv")
+        r = load_ratings(tmp / "ratings.csv")
+        produce(broker.bootstrap, s.interactions_topic, (r.user, r.item, r.timestamp * 1000, r.rating))
+        n = len(r)
         print(f"produced {n:,} events to one partition")
         previous_owner(s, tmp, n, args.export_every)
         secs, a = take_over(s, tmp, "a", n)

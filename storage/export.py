@@ -116,10 +116,10 @@ def read_partition_segments(export_dir: str | Path, partition: int, lo: int, hi:
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")
-        files_sql = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         reader = con.sql(
-            f"SELECT {COLUMNS} FROM read_parquet([{files_sql}]) WHERE kafka_partition = {int(partition)}"
-            f" AND kafka_offset >= {int(lo)} AND kafka_offset < {int(hi)} ORDER BY kafka_offset").to_arrow_reader(chunk)
+            f"SELECT {COLUMNS} FROM read_parquet(?) WHERE kafka_partition = ? AND kafka_offset >= ?"
+            " AND kafka_offset < ? ORDER BY kafka_offset",
+            params=[files, int(partition), int(lo), int(hi)]).to_arrow_reader(chunk)
         for t in reader:
             if t.num_rows == 0:
                 continue

@@ -193,19 +193,9 @@ class EventStore:
 
     def _insert(self, batch: EventBatch, rows: np.ndarray, owned: bool) -> tuple[np.ndarray, np.ndarray]:
         """Append ``rows`` of the batch in one transaction; (keys, payload hashes) as inserted."""
-        rating = np.asarray(batch.rating, np.float32)[rows]
-        ids, types = batch.event_id, batch.event_type
-        if len(rows) < len(ids):  # (usually every row is new: no list to build)
-            row_list = rows.tolist()
-            ids, types = [ids[i] for i in row_list], [types[i] for i in row_list]
         table = pa.table({
             "key": np.asarray(batch.key, np.uint64)[rows],
-            "event_id": pa.array(ids, pa.string()),
-            "user_id": np.asarray(batch.user, np.int64)[rows],
-            "item_id": np.asarray(batch.item, np.int64)[rows],
-            "event_time": np.asarray(batch.event_time, np.int64)[rows],
-            "event_type": pa.array(types, pa.string()),
-            "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
+            **_payload(batch, rows),
             "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
             "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
         })
@@ -232,14 +222,7 @@ class EventStore:
         if len(dup) == 0:
             return dup
         stored, theirs = self._keys.lookup(np.asarray(batch.key, np.uint64)[dup])
-        rating = np.asarray(batch.rating, np.float32)[dup]
-        table = pa.table({
-            "event_id": pa.array([batch.event_id[i] for i in dup.tolist()], pa.string()),
-            "user_id": np.asarray(batch.user, np.int64)[dup], "item_id": np.asarray(batch.item, np.int64)[dup],
-            "event_time": np.asarray(batch.event_time, np.int64)[dup],
-            "event_type": pa.array([batch.event_type[i] for i in dup.tolist()], pa.string()),
-            "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
-        })
+        table = pa.table(_payload(batch, dup))
         cur = self.con.cursor()
         try:
             cur.register("dups", table)
@@ -356,6 +339,23 @@ class EventStore:
             " ORDER BY event_time, kafka_partition, kafka_offset", [n]
         ).fetchnumpy()
         return rows["user_id"], rows["item_id"]
+
+
+def _payload(batch: EventBatch, rows: np.ndarray) -> dict:
+    """The payload columns of ``rows`` (sorted, distinct) of a batch: what ``PAYLOAD_HASH`` hashes."""
+    rating = np.asarray(batch.rating, np.float32)[rows]
+    ids, types = batch.event_id, batch.event_type
+    if len(rows) < len(ids):  # (usually every row: no list to build)
+        row_list = rows.tolist()
+        ids, types = [ids[i] for i in row_list], [types[i] for i in row_list]
+    return {
+        "event_id": pa.array(ids, pa.string()),
+        "user_id": np.asarray(batch.user, np.int64)[rows],
+        "item_id": np.asarray(batch.item, np.int64)[rows],
+        "event_time": np.asarray(batch.event_time, np.int64)[rows],
+        "event_type": pa.array(types, pa.string()),
+        "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
+    }
 
 
 def read_ratings(db_path: str | Path):

@@ -178,7 +178,17 @@ def encode(ev: Event) -> bytes:
 
 def event_key(event_id: str) -> int:
     """64-bit key of an event id: the idempotence key of the event log."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+    return int(event_keys([event_id])[0])
+
+
+def event_keys(event_ids: Sequence[str]) -> np.ndarray:
+    """uint64 keys of many event ids (:func:`event_key` of each), hashed into one buffer.
+
+    >>> event_keys(["a", "b"]).tolist() == [event_key("a"), event_key("b")]
+    True
+    """
+    digest = hashlib.blake2b
+    return np.frombuffer(b"".join([digest(s.encode(), digest_size=8).digest() for s in event_ids]), "<u8").copy()
 
 
 def decode_batch(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
@@ -223,10 +233,8 @@ def decode_batch(values: Sequence[bytes | None], keys: Sequence[bytes | None] | 
         rejected.sort()
     ids = [e.id() for e in events]
     idx = np.asarray(index, dtype=np.int64)
-    digest = hashlib.blake2b
     return EventBatch(
-        # event_key() of each id, in one buffer
-        key=np.frombuffer(b"".join([digest(s.encode(), digest_size=8).digest() for s in ids]), "<u8").copy(),
+        key=event_keys(ids),
         event_id=ids,
         user=c["user"],
         item=c["item"],
