@@ -43,6 +43,7 @@ import time
 import uuid
 from pathlib import Path
 
+import duckdb
 import msgspec
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -275,9 +276,13 @@ class Ownership:
             done = lo
             export_dir = exports_of(claims, db)
             if export_dir:
-                for batch, top in read_partition_segments(export_dir, partition, lo, hi):
-                    got = self.store.append(batch, owned=False).n_new
-                    n, from_segments, done = n + got, from_segments + got, top + 1
+                try:
+                    for batch, top in read_partition_segments(export_dir, partition, lo, hi):
+                        got = self.store.append(batch, owned=False).n_new
+                        n, from_segments, done = n + got, from_segments + got, top + 1
+                except duckdb.Error as e:  # an unreadable segment: what is left comes from Kafka
+                    log.warning("ownership: partition %d: segments of %s unreadable (%s); offsets from %d "
+                                "come from Kafka", partition, export_dir, str(e).splitlines()[0][:200], done)
             # Past the last exported offset (the owner stored batches whole and in offset order, so
             # nothing below it is missing from the segments): Kafka, under the owner's rules (what
             # it dead-lettered is not copied either).

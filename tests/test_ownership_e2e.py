@@ -131,3 +131,23 @@ def test_a_takeover_reads_the_previous_owners_exported_segments_then_kafka(setti
     finally:
         a.store.close()
         kafka_only.store.close()
+
+
+def test_an_unreadable_segment_sends_the_takeover_to_kafka(settings, tmp_path):
+    """A corrupt file among the previous owner's segments: the new owner logs it and copies the
+    partition from Kafka instead; nothing is lost."""
+    s = dataclasses.replace(settings, partitions=2)
+    ensure_topics(s)
+    produce(s, 2)
+    b_store = EventStore(tmp_path / "b.duckdb")
+    b = Ownership(b_store, s.bootstrap_servers, s.interactions_topic, s.group_id, export_dir=str(tmp_path / "exp-b"))
+    assert store_range(b, s, 0, 0, 100) == 100
+    b_store.close()
+    (tmp_path / "exp-b").mkdir()
+    (tmp_path / "exp-b" / "events-000001.parquet").write_bytes(b"not parquet")
+    a = Ownership(EventStore(tmp_path / "a.duckdb"), s.bootstrap_servers, s.interactions_topic, s.group_id)
+    try:
+        assert store_range(a, s, 0, 100, PER_PARTITION) == PER_PARTITION - 100
+        assert (a.recovered_events, a.recovered_from_segments) == (100, 0)
+    finally:
+        a.store.close()
