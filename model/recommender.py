@@ -18,7 +18,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
+import numba
 import numpy as np
+
+from streamrec.storage.seen_items import SeenItems, take
 
 
 @dataclass
@@ -118,34 +121,38 @@ class PopularityRecommender(Recommender):
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if n == 0 or len(ids) == 0:
             return Recommendations(items, scores, [self.name] * n, [self.version] * n)
-        # Vectorised over users, O(seen items + n k): with a user's seen ranks sorted, r_0 < r_1 < ...,
-        # r_i - i unseen ranks precede r_i, so the user's j-th unseen rank is j + #{i : r_i - i <= j}.
-        # (A dense users x (k + longest seen) mask cost 12-20 ms per batch once a few users had
-        # seen thousands of items.)
-        row, rank = self._seen_ranks(ids, seen)
-        start = np.searchsorted(row, np.arange(n + 1))  # each user's slice of (row, rank)
-        before = rank - (np.arange(len(rank)) - start[row])  # unseen ranks before each seen one
-        width = len(ids) + k + 1  # rows apart in one sorted key
-        key = row * width + before
-        want = np.arange(n)[:, None] * width + np.arange(k)[None, :]
-        pos = np.arange(k)[None, :] + np.searchsorted(key, want, side="right") - start[:-1, None]
-        ok = pos < len(ids)
-        items[ok], scores[ok] = ids[pos[ok]], cnt[pos[ok]]
+        # In item codes, compiled, O(seen items + k) per user: a user's seen items mark their ranks,
+        # then the first k unmarked ranks are the list. (NumPy over (user, rank) pairs sorted them:
+        # 36 ms a batch once ~1,000 users had seen ~400,000 items, at 19M events stored.)
+        seen = SeenItems.of(seen)
+        code = seen.code_of(ids)
+        rank_of_code = np.full(len(seen.ids), -1, np.int64)
+        rank_of_code[code[code >= 0]] = np.flatnonzero(code >= 0)
+        ranks = _top_unseen(rank_of_code, seen.start, seen.codes, len(ids), k)
+        ok = ranks >= 0
+        items[ok], scores[ok] = ids[ranks[ok]], cnt[ranks[ok]]
         return Recommendations(items, scores, [self.name] * n, [self.version] * n)
 
-    @staticmethod
-    def _seen_ranks(ids: np.ndarray, seen: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(user row, rank in ``ids``) of every seen item that is ranked, sorted, without repeats."""
-        lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
-        flat = np.concatenate(seen).astype(np.int64) if lengths.sum() else np.zeros(0, np.int64)
-        row = np.repeat(np.arange(len(seen)), lengths)
-        by_id = np.argsort(ids)
-        pos = np.minimum(np.searchsorted(ids[by_id], flat), len(ids) - 1)  # (a sorter= is 3x slower)
-        rank = by_id[pos]
-        hit = ids[rank] == flat
-        pairs = np.sort(row[hit] * len(ids) + rank[hit])  # by user, then rank
-        pairs = pairs[np.append(True, pairs[1:] != pairs[:-1])] if len(pairs) else pairs  # an item seen twice
-        return pairs // len(ids), pairs % len(ids)
+
+@numba.njit(cache=True, nogil=True)
+def _top_unseen(rank_of_code, start, codes, n_ranked, k):
+    """Per user j, the first ``k`` ranks in 0..n_ranked-1 that none of the user's seen item codes
+    ``codes[start[j]:start[j + 1]]`` has (``rank_of_code``: -1 for unranked items); -1 pads."""
+    n = len(start) - 1
+    out = np.full((n, k), -1, np.int64)
+    mark = np.full(n_ranked, -1, np.int64)  # mark[r] == j: user j has seen rank r
+    for j in range(n):
+        for p in range(start[j], start[j + 1]):
+            r = rank_of_code[codes[p]]
+            if r >= 0:
+                mark[r] = j
+        got, r = 0, 0
+        while got < k and r < n_ranked:
+            if mark[r] != j:
+                out[j, got] = r
+                got += 1
+            r += 1
+    return out
 
 
 class FallbackRecommender(Recommender):
@@ -173,7 +180,7 @@ class FallbackRecommender(Recommender):
             idx = np.flatnonzero(mask)
             if len(idx) == 0:
                 continue
-            part = rec.recommend([sequences[i] for i in idx], [seen[i] for i in idx], k)
+            part = rec.recommend([sequences[i] for i in idx], take(seen, idx), k)
             out.items[idx], out.scores[idx] = part.items, part.scores
             for j, i in enumerate(idx.tolist()):
                 out.models[i], out.versions[i] = part.models[j], part.versions[j]

@@ -121,6 +121,14 @@ def _copy_slices(src, starts, counts, out, dest):
             out[d + k] = src[a + k]
 
 
+def _lookup(sorted_ids: np.ndarray, code: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, code[pos], -1)
+
+
 class Codes:
     """Dense codes 0, 1, 2, ... for int64 ids, in order of first sight (a dict from id to code as
     sorted arrays, so a batch is coded with one ``searchsorted``)."""
@@ -141,11 +149,13 @@ class Codes:
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Codes of ``ids``, -1 for unknown ones."""
-        ids = np.asarray(ids, np.int64)
-        if self._n == 0:
-            return np.full(len(ids), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self._sorted, ids), self._n - 1)
-        return np.where(self._sorted[pos] == ids, self._code[pos], -1)
+        return _lookup(self._sorted, self._code, ids)
+
+    def snapshot_lookup(self):
+        """:meth:`lookup` of the codes as they are now, unchanged by later :meth:`encode` calls
+        (which replace the arrays rather than change them), for another thread to use."""
+        sorted_ids, code = self._sorted, self._code
+        return lambda ids: _lookup(sorted_ids, code, ids)
 
     def encode(self, ids: np.ndarray) -> np.ndarray:
         """Codes of ``ids``, giving new ids the next codes."""

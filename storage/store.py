@@ -53,6 +53,7 @@ import pyarrow as pa
 
 from streamrec.storage.batch import EventBatch
 from streamrec.storage.key_index import Codes, SortedRuns
+from streamrec.storage.seen_items import SeenItems
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +309,16 @@ class EventStore:
         seq, empty = self._seq, np.zeros(0, np.int64)
         return [seq[u][2] if u in seq else empty for u in users]
 
-    def seen(self, users: Sequence[int]) -> list[np.ndarray]:
-        """Every item each user has interacted with (unique, in no particular order)."""
+    def seen(self, users: Sequence[int]) -> SeenItems:
+        """Every item each user has interacted with (unique, in no particular order), as item codes
+        of this store; ``seen[j]`` is user j's array of item ids."""
         codes = self._users.lookup(np.asarray(users, np.int64))
         lo = np.where(codes >= 0, codes, 0).astype(np.uint64) << np.uint64(32)
         hi = np.where(codes >= 0, lo + np.uint64(1 << 32), lo)  # unknown user: an empty range
         flat, total = self._seen.ranges(lo, hi)
-        items = self._items.ids[(flat & LOW32).astype(np.int64)]
-        return np.split(items, np.cumsum(total)[:-1]) if len(total) else []
+        # A snapshot of the item codes: the next batch's append may code new items meanwhile.
+        return SeenItems((flat & LOW32).astype(np.int64), np.append(0, np.cumsum(total)), self._items.ids,
+                         self._items.snapshot_lookup())
 
     def count(self) -> int:
         """Events this database owns (copies of other databases' events excluded)."""

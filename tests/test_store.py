@@ -175,3 +175,26 @@ def test_conflicts_are_found_by_payload_hash_after_a_restart(tmp_path):
     r = s.append(again)
     assert r.n_new == 0 and s.conflicting_rows(again, r.new_mask).tolist() == [1]
     s.close()
+
+
+def test_seen_items_from_the_store_rank_like_plain_lists(store):
+    """The store's seen items (flat item codes) give the popularity ranker the same lists as the
+    same items as plain arrays, also for a subset of users (the fallback's take) and for items
+    ranked by popularity that the store has never stored."""
+    from streamrec.model.recommender import PopularityRecommender
+    from streamrec.storage.seen_items import SeenItems
+
+    rng = np.random.default_rng(3)
+    rows = [(int(u), int(i), t) for t, (u, i) in enumerate(zip(rng.integers(1, 40, 600), rng.zipf(1.4, 600) % 90))]
+    store.append(batch(rows))
+    pop = PopularityRecommender(window=1000)
+    pop.observe(np.append(np.array([r[1] for r in rows]), [500, 500, 501]))  # 500, 501: never stored
+    users = list(range(0, 42))  # 0, 40, 41: unknown users
+    coded = store.seen(users)
+    plain = [np.array(sorted({i for u2, i, _ in rows if u2 == u}), np.int64) for u in users]
+    assert isinstance(coded, SeenItems) and [sorted(s.tolist()) for s in coded] == [s.tolist() for s in plain]
+    for k in (1, 10, 95):
+        assert pop.recommend(users, coded, k).items.tolist() == pop.recommend(users, plain, k).items.tolist()
+    sub = [5, 0, 41, 5]
+    assert (pop.recommend(sub, coded.take(sub), 10).items.tolist()
+            == pop.recommend(sub, [plain[j] for j in sub], 10).items.tolist())
