@@ -57,12 +57,14 @@ class RawBatch:
 
 
 def to_raw_batch(topic: str, chunks: list[tuple[TP, list]], arrival: float) -> RawBatch:
+    """``chunks``: (partition, its records) as the consumer fetched them; a record has ``offset``,
+    ``timestamp``, ``key`` and ``value`` (aiokafka's bare record, see streams/faust_bulk.py)."""
     recs = [r for _, r_list in chunks for r in r_list]
     return RawBatch(
         topic=topic,
         keys=[r.key for r in recs],
         values=[r.value for r in recs],
-        partitions=np.fromiter((r.partition for r in recs), np.int32, len(recs)),
+        partitions=np.repeat(np.array([tp.partition for tp, _ in chunks], np.int32), [len(r) for _, r in chunks]),
         offsets=np.fromiter((r.offset for r in recs), np.int64, len(recs)),
         timestamps=np.fromiter((r.timestamp for r in recs), np.int64, len(recs)),
         received_at=arrival,

@@ -130,3 +130,38 @@ def test_fetch_wait_reaches_the_aiokafka_consumer():
         assert consumer._fetch_max_wait_ms == 20
     finally:
         loop.close()
+
+
+# sha256 of aiokafka's PartitionRecords._consumer_record, which faust_bulk wraps for the bulk topics.
+CONSUMER_RECORD_SOURCE_SHA256 = "e668541600b047ab928a9008b54c00951d9ae7e2a11b82e7b00f3a5d71b0cc0c"
+
+
+def test_bare_records_for_the_bulk_topics_only():
+    """Records of the bulk topics stay aiokafka's fetched-batch records, which carry the four fields
+    the bulk path reads; other topics still get aiokafka's ConsumerRecord."""
+    import aiokafka
+    from aiokafka.consumer import fetcher as aiokafka_fetcher
+    from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    from streamrec.streams import faust_bulk
+
+    assert aiokafka.__version__ == faust_bulk.AIOKAFKA_VERSION
+    source = inspect.getsource(faust_bulk._consumer_record)
+    assert hashlib.sha256(source.encode()).hexdigest() == CONSUMER_RECORD_SOURCE_SHA256
+    assert params(faust_bulk._consumer_record) == ["self", "tp", "record"]
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=2**20)
+    builder.append(0, timestamp=1234, key=b"7", value=b'{"user_id": 7}', headers=[])
+    record = next(iter(DefaultRecordBatch(bytes(builder.build()))))
+    loop = asyncio.new_event_loop()
+    try:
+        BulkApp("faust-bulk-bare", record_buffer=RecordBuffer({"bulk"}, 10), broker="kafka://127.0.0.1:1", loop=loop)
+    finally:
+        loop.close()
+    assert aiokafka_fetcher.PartitionRecords._consumer_record is faust_bulk._bare_or_wrapped
+    fake = type("Fake", (), {"_key_deserializer": None, "_value_deserializer": None})()
+    bare = faust_bulk._bare_or_wrapped(fake, TopicPartition("bulk", 3), record)
+    assert bare is record and (bare.offset, bare.timestamp, bare.key, bare.value) == (0, 1234, b"7", b'{"user_id": 7}')
+    other = faust_bulk._bare_or_wrapped(fake, TopicPartition("other", 3), record)
+    assert isinstance(other, ConsumerRecord) and (other.partition, other.value) == (3, b'{"user_id": 7}')
