@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--events", type=int, default=2_000_000, help="events to generate (ignored with --ratings)")
     ap.add_argument("--ratings", type=Path, help="a real ratings file (e.g. ml-20m/ratings.csv) instead")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--batch-size", type=int, default=Settings().batch_size, help="the worker's largest micro-batch")
     ap.add_argument("--every", type=int, default=1_000_000, help="a row per this many events stored")
     ap.add_argument("--store-only", action="store_true", help="time EventStore alone, no Kafka or worker")
     ap.add_argument("--out", type=Path, default=None, help="folder for the CSV, PNG and data (default: a temp dir)")
