@@ -12,6 +12,13 @@ In one run on one embedded broker:
    (users per model call, from its metrics).
 
     python benchmarks/bench_worker_model.py --events 300000
+
+At scale (issue 14): ``--db`` a worker database that already holds ``--ratings`` (e.g. the 20M
+events ``bench_scale.py`` stored; it is copied, not changed), and the worker serves the last
+``--tail`` events of that file again as new events (timed now), so every user it scores has
+the history the 20M log gave them:
+
+    python benchmarks/bench_worker_model.py --ratings RATINGS.csv --db SCALE.duckdb --tail 200000
 """
 
 from __future__ import annotations
@@ -55,17 +62,20 @@ def produce(bootstrap: str, topic: str, users: list[int], items: list[int]) -> N
     p.flush(60)
 
 
-def in_worker(bootstrap: str, n: int, tmp: Path, checkpoint: Path, extra: dict) -> tuple[float, float, dict]:
-    """(seconds from the first stored event to the last, events in that time, final metrics)."""
+def in_worker(bootstrap: str, n: int, tmp: Path, checkpoint: Path, extra: dict,
+              stored_before: int = 0) -> tuple[float, float, dict]:
+    """(seconds from the first stored event to the last, events in that time, final metrics);
+    ``stored_before``: events the database holds already."""
     w = WorkerProcess(bootstrap, tmp / "w.duckdb", tmp / "worker.log", group_id="bench-model",
                       checkpoint=str(checkpoint), **extra).start()
+    n += stored_before
     try:
-        w.wait_ready(timeout=180)
+        w.wait_ready(timeout=600)
         t_first = None
         while True:
             m = w.metrics()
             stored, now = m.get("streamrec_store_events", 0), time.perf_counter()
-            if stored > 0 and t_first is None:
+            if stored > stored_before and t_first is None:
                 t_first, n_first = now, stored
             if stored >= n:
                 break
@@ -94,6 +104,21 @@ def standalone(rec: TransformerRecommender, user: np.ndarray, item: np.ndarray, 
     return len(seqs) / (time.perf_counter() - t0)
 
 
+def copy_store(src: Path, dst: Path) -> int:
+    """Copy a worker database (and its WAL); returns the events it owns."""
+    import shutil
+
+    import duckdb
+    shutil.copy(src, dst)
+    if Path(f"{src}.wal").exists():
+        shutil.copy(f"{src}.wal", f"{dst}.wal")
+    con = duckdb.connect(str(dst), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM events WHERE owned").fetchone()[0]
+    finally:
+        con.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=300_000)
@@ -102,14 +127,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the standalone run")
     ap.add_argument("--worker-omp", default="", help="OMP_NUM_THREADS for the worker (default: unset, as deployed)")
     ap.add_argument("--worker", nargs="*", default=[], metavar="SETTING=VALUE", help="worker settings")
+    ap.add_argument("--ratings", type=Path, help="a ratings file instead of a generated stream")
+    ap.add_argument("--db", type=Path, help="a worker database holding --ratings already (copied)")
+    ap.add_argument("--tail", type=int, default=200_000, help="with --db: the last events served again")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.pop("OMP_NUM_THREADS", None)
     if args.worker_omp:
         os.environ["OMP_NUM_THREADS"] = args.worker_omp
     tmp = Path(tempfile.mkdtemp(prefix="bench-model-"))
-    write_ratings(tmp / "ratings.csv", events=args.events, seed=0)
-    r = load_ratings(tmp / "ratings.csv")
+    if args.ratings is None:
+        write_ratings(tmp / "ratings.csv", events=args.events, seed=0)
+    r = load_ratings(args.ratings or tmp / "ratings.csv")
+    stored_before, serve = 0, slice(None)
+    if args.db:
+        stored_before, serve = copy_store(args.db, tmp / "w.duckdb"), slice(len(r) - args.tail, None)
+        print(f"database {args.db}: {stored_before:,} events; serving the last {args.tail:,} again as new events",
+              flush=True)
     vocab = ItemVocab.from_ids(r.item)
     cfg = ModelConfig(kind="sasrec", n_items=len(vocab), max_len=args.max_len, d_model=args.d_model)
     torch.manual_seed(0)
@@ -119,8 +153,8 @@ def main() -> None:
     with EmbeddedBroker(log_file=tmp / "tansu.log") as broker:
         s = Settings(bootstrap_servers=broker.bootstrap)
         ensure_topics(s)
-        produce(broker.bootstrap, s.interactions_topic, r.user.tolist(), r.item.tolist())
-        seconds, events, m = in_worker(broker.bootstrap, len(r), tmp, ck_dir, extra)
+        produce(broker.bootstrap, s.interactions_topic, r.user[serve].tolist(), r.item[serve].tolist())
+        seconds, events, m = in_worker(broker.bootstrap, len(r.user[serve]), tmp, ck_dir, extra, stored_before)
     scored = m.get('streamrec_lists_published_total{model="sasrec"}', 0)
     calls = m.get("streamrec_inference_seconds_count", 0)
     model_s = m.get("streamrec_inference_seconds_sum", 0)
@@ -128,7 +162,8 @@ def main() -> None:
     rec = TransformerRecommender(Checkpoint(model, vocab, {"version": "bench"}), device="cpu")
     alone = standalone(rec, r.user, r.item, batch, 3000, args.max_len, 20)
     worker_rate = scored / seconds
-    print(f"{len(r):,} events, {len(vocab):,} items, SASRec d={args.d_model} L={args.max_len}; worker settings "
+    served = f" stored, {args.tail:,} served" if args.db else ""
+    print(f"{len(r):,} events{served}, {len(vocab):,} items, SASRec d={args.d_model} L={args.max_len}; worker settings "
           f"{extra or 'defaults'}")
     print(f"worker: {events / seconds:,.0f} events/s, {scored:,.0f} users scored by SASRec in {seconds:.1f}s = "
           f"{worker_rate:,.0f} users/s; {calls:.0f} model calls of {batch} users on average, "
