@@ -11,6 +11,10 @@ later ones ~0.4 s); then ``--batches`` batches of the events that follow are tim
 * ``seq`` / ``seen``: the model inputs of the batch's users; ``rank``: popularity lists of 20.
 
     python benchmarks/bench_store_state.py --ratings RATINGS.csv --stored 19000000
+
+``--batches-from M``: time the batches that follow event M instead (served again as new events,
+ten years later), so that the same batches, with the same users, meet a log of any size: what
+grows with the log is then told apart from what grows with the stream (users a batch).
 """
 
 from __future__ import annotations
@@ -65,11 +69,14 @@ def main() -> None:
     ap.add_argument("--stored", type=int, default=1_000_000, help="events stored before timing")
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--batches-from", type=int, default=None, help="time the batches after this event instead")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/bench-store-state"))
     args = ap.parse_args()
     r = load_ratings(args.ratings)
     n, size = args.stored, args.batch_size
-    if n + args.batches * size > len(r.user):
+    first = n if args.batches_from is None else args.batches_from
+    shift = 0 if args.batches_from is None else 10 * 365 * 86_400_000  # new event ids, later than the log
+    if first + args.batches * size > len(r.user):
         sys.exit(f"--stored + --batches x --batch-size is past the file's {len(r.user):,} events")
     args.cache.mkdir(parents=True, exist_ok=True)
     built = args.cache / f"store-{n}.duckdb"
@@ -90,7 +97,7 @@ def main() -> None:
     store.append(batch(r, len(r.user) - 1, len(r.user), shift=1))  # (a new event: the WAL is not empty)
     store.con.execute("CHECKPOINT")
     pop = PopularityRecommender()
-    pop.observe(r.item[n - 50_000:n])
+    pop.observe(r.item[max(first - 50_000, 0):first])
     acc: dict[str, float] = defaultdict(float)
     timed(acc, store_module.EventStore, "_insert", "insert")
     timed(acc, store_module.EventStore, "_update_sequences", "sequences")
@@ -98,7 +105,7 @@ def main() -> None:
     steps = defaultdict(list)
     users_per_batch, seen_per_batch = [], []
     for j in range(args.batches):
-        b = batch(r, n + j * size, n + (j + 1) * size)
+        b = batch(r, first + j * size, first + (j + 1) * size, shift)
         t0 = time.perf_counter()
         store.append(b)
         t1 = time.perf_counter()

@@ -10,7 +10,11 @@ calls per batch, whatever the size.
 ``SortedRuns`` is a small log-structured merge tree: every added batch of keys becomes a sorted
 run, and a run is merged into the one before it while that one is less than ``RATIO`` times
 larger, so there are O(log n) runs and each key is copied O(log n) times in all. Lookups are one
-vectorised ``searchsorted`` per run.
+vectorised ``searchsorted`` per small run; a run of ``DIRECTORY_MIN`` keys or more also keeps a
+directory (where each of ~len/16 equal slices of its key range starts), so a lookup there is a
+binary search over ~16 neighbouring keys instead of the whole run: at 19M events stored, the key
+and seen-pair lookups had grown from 2.7 to 7.1 ms per 5,000-event batch (cache misses of binary
+searches over 300 MB), and are 2.7 ms again with the directories.
 
 >>> s = SortedRuns(values=True)
 >>> s.add(np.array([30, 10], np.uint64), np.array([3, 1], np.uint64))
@@ -29,6 +33,8 @@ import numba
 import numpy as np
 
 RATIO = 4  # a run is merged into the previous one while that one is less than RATIO times larger
+DIRECTORY_MIN = 1 << 16  # runs at least this long get a directory (see the module's docstring)
+PER_SLICE = 16  # keys per directory slice, on average
 
 
 class SortedRuns:
@@ -38,9 +44,11 @@ class SortedRuns:
         """``keys``: distinct, and ascending when ``is_sorted`` (e.g. from an ``ORDER BY``)."""
         self._keys: list[np.ndarray] = []
         self._vals: list[np.ndarray] | None = [] if values is not False else None
+        self._dirs: list[Directory | None] = []  # per run
         if keys is not None and len(keys):
             order = slice(None) if is_sorted else np.argsort(keys)
             self._keys.append(np.ascontiguousarray(np.asarray(keys)[order], np.uint64))
+            self._dirs.append(Directory.of(self._keys[-1]))
             if self._vals is not None:
                 self._vals.append(np.ascontiguousarray(np.asarray(values)[order], np.uint64))
 
@@ -59,7 +67,12 @@ class SortedRuns:
         found = np.zeros(len(keys), bool)
         vals = np.zeros(len(keys), np.uint64)
         for r, run in enumerate(self._keys):
-            pos = np.searchsorted(run, keys)
+            d = self._dirs[r]
+            if d is None:
+                pos = np.searchsorted(run, keys)
+            else:
+                pos = np.empty(len(keys), np.int64)
+                _search(run, d.starts, d.low, d.shift, keys, pos)
             np.minimum(pos, len(run) - 1, out=pos)
             hit = run[pos] == keys
             found |= hit
@@ -75,6 +88,7 @@ class SortedRuns:
             return
         order = np.argsort(keys)
         self._keys.append(np.asarray(keys, np.uint64)[order])
+        self._dirs.append(Directory.of(self._keys[-1]))
         if self._vals is not None:
             self._vals.append(np.asarray(values, np.uint64)[order])
         while len(self._keys) > 1 and len(self._keys[-2]) < RATIO * len(self._keys[-1]):
@@ -82,9 +96,11 @@ class SortedRuns:
 
     def _merge_last_two(self) -> None:
         b, a = self._keys.pop(), self._keys.pop()
+        del self._dirs[-2:]
         # np.insert of a sorted run at its searchsorted places is a linear merge (no sort).
         pos = np.searchsorted(a, b)
         self._keys.append(np.insert(a, pos, b))
+        self._dirs.append(Directory.of(self._keys[-1]))
         if self._vals is not None:
             vb, va = self._vals.pop(), self._vals.pop()
             self._vals.append(np.insert(va, pos, vb))
@@ -109,6 +125,50 @@ class SortedRuns:
             _copy_slices(run, s, c, out, dest)
             dest = dest + c
         return out, total
+
+
+class Directory:
+    """Where each of 2**bits equal slices of a sorted run's key range [low, high] starts:
+    key k lies in slice (k - low) >> shift, i.e. in run[starts[s]:starts[s + 1]]."""
+
+    def __init__(self, starts: np.ndarray, low: np.uint64, shift: np.uint64):
+        self.starts, self.low, self.shift = starts, low, shift
+
+    @classmethod
+    def of(cls, run: np.ndarray) -> "Directory | None":
+        if len(run) < DIRECTORY_MIN:
+            return None
+        bits = max(1, int(len(run) // PER_SLICE).bit_length() - 1)
+        low, span = run[0], int(run[-1] - run[0])
+        shift = max(span.bit_length() - bits, 0)
+        n_slices = (span >> shift) + 1
+        bounds = low + (np.arange(n_slices, dtype=np.uint64) << np.uint64(shift))
+        starts = np.append(np.searchsorted(run, bounds), len(run)).astype(np.int64)
+        return cls(starts, np.uint64(low), np.uint64(shift))
+
+
+@numba.njit(cache=True, nogil=True)
+def _search(run, starts, low, shift, keys, out):
+    """out[j] = np.searchsorted(run, keys[j]) for keys[j] >= low, via the directory; keys below
+    the run's range get 0 and keys above it len(run) (a lookup only compares run[out[j]])."""
+    last = len(starts) - 2
+    for j in range(len(keys)):
+        k = keys[j]
+        if k < low:
+            out[j] = 0
+            continue
+        s = (k - low) >> shift
+        if s > last:
+            out[j] = len(run)
+            continue
+        lo, hi = starts[s], starts[s + 1]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if run[mid] < k:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[j] = lo
 
 
 @numba.njit(cache=True, nogil=True)

@@ -51,3 +51,33 @@ def test_codes_are_dense_in_order_of_first_sight():
         assert codes.tolist() == [truth[i] for i in ids.tolist()]
     assert len(c) == len(truth) and c.ids.tolist() == list(truth)
     assert c.lookup(np.array([-5])).tolist() == [-1]
+
+
+def test_directory_lookups_equal_a_plain_search():
+    """Runs long enough for a directory (uniform 64-bit keys like event keys, and clustered
+    (user << 32 | item) codes like seen pairs) find exactly what np.isin finds, values included,
+    for keys inside, between, below and above the runs' ranges."""
+    from streamrec.storage import key_index
+
+    rng = np.random.default_rng(11)
+    uniform = np.unique(rng.integers(0, 2**64, 300_000, dtype=np.uint64))
+    users, items = rng.integers(5, 3000, 400_000), rng.integers(0, 20_000, 400_000)
+    clustered = np.unique((users.astype(np.uint64) << np.uint64(32)) | items.astype(np.uint64))
+    for keys in (uniform, clustered):
+        assert len(keys) >= key_index.DIRECTORY_MIN
+        runs = SortedRuns(keys, keys * np.uint64(3), is_sorted=True)
+        assert runs._dirs[0] is not None
+        probe = np.concatenate([keys[::97], keys[::89] + np.uint64(1), keys[:50] - np.uint64(1),
+                                np.array([0, 1, 2**64 - 1, int(keys[-1]) + 5], np.uint64)])
+        found, vals = runs.lookup(probe)
+        assert found.tolist() == np.isin(probe, keys).tolist()
+        assert (vals[found] == probe[found] * np.uint64(3)).all()
+
+
+def test_sorted_runs_with_directories_through_many_merges(monkeypatch):
+    """The merge test again with a directory on every run of 4 keys or more."""
+    from streamrec.storage import key_index
+
+    monkeypatch.setattr(key_index, "DIRECTORY_MIN", 4)
+    monkeypatch.setattr(key_index, "PER_SLICE", 2)
+    test_sorted_runs_agree_with_a_dict_through_many_merges()
