@@ -155,7 +155,7 @@ class Settings(EnvSettings):
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
     top_k: int = _f(20, "length of published lists", min=1, max=10_000)
     batch_size: int = _f(5000, "largest micro-batch, in events (reached only when events queue up; 20000: "
-                               "~20% more events/s through a popularity worker, but a transformer scores "
+                               "about a fifth more events/s through a popularity worker, but a transformer scores "
                                "4x the users per batch and lists wait longer)", min=1)
     batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill (longer: larger batches, "
                                    "staler lists)", min=0.0)
