@@ -51,9 +51,9 @@ _consumer_record = aiokafka_fetcher.PartitionRecords._consumer_record
 
 
 def _bare_or_wrapped(self, tp, record):
-    """aiokafka's per-record ``ConsumerRecord`` (sizes, a headers tuple, a dataclass) was the
-    worker's largest single cost: 20% of the time it held the GIL at ~80k events/s (py-spy). The
-    bulk path reads four fields, which the record of the fetched batch has already."""
+    """aiokafka's per-record ``ConsumerRecord`` (sizes, a headers tuple, a dataclass) costs ~0.5 us
+    a record: aiokafka alone read Tansu at 476k records/s with it, 626k without. The bulk path
+    reads four fields, which the record of the fetched batch has already."""
     if tp.topic in _BARE_TOPICS:
         return record
     return _consumer_record(self, tp, record)
