@@ -24,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+from streamrec.storage.key_index import Codes
+
 
 class SeenItems(Sequence):
     """Users' seen items: user j's are the codes ``codes[start[j]:start[j + 1]]``, code c is the
@@ -40,16 +42,9 @@ class SeenItems(Sequence):
             return seen
         lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
         flat = np.concatenate([np.asarray(s, np.int64) for s in seen]) if lengths.sum() else np.zeros(0, np.int64)
-        ids, codes = np.unique(flat, return_inverse=True)
-
-        def code_of(items: np.ndarray) -> np.ndarray:
-            items = np.asarray(items, np.int64)
-            if len(ids) == 0:
-                return np.full(len(items), -1, np.int64)
-            pos = np.minimum(np.searchsorted(ids, items), len(ids) - 1)
-            return np.where(ids[pos] == items, pos, -1)
-
-        return cls(codes.astype(np.int64), np.append(0, np.cumsum(lengths)), ids, code_of)
+        codes = Codes()
+        codes.encode(np.unique(flat))  # codes in id order
+        return cls(codes.lookup(flat), np.append(0, np.cumsum(lengths)), codes.ids, codes.lookup)
 
     def __len__(self) -> int:
         return len(self.start) - 1
