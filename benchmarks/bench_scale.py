@@ -48,7 +48,7 @@ from streamrec.storage.store import EventStore  # noqa: E402
 from streamrec.streams.broker import EmbeddedBroker  # noqa: E402
 from streamrec.streams.config import Settings  # noqa: E402
 from streamrec.streams.dead_letters import conflicts  # noqa: E402
-from streamrec.streams.events import Event, encode, event_key  # noqa: E402
+from streamrec.streams.events import Event, encode, event_keys  # noqa: E402
 from streamrec.streams.processes import WorkerProcess  # noqa: E402
 from streamrec.streams.replay import make_producer  # noqa: E402
 from streamrec.streams.topics import ensure_topics  # noqa: E402
@@ -82,6 +82,14 @@ def db_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in (path, Path(f"{path}.wal")) if p.exists()) / 2**20
 
 
+def rating_batch(user, item, t_ms, rating, lo: int, hi: int, shift: int = 0) -> EventBatch:
+    """Events lo..hi-1 as a batch of ratings at offsets lo..hi-1, ``shift`` ms later (new event ids)."""
+    t = t_ms[lo:hi] + shift
+    ids = [f"{u}:{i}:{tt}:rating" for u, i, tt in zip(user[lo:hi].tolist(), item[lo:hi].tolist(), t.tolist())]
+    return EventBatch.of(key=event_keys(ids), event_id=ids, user=user[lo:hi], item=item[lo:hi], event_time=t,
+                         event_type=["rating"] * (hi - lo), rating=rating[lo:hi], offset=np.arange(lo, hi))
+
+
 def store_only(events, db: Path, batch_size: int, every: int) -> list[dict]:
     """Batches straight into an EventStore: append, conflict check, sequences and seen items."""
     user, item, t, rating = events
@@ -89,11 +97,7 @@ def store_only(events, db: Path, batch_size: int, every: int) -> list[dict]:
     rows, times, t_mark, n_mark = [], [], time.perf_counter(), 0
     for lo in range(0, len(user), batch_size):
         hi = min(lo + batch_size, len(user))
-        ids = [f"{u}:{i}:{tt}:rating" for u, i, tt in zip(user[lo:hi].tolist(), item[lo:hi].tolist(),
-                                                            t[lo:hi].tolist())]
-        batch = EventBatch.of(key=[event_key(s) for s in ids], event_id=ids, user=user[lo:hi], item=item[lo:hi],
-                              event_time=t[lo:hi], event_type=["rating"] * (hi - lo), rating=rating[lo:hi],
-                              offset=np.arange(lo, hi))
+        batch = rating_batch(user, item, t, rating, lo, hi)
         t0 = time.perf_counter()
         result = store.append(batch)
         conflicts(store, batch, result.new_mask)

@@ -32,21 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import rss_mb  # noqa: E402
+from bench_scale import rating_batch, rss_mb  # noqa: E402
 
 from streamrec.model.recommender import PopularityRecommender  # noqa: E402
 from streamrec.storage import key_index  # noqa: E402
 from streamrec.storage import store as store_module  # noqa: E402
-from streamrec.storage.batch import EventBatch  # noqa: E402
 from streamrec.storage.movielens import load_ratings  # noqa: E402
-from streamrec.streams.events import event_keys  # noqa: E402
-
-
-def batch(r, lo: int, hi: int, shift: int = 0) -> EventBatch:
-    t = r.timestamp[lo:hi] * 1000 + shift
-    ids = [f"{u}:{i}:{tt}:rating" for u, i, tt in zip(r.user[lo:hi].tolist(), r.item[lo:hi].tolist(), t.tolist())]
-    return EventBatch.of(key=event_keys(ids), event_id=ids, user=r.user[lo:hi], item=r.item[lo:hi], event_time=t,
-                         event_type=["rating"] * (hi - lo), rating=r.rating[lo:hi], offset=np.arange(lo, hi))
 
 
 def timed(acc: dict, cls, name: str, label: str) -> None:
@@ -73,6 +64,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/bench-store-state"))
     args = ap.parse_args()
     r = load_ratings(args.ratings)
+    t_ms = r.timestamp * 1000
+    batch = lambda lo, hi, shift=0: rating_batch(r.user, r.item, t_ms, r.rating, lo, hi, shift)  # noqa: E731
     n, size = args.stored, args.batch_size
     first = n if args.batches_from is None else args.batches_from
     shift = 0 if args.batches_from is None else 10 * 365 * 86_400_000  # new event ids, later than the log
@@ -83,7 +76,7 @@ def main() -> None:
     if not built.exists():
         s = store_module.EventStore(args.cache / "building.duckdb")
         for lo in range(0, n, 250_000):
-            s.append(batch(r, lo, min(lo + 250_000, n)))
+            s.append(batch(lo, min(lo + 250_000, n)))
         s.close()
         (args.cache / "building.duckdb").rename(built)
     work = args.cache / "work.duckdb"
@@ -94,7 +87,7 @@ def main() -> None:
     store = store_module.EventStore(work)
     store._load(store._users.ids.copy())  # every user's sequence in memory, as in a running worker
     print(f"{n:,} events stored; opened with every sequence in {time.perf_counter() - t:.1f}s", flush=True)
-    store.append(batch(r, len(r.user) - 1, len(r.user), shift=1))  # (a new event: the WAL is not empty)
+    store.append(batch(len(r.user) - 1, len(r.user), shift=1))  # (a new event: the WAL is not empty)
     store.con.execute("CHECKPOINT")
     pop = PopularityRecommender()
     pop.observe(r.item[max(first - 50_000, 0):first])
@@ -105,7 +98,7 @@ def main() -> None:
     steps = defaultdict(list)
     users_per_batch, seen_per_batch = [], []
     for j in range(args.batches):
-        b = batch(r, first + j * size, first + (j + 1) * size, shift)
+        b = batch(first + j * size, first + (j + 1) * size, shift)
         t0 = time.perf_counter()
         store.append(b)
         t1 = time.perf_counter()
