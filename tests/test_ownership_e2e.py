@@ -57,6 +57,17 @@ def owned_keys(path: str) -> set[int]:
         con.close()
 
 
+def exporting_owner(settings, tmp_path):
+    """Two partitions produced; B, a database that names ``exp-b`` as its export directory.
+    Returns (settings, B's store, B's ownership)."""
+    s = dataclasses.replace(settings, partitions=2)
+    ensure_topics(s)
+    produce(s, 2)
+    b_store = EventStore(tmp_path / "b.duckdb")
+    b = Ownership(b_store, s.bootstrap_servers, s.interactions_topic, s.group_id, export_dir=str(tmp_path / "exp-b"))
+    return s, b_store, b
+
+
 def test_a_stale_read_of_the_log_never_disowns_rows_of_later_own_claims(settings, tmp_path):
     s = dataclasses.replace(settings, partitions=2)
     ensure_topics(s)
@@ -104,11 +115,7 @@ def test_a_takeover_reads_the_previous_owners_exported_segments_then_kafka(setti
     and A then holds exactly what a replay from Kafka alone gives."""
     from streamrec.storage.export import export_new_events
 
-    s = dataclasses.replace(settings, partitions=2)
-    ensure_topics(s)
-    produce(s, 2)
-    b_store = EventStore(tmp_path / "b.duckdb")
-    b = Ownership(b_store, s.bootstrap_servers, s.interactions_topic, s.group_id, export_dir=str(tmp_path / "exp-b"))
+    s, b_store, b = exporting_owner(settings, tmp_path)
     assert store_range(b, s, 1, 0, 120) == 120
     assert export_new_events(b_store.con, tmp_path / "exp-b") == 120
     assert store_range(b, s, 1, 120, 200) == 80  # stored, not exported, then B dies
@@ -136,11 +143,7 @@ def test_a_takeover_reads_the_previous_owners_exported_segments_then_kafka(setti
 def test_an_unreadable_segment_sends_the_takeover_to_kafka(settings, tmp_path):
     """A corrupt file among the previous owner's segments: the new owner logs it and copies the
     partition from Kafka instead; nothing is lost."""
-    s = dataclasses.replace(settings, partitions=2)
-    ensure_topics(s)
-    produce(s, 2)
-    b_store = EventStore(tmp_path / "b.duckdb")
-    b = Ownership(b_store, s.bootstrap_servers, s.interactions_topic, s.group_id, export_dir=str(tmp_path / "exp-b"))
+    s, b_store, b = exporting_owner(settings, tmp_path)
     assert store_range(b, s, 0, 0, 100) == 100
     b_store.close()
     (tmp_path / "exp-b").mkdir()
