@@ -75,6 +75,7 @@ class TrainConfig(_Dict):
     device: str = "auto"  # "auto" = CUDA if available, else CPU
     max_seconds: float | None = 600.0  # wall-clock budget; training stops after the epoch that exceeds it
     shuffle_ties: bool = True  # every epoch, same-second events of a user in a new random order
+    refit: bool = False  # after early stopping, train anew for the best epochs on training + validation items
 
     @classmethod
     def defaults(cls, kind: str, **overrides) -> "TrainConfig":

@@ -112,6 +112,11 @@ class Split:
     valid_targets: np.ndarray
     test_inputs: Sequences  # seq[:-1]
     test_targets: np.ndarray
+    refit: Sequences | None = None  # training plus validation items: what a final refit trains on
+
+    def __post_init__(self):
+        if self.refit is None:
+            self.refit = self.test_inputs
 
 
 def leave_one_out(seqs: Sequences) -> Split:
@@ -132,7 +137,7 @@ def holdout_last(seqs: Sequences) -> Split:
     full = seqs.cut(0, None, min_len=2)
     empty = np.zeros(0, np.int64)
     return Split(full.users, full.cut(0, -1), full.items[full.offsets[1:] - 1],
-                 Sequences(empty, np.zeros(1, np.int64), empty), empty)
+                 Sequences(empty, np.zeros(1, np.int64), empty), empty, refit=full)
 
 
 def windows(seqs: Sequences, length: int, min_len: int = 1) -> list[np.ndarray]:

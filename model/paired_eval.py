@@ -75,7 +75,9 @@ class PairedResult:
 
 def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: Recommender, since: int,
                           k: int = 10, chunk: int = 64, horizon_seconds: int = 86_400) -> PairedResult:
-    """Grade the published lists and ``baseline``'s on the events at or after ``since``.
+    """Grade the published lists and ``baseline``'s on the events at or after ``since`` (``times``
+    sorted). Events go in runs of at most ``chunk`` (the baseline learns run by run), cut where lists
+    take effect, so every event meets the list its user had then.
     ``horizon_seconds``: of event time, the future a list's Recall@k counts (the evaluator's)."""
     users, items, times = (np.asarray(a, np.int64) for a in (users, items, times))
     out = PairedResult(k)
@@ -89,8 +91,7 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
     ndcg_col = 1  # OnlineEvaluator's metric columns per k: hit, ndcg, mrr
     takes_users = "users" in inspect.signature(baseline.observe).parameters
 
-    for a in range(0, len(users), chunk):
-        b = min(a + chunk, len(users))
+    for a, b in _chunks(times, trig, chunk):
         # Lists triggered before this chunk's first event: into both evaluators, the baseline's
         # computed now, from the events up to here (as the worker would have).
         upto = int(np.searchsorted(trig, times[a], side="left"))
@@ -124,6 +125,19 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
             seen[x].append(i)
     _pair_recall(out, served.flush(), base.flush())
     return out
+
+
+def _chunks(times: np.ndarray, triggers: np.ndarray, size: int):
+    """(start, stop) of runs of at most ``size`` events, cut wherever a list takes effect: a list
+    triggered at ``t`` is shown from the first event later than ``t``, so a new run starts there,
+    and the events before it (all at or before ``t``) are exactly what the baseline has seen.
+
+    >>> list(_chunks(np.array([1, 2, 2, 3, 5]), np.array([2, 4]), 8))
+    [(0, 3), (3, 4), (4, 5)]
+    """
+    cuts = np.union1d(np.searchsorted(times, triggers, side="right"), np.arange(0, len(times), size))
+    cuts = np.append(cuts[(cuts > 0) & (cuts < len(times))], len(times))
+    return zip(np.append(0, cuts[:-1]).tolist(), cuts.tolist())
 
 
 def _pair_recall(out: PairedResult, r1, r2) -> None:

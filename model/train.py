@@ -35,6 +35,7 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)  # per evaluation: epoch, loss, metrics
     cpu_seconds: float = 0.0  # CPU time of the process while training (wall time lies on a shared machine)
+    refit_epochs: int = 0  # epochs of the returned model's refit on training + validation items (0: none)
 
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -120,47 +121,73 @@ def train_epoch(model: SequentialTransformer, ws: list[np.ndarray], opt, sched, 
 
 
 def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = True) -> TrainResult:
-    torch.manual_seed(tcfg.seed)
-    rng = np.random.default_rng(tcfg.seed)
-    gen = torch.Generator().manual_seed(tcfg.seed)
+    """Train with early stopping on the validation targets; with ``tcfg.refit`` a fresh model then
+    trains the best number of epochs on the training *and* validation items (each user's newest
+    training event, which the validated model never learned from; the baselines count it too) and is
+    the one returned. A refit that the time budget cuts short is discarded."""
     device = resolve_device(tcfg.device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    deadline = None if tcfg.max_seconds is None else start + tcfg.max_seconds
+    model = _fresh_model(mcfg, tcfg, split.train, device)
+    stopper = EarlyStopping(tcfg.patience)
+    history, _ = _run_epochs(model, split.train, tcfg, tcfg.epochs, device, deadline, progress,
+                             valid=(split.train.as_list(), split.valid_targets), stopper=stopper)
+    stopper.restore(model)
+    refit_epochs = 0
+    if tcfg.refit and stopper.best_epoch > 0 and split.refit is not None and len(split.refit):
+        again = _fresh_model(mcfg, tcfg, split.refit, device)
+        _, finished = _run_epochs(again, split.refit, tcfg, stopper.best_epoch, device, deadline, progress)
+        if finished:
+            model, refit_epochs = again, stopper.best_epoch
+    model.eval()
+    valid = next((h for h in history if h["epoch"] == stopper.best_epoch), {})
+    return TrainResult(model, stopper.best_epoch, valid, time.perf_counter() - start, history,
+                       time.process_time() - cpu_start, refit_epochs)
+
+
+def _fresh_model(mcfg: ModelConfig, tcfg: TrainConfig, seqs, device: torch.device) -> SequentialTransformer:
+    torch.manual_seed(tcfg.seed)
     model = build_model(mcfg).to(device)
     if mcfg.knn_k > 0:
-        model.fit_knn(split.train.as_list())
+        model.fit_knn(seqs.as_list())
+    return model
+
+
+def _run_epochs(model: SequentialTransformer, seqs, tcfg: TrainConfig, epochs: int, device: torch.device,
+                deadline: float | None, progress: bool, valid=None,
+                stopper: EarlyStopping | None = None) -> tuple[list[dict], bool]:
+    """Up to ``epochs`` epochs on ``seqs`` with the recipe's schedule (always planned over
+    ``tcfg.epochs``, so a refit follows the validated run's learning rates); with ``valid``
+    (histories, targets) and ``stopper``, early stopping. Returns the validation history and
+    whether all ``epochs`` ran (False: stopped early or out of time)."""
+    rng = np.random.default_rng(tcfg.seed)
+    gen = torch.Generator().manual_seed(tcfg.seed)
     opt = configure_optimizer(model, tcfg)
-    ws = model.training_windows(split.train)
+    ws = model.training_windows(seqs)
     if not ws:
         raise ValueError("no training sequences: every user needs at least 3 events")
-    steps_per_epoch = math.ceil(len(ws) / tcfg.batch_size)
-    total = tcfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, tcfg.warmup_steps, total, tcfg.min_lr_ratio)
-    )
-    valid_hist, valid_targets = split.train.as_list(), split.valid_targets
-
-    stopper = EarlyStopping(tcfg.patience)
+    total = tcfg.epochs * math.ceil(len(ws) / tcfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
+    desc = model.cfg.kind if stopper else f"{model.cfg.kind} refit"
+    bar = tqdm(total=epochs * math.ceil(len(ws) / tcfg.batch_size), desc=desc, disable=not progress, unit="step",
+               dynamic_ncols=True)
     history: list[dict] = []
-    start, cpu_start = time.perf_counter(), time.process_time()
-    bar = tqdm(total=total, desc=mcfg.kind, disable=not progress, unit="step", dynamic_ncols=True)
-    for epoch in range(tcfg.epochs):
+    for epoch in range(epochs):
         if tcfg.shuffle_ties and epoch > 0:
-            ws = model.training_windows(split.train.shuffle_ties(rng))
+            ws = model.training_windows(seqs.shuffle_ties(rng))
+        best = f"{max(stopper.best, 0):.4f}" if stopper else "-"
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar,
-                             postfix={"epoch": epoch + 1, "best_ndcg10": f"{max(stopper.best, 0):.4f}"})
-        out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
-        last = epoch == tcfg.epochs - 1 or out_of_time
-        if (epoch + 1) % tcfg.eval_every == 0 or last:
+                             postfix={"epoch": epoch + 1, "best_ndcg10": best})
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if stopper is not None and ((epoch + 1) % tcfg.eval_every == 0 or epoch == epochs - 1 or out_of_time):
             model.eval()
-            m = evaluate_histories(model_scorer(model), valid_hist, valid_targets, ks=(10, 20))
+            m = evaluate_histories(model_scorer(model), *valid, ks=(10, 20))
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
             if stopper.update(m["NDCG@10"], epoch + 1, model):
                 break
         if out_of_time:
-            break
+            bar.close()
+            return history, epoch == epochs - 1
     bar.close()
-    seconds = time.perf_counter() - start
-    stopper.restore(model)
-    model.eval()
-    valid = next((h for h in history if h["epoch"] == stopper.best_epoch), {})
-    return TrainResult(model, stopper.best_epoch, valid, seconds, history, time.process_time() - cpu_start)
+    return history, stopper is None

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from streamrec.storage.movielens import load_ratings, load_titles
 from streamrec.streams.broker import EmbeddedBroker
+from streamrec.streams.closed_loop import closed_loop_replay
 from streamrec.streams.config import Settings
 from streamrec.streams.demo_summary import run_summary
 from streamrec.streams.lists import ListFollower, show
@@ -140,7 +141,8 @@ def _run(args, settings: Settings, work: Path, workers: list[WorkerProcess], tra
             raise SystemExit(f"demo: --train-fraction {args.train_fraction} leaves nothing to train on or to replay")
         _history_and_training(args, settings, work, workers, ratings.slice(0, n_live))
     t0 = time.time()
-    stats, retrainer, killed = _replay_live(args, settings, work, workers, ratings, n_live, transformer, ratings_path)
+    stats, retrainer, killed = _replay_live(args, settings, work, workers, ratings, n_live, transformer, ratings_path,
+                                            follower)
 
     # Wait for the workers to store everything and for their lists to arrive.
     dead_owned = 0
@@ -185,7 +187,7 @@ def _print_changes(follower: ListFollower, shown: set[int], titles: dict[int, st
 
 
 def _replay_live(args, settings: Settings, work: Path, workers: list[WorkerProcess], ratings, n_live: int,
-                 transformer: bool, ratings_path: Path):
+                 transformer: bool, ratings_path: Path, follower: ListFollower):
     """Replay everything after the history (retraining once on the way, killing a worker with
     several); returns the replay's stats, the retraining thread (or None) and the killed workers."""
     live = ratings.slice(n_live, None)
@@ -194,20 +196,32 @@ def _replay_live(args, settings: Settings, work: Path, workers: list[WorkerProce
     if speedup is None:  # default: the live part in about --duration seconds
         span = float(live.timestamp[-1] - live.timestamp[0]) if len(live) else 0.0
         speedup = span / duration if span > 0 and duration > 0 else 0.0
-    print(f"replaying {len(live):,} ratings{' (the live part)' if transformer else ''} from {ratings_path} "
-          f"({'as fast as possible' if not speedup else f'{speedup:,.0f}x event time'})")
+    pace = ("closed loop: a user's next event of a session waits for their list" if args.closed_loop
+            else "as fast as possible" if not speedup else f"{speedup:,.0f}x event time")
+    print(f"replaying {len(live):,} ratings{' (the live part)' if transformer else ''} from {ratings_path} ({pace})")
     killed: list[WorkerProcess] = []
     if len(workers) > 1 and args.kill_at > 0:
         threading.Thread(target=kill_midway, args=(workers, len(ratings), args.kill_at, killed), daemon=True).start()
+
+    def send(part):
+        if args.closed_loop:
+            return closed_loop_replay(part, settings.bootstrap_servers, settings.interactions_topic, follower)
+        return replay(part, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+
     retrainer = None
     if transformer and args.retrain_at > 0:
         cut = int(len(live) * args.retrain_at)
-        stats = replay(live.slice(0, cut), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        stats = send(live.slice(0, cut))
         retrainer = _start_retrain(args, settings, work, workers, n_live + cut)
-        more = replay(live.slice(cut, None), settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        more = send(live.slice(cut, None))
         stats.events, stats.seconds = stats.events + more.events, stats.seconds + more.seconds
+        if args.closed_loop:
+            stats.waits, stats.timeouts = stats.waits + more.waits, stats.timeouts + more.timeouts
     else:
-        stats = replay(live, settings.bootstrap_servers, settings.interactions_topic, speedup=speedup)
+        stats = send(live)
+    if args.closed_loop:
+        print(f"closed loop: {stats.waits:,} bursts waited for their user's list, {stats.timeouts:,} of them "
+              "timed out", flush=True)
     if retrainer is not None:  # its hot swap belongs to the run: wait for it to be decided
         retrainer.join(timeout=args.retrain_seconds * 3 + 120)
     return stats, retrainer, killed

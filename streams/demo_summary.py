@@ -5,6 +5,7 @@ retraining's outcome, and the online report PNG."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,18 @@ from streamrec.streams.lists import show
 from streamrec.streams.processes import metric_sum
 
 HORIZON_DAYS = 30
+
+
+def _print_pair(kind: str, name: str, r: PairedResult) -> None:
+    for metric, t, unit in (("NDCG@10", r.ndcg, "events"),
+                            ("Recall@10", r.recall, f"lists (their next 10 items within {HORIZON_DAYS} days)")):
+        lo, hi = PairedResult.interval(t)
+        print(f"    {metric:<17} {kind} {t.candidate_mean:.4f} vs {name} {t.champion_mean:.4f} over {t.n:,} "
+              f"{unit}: difference {t.mean_diff:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f})")
+    for m, t in sorted(r.ndcg_by_model.items()):
+        lo, hi = PairedResult.interval(t)
+        print(f"      lists of {m:<10} NDCG@10 {t.candidate_mean:.4f} vs {name} {t.champion_mean:.4f} on the "
+              f"{t.n:,} events they were shown for: difference {t.mean_diff:+.4f} ({lo:+.4f} .. {hi:+.4f})")
 
 
 def make_baseline(settings) -> Recommender:
@@ -30,31 +43,28 @@ def transformer_summary(args, settings, work: Path, workers, ratings, n_live: in
                         retrainer) -> bool:
     """Print the comparison and write the report; False if the transformer served no list."""
     since = int(ratings.timestamp[n_live]) * 1000
-    baseline = make_baseline(settings)  # the worker's own fallback, built the same way
-    # Recall's horizon: 30 days of event time. MovieLens users rate in sessions; at the replay's
-    # speed a session fits in one micro-batch, so the list after it rarely has a future within
-    # the worker's default day.
-    r = compare_with_baseline(ratings.user, ratings.item, ratings.timestamp * 1000, follower.history(), baseline,
-                              since=since, k=10, horizon_seconds=HORIZON_DAYS * 86_400)
     kind = args.model
-    served = {m: n for m, n in r.lists_by_model.items() if m.startswith(kind + " ")}
+    fallback = make_baseline(settings)  # the worker's own fallback, built the same way
     print(f"\nonline evaluation of the live part ({len(ratings) - n_live:,} events; each graded against the list "
           "its user was shown before it)")
-    print("  lists served        " + ", ".join(f"{m} {n:,}" for m, n in sorted(r.lists_by_model.items()))
-          + f"  ({baseline.name} = fallback for users {kind} cannot score)")
-    print(f"  baseline            {baseline.name} (the fallback; its window: the last {settings.popularity_window:,} "
-          "events), asked for a list for the same users at the same moments; paired on the same events")
-    for name, t, unit in (("NDCG@10", r.ndcg, "events"),
-                          ("Recall@10", r.recall, f"lists (their next 10 items within {HORIZON_DAYS} days)")):
-        lo, hi = PairedResult.interval(t)
-        print(f"  {name:<19} {kind} {t.candidate_mean:.4f} vs {baseline.name} {t.champion_mean:.4f} over {t.n:,} "
-              f"{unit}: difference {t.mean_diff:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f})")
-    for m, t in sorted(r.ndcg_by_model.items()):
-        lo, hi = PairedResult.interval(t)
-        print(f"    lists of {m:<12} NDCG@10 {t.candidate_mean:.4f} vs {baseline.name} {t.champion_mean:.4f} on the "
-              f"{t.n:,} events they were shown for: difference {t.mean_diff:+.4f} ({lo:+.4f} .. {hi:+.4f})")
-    print(f"  not graded          {r.cold:,} live events with no list of theirs before them (a user's first "
-          "live micro-batch, e.g. a burst of ratings, has only lists computed after it)")
+    lists = follower.history()
+    others = [b for b in ("popularity", "item2item") if b != fallback.name]
+    for baseline in [fallback] + [make_baseline(replace(settings, baseline=b)) for b in others]:
+        # Recall's horizon: 30 days of event time. MovieLens users rate in sessions; at the replay's
+        # speed a session fits in one micro-batch, so the list after it rarely has a future within
+        # the worker's default day.
+        r = compare_with_baseline(ratings.user, ratings.item, ratings.timestamp * 1000, lists, baseline,
+                                  since=since, k=10, horizon_seconds=HORIZON_DAYS * 86_400)
+        if baseline is fallback:
+            served = {m: n for m, n in r.lists_by_model.items() if m.startswith(kind + " ")}
+            print("  lists served        " + ", ".join(f"{m} {n:,}" for m, n in sorted(r.lists_by_model.items()))
+                  + f"  ({fallback.name} = fallback for users {kind} cannot score)")
+            print(f"  not graded          {r.cold:,} live events with no list of theirs before them (a user's first "
+                  "live micro-batch, e.g. a burst of ratings, has only lists computed after it)")
+        role = "the fallback; " if baseline is fallback else ""
+        print(f"  vs {baseline.name} ({role}its popularity window: the last {settings.popularity_window:,} events), "
+              "asked for a list for the same users at the same moments; paired on the same events")
+        _print_pair(kind, baseline.name, r)
     if retrainer is not None:
         res = retrainer.result
         if res is not None:

@@ -28,8 +28,11 @@ class ListFollower(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str, keep: int = 0):
         super().__init__(daemon=True)
+        # Tansu holds a fetch for its whole wait when no data is there: a short wait keeps the
+        # follower's own delay small (a closed-loop replay waits on it).
         self.consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": "streamrec-lists",
-                                                                     "enable.auto.commit": False}))
+                                                                     "enable.auto.commit": False,
+                                                                     "fetch.wait.max.ms": 10}))
         # assign(), not subscribe(): no group join to wait for, every partition from the start.
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
@@ -42,11 +45,15 @@ class ListFollower(threading.Thread):
         self.keep = keep
         self._rows: list[tuple] = []
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)  # notified after each consumed batch of lists
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            for msg in self.consumer.consume(1000, timeout=0.2):
+            # consume(n, timeout) returns only when n messages came or the timeout passed, which
+            # would delay every list; poll() returns on the first, consume(n, 0) takes the rest.
+            first = self.consumer.poll(0.2)
+            for msg in ([first] if first is not None else []) + self.consumer.consume(1000, 0):
                 if msg.error():
                     continue
                 rec = self.decoder.decode(msg.value())
@@ -57,6 +64,8 @@ class ListFollower(threading.Thread):
                     if self.keep:
                         self._rows.append((rec.user_id, rec.event_time, rec.items[: self.keep],
                                            rec.model, rec.model_version))
+            with self.arrived:
+                self.arrived.notify_all()
         self.consumer.close()
 
     def history(self):

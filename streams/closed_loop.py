@@ -1,0 +1,142 @@
+"""Closed-loop replay: a user's next event waits for the list their previous one triggered.
+
+A timed replay compresses event time. At the speeds that replay MovieLens in minutes a whole rating
+session lands in one micro-batch, so every event of it is graded against the list shown *before*
+the session (docs/accuracy.md, "Within a session and across sessions"); in real time the worker
+refreshes a user's list within ~0.1 s, long before their next click. The closed loop restores that
+order, as a user who looks at their list before rating again:
+
+* a user's same-second events go out together (a burst: their order is unknown);
+* if the user's next burst follows within ``session_gap`` seconds of event time, it waits until a
+  list triggered by this burst (``event_time`` >= its time) is published, or ``list_timeout``
+  seconds pass (counted as a timeout); later bursts need no wait;
+* other users go on meanwhile, but no event is sent more than ``max_skew`` seconds of event time
+  ahead of the oldest unsent one, so the stream stays nearly in time order (per user it is exact).
+
+The worker grades each event against the user's latest list with an earlier trigger time, as
+always; what changes is that such a list now exists within a session. Needs a ``ListFollower``
+on the recommendations topic (it notifies waiters as lists arrive).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from streamrec.storage.movielens import Ratings
+from streamrec.streams.replay import ReplayInterrupted, ReplayStats, encode_ratings, make_producer
+
+
+@dataclass
+class ClosedLoopStats(ReplayStats):
+    waits: int = 0  # bursts held until their user's list arrived
+    timeouts: int = 0  # of those, released after list_timeout without the list
+
+
+def user_bursts(ratings: Ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``ratings`` grouped per user into bursts (same user, same second), each user's in
+    time order: (rows in that order, burst start offsets into them, burst user).
+
+    >>> r = Ratings(np.array([1, 2, 1, 1]), np.array([5, 6, 7, 8]), np.ones(4, np.float32), np.array([0, 0, 0, 9]))
+    >>> rows, starts, users = user_bursts(r)
+    >>> rows.tolist(), starts.tolist(), users.tolist()
+    ([0, 2, 3, 1], [0, 2, 3, 4], [1, 1, 2])
+    """
+    rows = np.lexsort((ratings.timestamp, ratings.user))  # per user in time order; stable within a second
+    u, t = ratings.user[rows], ratings.timestamp[rows]
+    new = np.ones(len(rows), bool)
+    new[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
+    starts = np.flatnonzero(new)
+    return rows, np.append(starts, len(rows)), u[starts]
+
+
+def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, session_gap: float = 3600.0,
+                       max_skew: float = 30 * 86_400.0, list_timeout: float = 5.0, progress: bool = True,
+                       producer=None) -> ClosedLoopStats:
+    """Produce every rating of ``ratings`` (any order; times in s) in the closed loop described above;
+    returns when all are acknowledged. Ctrl-C raises ``ReplayInterrupted`` like ``replay``."""
+    producer = producer or make_producer(bootstrap, **{"linger.ms": 0})
+    values, keys = encode_ratings(ratings), [str(u).encode() for u in ratings.user.tolist()]
+    rows, starts, burst_user = user_bursts(ratings)
+    burst_time = ratings.timestamp[rows[starts[:-1]]].astype(np.int64)
+    last_of_user = np.append(burst_user[1:] != burst_user[:-1], True)  # burst b is its user's last
+    ready = [(int(burst_time[b]), b) for b in np.flatnonzero(np.append(True, burst_user[1:] != burst_user[:-1]))]
+    heapq.heapify(ready)  # (event time, burst): users free to send their next burst
+    waiting: dict[int, tuple[int, float, int]] = {}  # user -> (list trigger ms awaited, since, next burst)
+    stats = ClosedLoopStats(len(values), 0.0)
+    errors: list[str] = []
+    delivered = [0]
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            delivered[0] += 1
+
+    start = time.time()
+    bar = tqdm(total=len(values), unit="ev", disable=not progress, desc=f"closed loop -> {topic}", smoothing=0.1)
+    try:
+        while ready or waiting:
+            _release(follower, waiting, ready, burst_time, list_timeout, stats)
+            heads = [int(burst_time[b]) for _, _, b in waiting.values()] + ([ready[0][0]] if ready else [])
+            oldest = min(heads)  # the oldest unsent event: nothing goes out more than max_skew after it
+            sent = 0
+            while ready and ready[0][0] <= oldest + max_skew:
+                t, b = heapq.heappop(ready)
+                for j in rows[starts[b]:starts[b + 1]].tolist():
+                    _produce(producer, topic, values[j], keys[j], on_delivery)
+                sent += starts[b + 1] - starts[b]
+                if last_of_user[b]:
+                    continue
+                if burst_time[b + 1] - t <= session_gap:
+                    waiting[int(burst_user[b])] = (t * 1000, time.monotonic(), b + 1)
+                    stats.waits += 1
+                else:
+                    heapq.heappush(ready, (int(burst_time[b + 1]), b + 1))
+            producer.poll(0)
+            bar.update(sent)
+            if not sent and waiting:
+                with follower.arrived:
+                    follower.arrived.wait(0.05)
+    except KeyboardInterrupt:
+        bar.close()
+        lost = producer.flush(10)
+        if lost:
+            producer.purge()
+            producer.flush(0)
+        raise ReplayInterrupted(delivered[0], lost) from None
+    remaining = producer.flush(60)
+    bar.close()
+    if remaining or errors:
+        raise RuntimeError(f"closed-loop replay: {remaining} events undelivered, errors: {errors[:3]}")
+    stats.seconds = time.time() - start
+    return stats
+
+
+def _release(follower, waiting: dict, ready: list, burst_time: np.ndarray, list_timeout: float,
+             stats: ClosedLoopStats) -> None:
+    """Free the users whose awaited list arrived (or whose wait timed out)."""
+    if not waiting:
+        return
+    now = time.monotonic()
+    with follower.lock:
+        got = {u: rec.event_time for u in waiting if (rec := follower.latest.get(u)) is not None}
+    for u, (trigger, since, nxt) in list(waiting.items()):
+        arrived = got.get(u, -1) >= trigger
+        if arrived or now - since > list_timeout:
+            del waiting[u]
+            stats.timeouts += not arrived
+            heapq.heappush(ready, (int(burst_time[nxt]), nxt))
+
+
+def _produce(producer, topic: str, value: bytes, key: bytes, on_delivery) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:  # local queue full: let it drain
+            producer.poll(0.05)
