@@ -72,9 +72,11 @@ def train_default(kind: str, split, n_items: int, log: dict, counted=None) -> to
     res = train(split, mcfg, tcfg, progress=sys.stderr.isatty())
     log.update(seconds=round(res.seconds, 1), cpu_seconds=round(res.cpu_seconds, 1), best_epoch=res.best_epoch,
                epochs=res.history[-1]["epoch"],
-               valid_ndcg10=round(res.valid.get("NDCG@10", 0.0), 4))
+               valid_ndcg10=round(res.valid.get("NDCG@10", 0.0), 4), refit_epochs=res.refit_epochs)
     print(f"  {kind}: {res.seconds:.0f}s, best epoch {res.best_epoch} of {res.history[-1]['epoch']}, "
-          f"valid NDCG@10 {res.valid.get('NDCG@10', 0):.4f}", flush=True)
+          f"valid NDCG@10 {res.valid.get('NDCG@10', 0):.4f}"
+          + (f", then refit on training + validation items for {res.refit_epochs} epochs" if res.refit_epochs else ""),
+          flush=True)
     if REFRESH and counted is not None and res.model.cfg.knn_k > 0:
         res.model.fit_knn(counted)
     return res.model
@@ -130,6 +132,7 @@ def print_table(out: dict, kinds: list[str]) -> None:
         for name, m in by_model.items():
             t = out["train"].get(f"{name}/{proto[0]}")
             cell = f"{t['seconds']:.0f} ({t['cpu_seconds']:.0f}), best {t['best_epoch']} of {t['epochs']}" if t else ""
+            cell += ", refit" if t and t.get("refit_epochs") else ""
             print(f"| {name} | {proto} | " + " | ".join(f"{m[c]:.4f}" for c in METRICS) + f" | {cell} |")
     print("\n| transformer | protocol | best baseline | NDCG@10 difference | 95% interval |")
     print("|---|---|---|---|---|")

@@ -1,6 +1,7 @@
 """Configuration of the sequential transformers (one dataclass for both models) and of training.
 
-Item indices: 0 is padding, 1..n_items are real items, n_items + 1 is BERT4Rec's mask token.
+Item indices: 0 is padding, 1..n_items are real items, n_items + 1 is BERT4Rec's mask token and
+SASRec's start token.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ModelConfig(_Dict):
     knn_k: int = 0  # SASRec: > 0 adds an item-kNN prior (each item's knn_k strongest neighbours) to the logits
     mask_seen: bool = False  # SASRec, full softmax: a position's history items leave its training softmax
     knn_window: int = 10  # the prior: co-occurrence within this many events; the last this many items vote
+    start_token: bool = False  # SASRec: a start token (id n_items + 1) before each user's first item
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):
@@ -86,6 +88,8 @@ class TrainConfig(_Dict):
 RECIPES: dict[str, dict[str, dict]] = {
     # SASRec with an item-kNN prior (docs/accuracy.md, "Levers tried"): item-kNN's scores, from the training
     # data, added to the logits with learned per-age weights; the transformer learns the residual.
-    "sasrec": {"model": {"knn_k": 200}, "train": {}},
+    # The start token teaches how sequences begin (new users' first items); the refit then learns each
+    # user's newest training item too (docs/accuracy.md, "Start token and refit").
+    "sasrec": {"model": {"knn_k": 200, "start_token": True}, "train": {"refit": True}},
     "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0}, "train": {"batch_size": 32}},
 }

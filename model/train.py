@@ -124,7 +124,8 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     """Train with early stopping on the validation targets; with ``tcfg.refit`` a fresh model then
     trains the best number of epochs on the training *and* validation items (each user's newest
     training event, which the validated model never learned from; the baselines count it too) and is
-    the one returned. A refit that the time budget cuts short is discarded."""
+    the one returned. A refit that would not fit in the time budget is not started; one that the
+    budget cuts short anyway is discarded."""
     device = resolve_device(tcfg.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     deadline = None if tcfg.max_seconds is None else start + tcfg.max_seconds
@@ -134,7 +135,9 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
                              valid=(split.train.as_list(), split.valid_targets), stopper=stopper)
     stopper.restore(model)
     refit_epochs = 0
-    if tcfg.refit and stopper.best_epoch > 0 and split.refit is not None and len(split.refit):
+    per_epoch = (time.perf_counter() - start) / max(1, history[-1]["epoch"] if history else 0)
+    fits = deadline is None or time.perf_counter() + 1.2 * per_epoch * stopper.best_epoch < deadline
+    if tcfg.refit and fits and stopper.best_epoch > 0 and split.refit is not None and len(split.refit):
         again = _fresh_model(mcfg, tcfg, split.refit, device)
         _, finished = _run_epochs(again, split.refit, tcfg, stopper.best_epoch, device, deadline, progress)
         if finished:

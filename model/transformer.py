@@ -241,7 +241,21 @@ class SASRec(SequentialTransformer):
     causal = True
 
     def training_windows(self, seqs: Sequences) -> list[np.ndarray]:
+        if self.cfg.start_token:  # the first item is learned too, from the start token alone
+            seqs = Sequences.from_list(seqs.users, [np.append(self.cfg.mask_id, s) for s in seqs.as_list()])
         return windows(seqs, self.cfg.max_len + 1, min_len=2)  # input = w[:-1], targets = w[1:]
+
+    def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
+        """With ``start_token``: the token before every history that fits whole (fewer than
+        max_len items), as in training; an empty history is the start token alone."""
+        if not self.cfg.start_token:
+            return seq
+        n = (seq > 0).sum(1)
+        x = F.pad(seq, (1, 0)) if seq.size(1) < self.cfg.max_len else seq.clone()
+        at = x.size(1) - 1 - n  # just before the first real item
+        rows = ((n < self.cfg.max_len) & (at >= 0)).nonzero().flatten()
+        x[rows, at[rows]] = self.cfg.mask_id
+        return x
 
     def make_batch(self, ws: list[np.ndarray], gen: torch.Generator | None = None):
         """(inputs [B, L], targets [B, L, future]): targets[:, p, j] is the item j + 1 steps after
@@ -255,6 +269,7 @@ class SASRec(SequentialTransformer):
 
     def _training_prior(self, inputs: torch.Tensor, targets: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
         """The item-kNN prior at the positions ``sel``, less the user's own pairs (``own_pairs``)."""
+        inputs = inputs.masked_fill(inputs > self.cfg.n_items, 0)  # the start token votes for nothing
         prior = self.knn_prior(self.recent_items(inputs)[sel])
         if not self.training or not bool(self.knn_counts.any()):
             return prior
@@ -266,6 +281,7 @@ class SASRec(SequentialTransformer):
         """[N, n_items]: False for the items a position's history holds (the targets excepted):
         inference masks them, so training need not spend the softmax on pushing them down."""
         B, L = inputs.shape
+        inputs = inputs.masked_fill(inputs > self.cfg.n_items, 0)  # the start token is no item
         seen = torch.zeros(B, L, self.cfg.n_items + 1, dtype=torch.bool, device=inputs.device)
         seen.scatter_(2, inputs[..., None], True)
         seen = seen.cummax(dim=1).values[sel]

@@ -146,6 +146,7 @@ def cmd_worker(args) -> int:
 
 def cmd_replay(args) -> int:
     from streamrec.storage.movielens import load_ratings
+    from streamrec.streams.closed_loop import NoLists
     from streamrec.streams.replay import ReplayInterrupted, replay
     from streamrec.streams.topics import ensure_topics
 
@@ -154,12 +155,33 @@ def cmd_replay(args) -> int:
     settings = _settings(args)
     ensure_topics(settings)
     try:
-        stats = replay(ratings, settings, settings.interactions_topic, speedup=args.speedup, progress=not args.quiet)
+        if args.closed_loop:
+            stats = _closed_loop(args, settings, ratings)
+        else:
+            stats = replay(ratings, settings, settings.interactions_topic, speedup=args.speedup,
+                           progress=not args.quiet)
     except ReplayInterrupted as e:
         print(f"streamrec replay: {e}", file=sys.stderr)
         return 130
-    print(f"replayed {stats.events} events in {stats.seconds:.2f}s: {stats.rate:,.0f} events/s")
+    except NoLists as e:
+        print(f"streamrec replay --closed-loop: {e}", file=sys.stderr)
+        return 1
+    print(f"replayed {stats.events} events in {stats.seconds:.2f}s: {stats.rate:,.0f} events/s"
+          + (f"; {stats.waits:,} bursts waited for their list, {stats.timeouts:,} timed out" if args.closed_loop else ""))
     return 0
+
+
+def _closed_loop(args, settings, ratings):
+    from streamrec.streams.closed_loop import closed_loop_replay
+    from streamrec.streams.lists import ListFollower
+
+    follower = ListFollower(settings, settings.recommendations_topic)
+    follower.start()
+    try:
+        return closed_loop_replay(ratings, settings, settings.interactions_topic, follower,
+                                  list_timeout=args.list_timeout, progress=not args.quiet)
+    finally:
+        follower.stopped.set()
 
 
 def cmd_demo(args) -> int:
@@ -210,6 +232,11 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
     Settings.add_arguments(p, only=KAFKA + TOPICS)
     _add_replay_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="a user's next event within an hour (event time) waits until a worker published the list "
+                        "their previous one triggered, as in real time (needs a running worker; ignores --speedup)")
+    p.add_argument("--list-timeout", type=_nonnegative(float), default=5.0,
+                   help="closed loop: seconds to wait for a list before sending anyway (default %(default)s)")
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:

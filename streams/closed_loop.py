@@ -11,7 +11,11 @@ order, as a user who looks at their list before rating again:
   list triggered by this burst (``event_time`` >= its time) is published, or ``list_timeout``
   seconds pass (counted as a timeout); later bursts need no wait;
 * other users go on meanwhile, but no event is sent more than ``max_skew`` seconds of event time
-  ahead of the oldest unsent one, so the stream stays nearly in time order (per user it is exact).
+  ahead of the oldest unsent one (default a year). Per user the order is exact; across users it is
+  relaxed because MovieLens has few users active at a time, so a strict time order would send one
+  event per round trip (ml-latest-small's live half: ~19,000 round trips with 30 days of skew,
+  ~5,800 with a year). What a list holds depends on its user's own events (and, for the popularity
+  fallback, on the window of recent events, which the skew shuffles a little).
 
 The worker grades each event against the user's latest list with an earlier trigger time, as
 always; what changes is that such a list now exists within a session. Needs a ``ListFollower``
@@ -29,6 +33,10 @@ from tqdm import tqdm
 
 from streamrec.storage.movielens import Ratings
 from streamrec.streams.replay import ReplayInterrupted, ReplayStats, encode_ratings, make_producer
+
+
+class NoLists(RuntimeError):
+    """A wait timed out and no event of this run has triggered any list yet: nobody is serving."""
 
 
 @dataclass
@@ -55,7 +63,7 @@ def user_bursts(ratings: Ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, session_gap: float = 3600.0,
-                       max_skew: float = 30 * 86_400.0, list_timeout: float = 5.0, progress: bool = True,
+                       max_skew: float = 365 * 86_400.0, list_timeout: float = 5.0, progress: bool = True,
                        producer=None) -> ClosedLoopStats:
     """Produce every rating of ``ratings`` (any order; times in s) in the closed loop described above;
     returns when all are acknowledged. Ctrl-C raises ``ReplayInterrupted`` like ``replay``."""
@@ -66,7 +74,9 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
     last_of_user = np.append(burst_user[1:] != burst_user[:-1], True)  # burst b is its user's last
     ready = [(int(burst_time[b]), b) for b in np.flatnonzero(np.append(True, burst_user[1:] != burst_user[:-1]))]
     heapq.heapify(ready)  # (event time, burst): users free to send their next burst
-    waiting: dict[int, tuple[int, float, int]] = {}  # user -> (list trigger ms awaited, since, next burst)
+    # user -> (event time (ms) the awaited list must have seen, monotonic time of the send, the
+    # user's next burst, wall time (ms) of the send)
+    waiting: dict[int, tuple[int, float, int, int]] = {}
     stats = ClosedLoopStats(len(values), 0.0)
     errors: list[str] = []
     delivered = [0]
@@ -81,8 +91,8 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
     bar = tqdm(total=len(values), unit="ev", disable=not progress, desc=f"closed loop -> {topic}", smoothing=0.1)
     try:
         while ready or waiting:
-            _release(follower, waiting, ready, burst_time, list_timeout, stats)
-            heads = [int(burst_time[b]) for _, _, b in waiting.values()] + ([ready[0][0]] if ready else [])
+            _release(follower, waiting, ready, burst_time, list_timeout, stats, int(start * 1000) - 1000)
+            heads = [int(burst_time[w[2]]) for w in waiting.values()] + ([ready[0][0]] if ready else [])
             oldest = min(heads)  # the oldest unsent event: nothing goes out more than max_skew after it
             sent = 0
             while ready and ready[0][0] <= oldest + max_skew:
@@ -93,7 +103,7 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
                 if last_of_user[b]:
                     continue
                 if burst_time[b + 1] - t <= session_gap:
-                    waiting[int(burst_user[b])] = (t * 1000, time.monotonic(), b + 1)
+                    waiting[int(burst_user[b])] = (t * 1000, time.monotonic(), b + 1, int(time.time() * 1000))
                     stats.waits += 1
                 else:
                     heapq.heappush(ready, (int(burst_time[b + 1]), b + 1))
@@ -102,12 +112,17 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
             if not sent and waiting:
                 with follower.arrived:
                     follower.arrived.wait(0.05)
+    except NoLists:
+        bar.close()
+        producer.flush(5)
+        raise
     except KeyboardInterrupt:
         bar.close()
         lost = producer.flush(10)
         if lost:
             producer.purge()
             producer.flush(0)
+        del producer  # gone now, not when the traceback is: no reconnection noise after the broker stops
         raise ReplayInterrupted(delivered[0], lost) from None
     remaining = producer.flush(60)
     bar.close()
@@ -118,16 +133,23 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
 
 
 def _release(follower, waiting: dict, ready: list, burst_time: np.ndarray, list_timeout: float,
-             stats: ClosedLoopStats) -> None:
-    """Free the users whose awaited list arrived (or whose wait timed out)."""
+             stats: ClosedLoopStats, run_start_ms: int) -> None:
+    """Free the users whose awaited list arrived (or whose wait timed out); ``NoLists`` if a wait
+    timed out and no event of this run (sent from ``run_start_ms``) has triggered any list yet."""
     if not waiting:
         return
     now = time.monotonic()
     with follower.lock:
-        got = {u: rec.event_time for u in waiting if (rec := follower.latest.get(u)) is not None}
-    for u, (trigger, since, nxt) in list(waiting.items()):
-        arrived = got.get(u, -1) >= trigger
+        got = {u: (rec.event_time, rec.source_timestamp) for u in waiting if (rec := follower.latest.get(u)) is not None}
+    for u, (trigger, since, nxt, sent_ms) in list(waiting.items()):
+        # The list must have seen this burst, and its trigger must be this run's message (Kafka
+        # timestamp not before the send, 1 s of clock slack): a topic may hold older runs' lists.
+        event_time, source_ms = got.get(u, (-1, -1))
+        arrived = event_time >= trigger and source_ms >= sent_ms - 1000
         if arrived or now - since > list_timeout:
+            if not arrived and follower.newest_source < run_start_ms:
+                raise NoLists(f"no list arrived within {list_timeout:g} s of a user's event (topic "
+                              f"{follower.topic!r}): is a worker running on these topics?")
             del waiting[u]
             stats.timeouts += not arrived
             heapq.heappush(ready, (int(burst_time[nxt]), nxt))

@@ -102,10 +102,13 @@ def run_demo(args) -> int:
     except ChildFailed as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, ReplayInterrupted):  # the watchdog's interrupt, or Ctrl-C
+    except (KeyboardInterrupt, ReplayInterrupted) as e:  # the watchdog's interrupt, or Ctrl-C
         if failure:
             print(f"demo failed: {failure[0]}", file=sys.stderr)
             return 1
+        if isinstance(e, ReplayInterrupted):
+            print(f"demo interrupted: {e}", file=sys.stderr)
+            return 130
         raise
     finally:
         for f in followers:  # closed before the broker goes: no reconnection noise

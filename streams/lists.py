@@ -38,10 +38,12 @@ class ListFollower(threading.Thread):
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         from streamrec.streams.pipeline import Recommendation  # here: the CLI registry imports this module
 
+        self.topic = topic
         self.decoder = msgspec.json.Decoder(Recommendation)
         self.latest: dict[int, Recommendation] = {}
         self.freshness: list[float] = []
         self.count = 0
+        self.newest_source = 0  # ms: the newest Kafka timestamp of an event that triggered a list
         self.keep = keep
         self._rows: list[tuple] = []
         self.lock = threading.Lock()
@@ -59,6 +61,7 @@ class ListFollower(threading.Thread):
                 rec = self.decoder.decode(msg.value())
                 with self.lock:
                     self.latest[rec.user_id] = rec
+                    self.newest_source = max(self.newest_source, rec.source_timestamp)
                     self.freshness.append((rec.published_at - rec.source_timestamp) / 1000)
                     self.count += 1
                     if self.keep:

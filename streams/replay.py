@@ -91,6 +91,7 @@ def replay(ratings: Ratings, bootstrap: Settings | str, topic: str, speedup: flo
         if lost:
             producer.purge()  # or librdkafka reports them at exit as "still in queue"
             producer.flush(0)
+        del producer  # gone now, not when the traceback is: no reconnection noise after the broker stops
         raise ReplayInterrupted(delivered[0], lost) from None
     remaining = producer.flush(60)
     bar.close()

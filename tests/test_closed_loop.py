@@ -3,6 +3,8 @@ event is produced only after the list their previous burst triggered was publish
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -51,3 +53,18 @@ def test_next_event_of_a_session_waits_for_the_list(settings, tmp_path):
         u = int(burst_user[b])
         list_at = published[(u, int(times[b - 1]) * 1000)]  # the list this burst's events were shown
         assert produced[(u, int(times[b]) * 1000)] >= list_at
+
+
+def test_closed_loop_without_a_worker_says_so(settings, tmp_path):
+    """Nobody publishes lists: the first wait that times out ends the replay with one line, exit 1."""
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,4.0,160\n1,30,4.0,200\n")
+    r = subprocess.run([sys.executable, "-m", "streamrec", "replay", str(csv), "--closed-loop", "--list-timeout", "2",
+                        "--quiet", "--bootstrap-servers", settings.bootstrap_servers,
+                        "--interactions-topic", settings.interactions_topic,
+                        "--recommendations-topic", settings.recommendations_topic],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no list arrived within 2 s" in lines[0] and "is a worker running" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,6 +1,8 @@
 """End-to-end on synthetic streams: sequential structure is learnt, popularity is hard to beat
 when there is none. Uses the real pipeline: Ratings -> sequences -> split -> train -> evaluate."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,50 @@ def test_popularity_driven_stream_popularity_wins(kind):
     # ... and no sequence model beats the popularity order on it: at best it re-learns it (through
     # its output bias) and ties; measured with this seed: popularity 0.220, SASRec 0.218, BERT4Rec 0.216.
     assert pop >= model - 0.01, res
+
+
+def first_item_stream(seed=0) -> Ratings:
+    """Every user starts with one of two "sign-up" items (popular nowhere else), then walks the
+    chain: only a model that learns how sequences *start* can score a user with no history."""
+    rng = np.random.default_rng(seed)
+    cycle = rng.permutation(np.arange(2, N_ITEMS))
+    starts = rng.integers(0, len(cycle), N_USERS)
+    return ratings([np.append(rng.integers(0, 2), cycle[(s + np.arange(LENGTH - 1)) % len(cycle)]) for s in starts])
+
+
+def test_start_token_scores_users_with_no_history():
+    seqs, vocab = build_sequences(first_item_stream(), min_user_events=5)
+    split = leave_one_out(seqs)
+    tcfg = TrainConfig(epochs=15, batch_size=32, lr=5e-3, warmup_steps=10, patience=15, seed=0)
+    signup = vocab.encode([1000, 1007])  # items 0 and 1 as external ids
+    top2 = {}
+    for start in (False, True):
+        mcfg = ModelConfig(kind="sasrec", n_items=len(vocab), max_len=16, d_model=32, n_heads=2, dropout=0.1,
+                           start_token=start)
+        model = train(split, mcfg, tcfg, progress=False).model
+        empty = model_scorer(model)([np.zeros(0, np.int64)])[0]
+        top2[start] = set((torch.topk(empty, 2).indices + 1).tolist())
+        # A history that fills the input whole gets no start token (its start is not in view), a
+        # shorter one gets it: the same weights score them as the plain model does, or not.
+        full = torch.from_numpy(np.arange(16)[None] % len(vocab) + 1)
+        with_token = model.score(full), model.score(full[:, 1:])
+        model.cfg = replace(model.cfg, start_token=False)
+        assert torch.equal(with_token[0], model.score(full))
+        assert torch.equal(with_token[1], model.score(full[:, 1:])) != start
+    assert top2[True] == set(signup.tolist())  # the sign-up items, learned from the start token
+    assert top2[False] != set(signup.tolist())  # without it, an empty history scores noise
+
+
+def test_refit_trains_on_the_validation_items_too():
+    """The refit model learns each user's validation item: on the chain it predicts the test item
+    from the validation item; the epochs are the validated run's best."""
+    seqs, vocab = build_sequences(chain_stream(), min_user_events=5)
+    split = leave_one_out(seqs)
+    mcfg = ModelConfig(kind="sasrec", n_items=len(vocab), max_len=16, d_model=32, n_heads=2, dropout=0.1)
+    tcfg = TrainConfig(epochs=6, batch_size=32, lr=5e-3, warmup_steps=10, patience=6, seed=0)
+    plain = train(split, mcfg, tcfg, progress=False)
+    refit = train(split, mcfg, TrainConfig.from_dict({**tcfg.to_dict(), "refit": True}), progress=False)
+    assert plain.refit_epochs == 0 and refit.refit_epochs == refit.best_epoch == plain.best_epoch
+    assert refit.model is not plain.model and refit.history == plain.history  # same validated run
+    diff = [(a - b).abs().max().item() for a, b in zip(plain.model.parameters(), refit.model.parameters())]
+    assert max(diff) > 0  # other data: other weights
