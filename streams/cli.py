@@ -166,8 +166,8 @@ def cmd_replay(args) -> int:
     except NoLists as e:
         print(f"streamrec replay --closed-loop: {e}", file=sys.stderr)
         return 1
-    print(f"replayed {stats.events} events in {stats.seconds:.2f}s: {stats.rate:,.0f} events/s"
-          + (f"; {stats.waits:,} bursts waited for their list, {stats.timeouts:,} timed out" if args.closed_loop else ""))
+    loop = f"; {stats.waits:,} bursts waited for their list, {stats.timeouts:,} timed out" if args.closed_loop else ""
+    print(f"replayed {stats.events} events in {stats.seconds:.2f}s: {stats.rate:,.0f} events/s{loop}")
     return 0
 
 

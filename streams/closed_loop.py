@@ -140,7 +140,8 @@ def _release(follower, waiting: dict, ready: list, burst_time: np.ndarray, list_
         return
     now = time.monotonic()
     with follower.lock:
-        got = {u: (rec.event_time, rec.source_timestamp) for u in waiting if (rec := follower.latest.get(u)) is not None}
+        recs = {u: follower.latest.get(u) for u in waiting}
+    got = {u: (rec.event_time, rec.source_timestamp) for u, rec in recs.items() if rec is not None}
     for u, (trigger, since, nxt, sent_ms) in list(waiting.items()):
         # The list must have seen this burst, and its trigger must be this run's message (Kafka
         # timestamp not before the send, 1 s of clock slack): a topic may hold older runs' lists.
