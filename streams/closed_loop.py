@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from streamrec.storage.movielens import Ratings
-from streamrec.streams.replay import ReplayInterrupted, ReplayStats, encode_ratings, make_producer
+from streamrec.streams.replay import Deliveries, ReplayStats, encode_ratings, make_producer, produce
 
 
 class NoLists(RuntimeError):
@@ -78,17 +78,10 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
     # user's next burst, wall time (ms) of the send)
     waiting: dict[int, tuple[int, float, int, int]] = {}
     stats = ClosedLoopStats(len(values), 0.0)
-    errors: list[str] = []
-    delivered = [0]
-
-    def on_delivery(err, msg):
-        if err is not None:
-            errors.append(str(err))
-        else:
-            delivered[0] += 1
-
+    deliveries = Deliveries()
     start = time.time()
     bar = tqdm(total=len(values), unit="ev", disable=not progress, desc=f"closed loop -> {topic}", smoothing=0.1)
+    stop = None
     try:
         while ready or waiting:
             _release(follower, waiting, ready, burst_time, list_timeout, stats, int(start * 1000) - 1000)
@@ -98,7 +91,7 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
             while ready and ready[0][0] <= oldest + max_skew:
                 t, b = heapq.heappop(ready)
                 for j in rows[starts[b]:starts[b + 1]].tolist():
-                    _produce(producer, topic, values[j], keys[j], on_delivery)
+                    produce(producer, topic, values[j], keys[j], deliveries)
                 sent += starts[b + 1] - starts[b]
                 if last_of_user[b]:
                     continue
@@ -118,16 +111,12 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
         raise
     except KeyboardInterrupt:
         bar.close()
-        lost = producer.flush(10)
-        if lost:
-            producer.purge()
-            producer.flush(0)
-        del producer  # gone now, not when the traceback is: no reconnection noise after the broker stops
-        raise ReplayInterrupted(delivered[0], lost) from None
-    remaining = producer.flush(60)
+        stop = deliveries.interrupted(producer, 10)
+    if stop is not None:  # raised outside the handler: no traceback keeps the producer alive
+        del producer  # gone now: no reconnection noise once the broker stops
+        raise stop
+    deliveries.check(producer, "closed-loop replay")
     bar.close()
-    if remaining or errors:
-        raise RuntimeError(f"closed-loop replay: {remaining} events undelivered, errors: {errors[:3]}")
     stats.seconds = time.time() - start
     return stats
 
@@ -154,12 +143,3 @@ def _release(follower, waiting: dict, ready: list, burst_time: np.ndarray, list_
             del waiting[u]
             stats.timeouts += not arrived
             heapq.heappush(ready, (int(burst_time[nxt]), nxt))
-
-
-def _produce(producer, topic: str, value: bytes, key: bytes, on_delivery) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-            return
-        except BufferError:  # local queue full: let it drain
-            producer.poll(0.05)

@@ -103,12 +103,9 @@ def run_demo(args) -> int:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, ReplayInterrupted) as e:  # the watchdog's interrupt, or Ctrl-C
-        if failure:
-            print(f"demo failed: {failure[0]}", file=sys.stderr)
-            return 1
-        if isinstance(e, ReplayInterrupted):
-            print(f"demo interrupted: {e}", file=sys.stderr)
-            return 130
+        if failure or isinstance(e, ReplayInterrupted):
+            print(f"demo failed: {failure[0]}" if failure else f"demo interrupted: {e}", file=sys.stderr)
+            return 1 if failure else 130
         raise
     finally:
         for f in followers:  # closed before the broker goes: no reconnection noise

@@ -61,6 +61,43 @@ def encode_ratings(r: Ratings) -> list[bytes]:
     ]
 
 
+class Deliveries:
+    """A producer's delivery callback: counts the events the broker acknowledged, keeps errors."""
+
+    def __init__(self):
+        self.acked, self.errors = 0, []
+
+    def __call__(self, err, msg) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+        else:
+            self.acked += 1
+
+    def interrupted(self, producer: Producer, wait: float) -> ReplayInterrupted:
+        """After Ctrl-C: up to ``wait`` s for what is queued, the rest dropped; the exception to raise."""
+        lost = producer.flush(wait)
+        if lost:
+            producer.purge()  # or librdkafka reports them at exit as "still in queue"
+            producer.flush(0)
+        return ReplayInterrupted(self.acked, lost)
+
+    def check(self, producer: Producer, what: str) -> None:
+        """Wait for every queued event; an error if some were not delivered."""
+        remaining = producer.flush(60)
+        if remaining or self.errors:
+            raise RuntimeError(f"{what}: {remaining} events undelivered, errors: {self.errors[:3]}")
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: bytes, on_delivery) -> None:
+    """One event; when the local queue is full, let it drain first."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def replay(ratings: Ratings, bootstrap: Settings | str, topic: str, speedup: float = 0.0,
            progress: bool = True, producer: Producer | None = None, interrupt_wait: float = 10.0) -> ReplayStats:
     """Produce every rating in order; returns when all are acknowledged by the broker.
@@ -72,33 +109,21 @@ def replay(ratings: Ratings, bootstrap: Settings | str, topic: str, speedup: flo
     values = encode_ratings(ratings)
     keys = [str(u).encode() for u in ratings.user.tolist()]
     times = ratings.timestamp.tolist()
-    errors: list[str] = []
-    delivered = [0]
-
-    def on_delivery(err, msg):
-        if err is not None:
-            errors.append(str(err))
-        else:
-            delivered[0] += 1
-
+    deliveries = Deliveries()
     start = time.time()
     bar = tqdm(total=len(values), unit="ev", disable=not progress, desc=f"replay -> {topic}", smoothing=0.1)
+    stop = None
     try:
-        _produce_all(producer, topic, values, keys, times, speedup, start, bar, on_delivery)
+        _produce_all(producer, topic, values, keys, times, speedup, start, bar, deliveries)
     except KeyboardInterrupt:
         bar.close()
-        lost = producer.flush(interrupt_wait)
-        if lost:
-            producer.purge()  # or librdkafka reports them at exit as "still in queue"
-            producer.flush(0)
-        del producer  # gone now, not when the traceback is: no reconnection noise after the broker stops
-        raise ReplayInterrupted(delivered[0], lost) from None
-    remaining = producer.flush(60)
+        stop = deliveries.interrupted(producer, interrupt_wait)
+    if stop is not None:  # raised outside the handler: no traceback keeps the producer alive
+        del producer  # gone now: no reconnection noise once the broker stops
+        raise stop
+    deliveries.check(producer, "replay")
     bar.close()
-    elapsed = time.time() - start
-    if remaining or errors:
-        raise RuntimeError(f"replay: {remaining} events undelivered, errors: {errors[:3]}")
-    return ReplayStats(len(values), elapsed)
+    return ReplayStats(len(values), time.time() - start)
 
 
 def _produce_all(producer, topic, values, keys, times, speedup, start, bar, on_delivery) -> None:
@@ -112,12 +137,7 @@ def _produce_all(producer, topic, values, keys, times, speedup, start, bar, on_d
         for j in range(a, min(a + step, len(values))):
             if speedup > 0 and (wait := start + (times[j] - t0) / speedup - time.time()) > 0.001:
                 time.sleep(wait)
-            while True:
-                try:
-                    producer.produce(topic, value=values[j], key=keys[j], on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let it drain
-                    producer.poll(0.05)
+            produce(producer, topic, values[j], keys[j], on_delivery)
         producer.poll(0)
         bar.update(min(step, len(values) - a))
 
