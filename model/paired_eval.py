@@ -13,8 +13,8 @@ Only events at or after ``since`` (the start of the live replay) are graded, and
 triggered from then on are recorded: a user's first live event is cold in both arms and counts
 in neither. Events before ``since`` still feed the baseline's window and users' seen items.
 
-The interval treats events as independent; events of one user are correlated, so it is somewhat
-too narrow (the same caveat as shadow mode's decision rule).
+The normal interval treats events as independent; events of one user are correlated, so it is too
+narrow (the same caveat as shadow mode's decision rule): ``ndcg_user_interval`` resamples users.
 
 >>> from streamrec.model.recommender import PopularityRecommender
 >>> ev = dict(users=np.array([1, 2, 1, 1]), items=np.array([5, 5, 6, 7]), times=np.array([0, 10, 20, 30]))
@@ -38,6 +38,7 @@ import numpy as np
 
 from streamrec.model import prequential as pq
 from streamrec.model.online import OnlineEvaluator
+from streamrec.model.protocols import paired_bootstrap
 from streamrec.model.recommender import Recommender
 from streamrec.model.shadow import PairedTally
 
@@ -63,6 +64,7 @@ class PairedResult:
     cold: int = 0  # live events with no list before them (not graded)
     lists_by_model: Counter = field(default_factory=Counter)  # live lists per "model version"
     ndcg_by_model: dict = field(default_factory=dict)  # "model version" of the served list -> PairedTally
+    graded: list = field(default_factory=list)  # per graded run of events: (users, served NDCG, baseline NDCG)
 
     @staticmethod
     def interval(t: PairedTally, z: float = 1.96) -> tuple[float, float]:
@@ -71,6 +73,16 @@ class PairedResult:
             return (-math.inf, math.inf)
         half = z * t.sd_diff / math.sqrt(t.n)
         return (t.mean_diff - half, t.mean_diff + half)
+
+    def ndcg_user_interval(self, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """95% interval of the mean NDCG@k difference resampling *users* with all their events
+        (``model.protocols.paired_bootstrap``): a user's events are correlated, which the normal
+        interval of ``interval`` ignores."""
+        if not self.graded:
+            return (-math.inf, math.inf)
+        users, served, base = (np.concatenate(x) for x in zip(*self.graded))
+        _, lo, hi = paired_bootstrap(served, base, users, n_boot=n_boot, seed=seed)
+        return lo, hi
 
 
 def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: Recommender, since: int,
@@ -112,6 +124,7 @@ def compare_with_baseline(users, items, times, lists: PublishedLists, baseline: 
             both = (r1.status == pq.WARM) & (r2.status == pq.WARM)
             out.cold += int((r1.status == pq.COLD).sum())
             out.ndcg.update_many(champion=r2.metrics[both, ndcg_col], candidate=r1.metrics[both, ndcg_col])
+            out.graded.append((cu[both], r1.metrics[both, ndcg_col], r2.metrics[both, ndcg_col]))
             for gid in np.unique(r1.groups[both]).tolist():  # the same, split by the served list's model
                 sel = both & (r1.groups == gid)
                 tally = out.ndcg_by_model.setdefault(" ".join(served.groups[gid]), PairedTally())

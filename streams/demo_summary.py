@@ -22,8 +22,10 @@ def _print_pair(kind: str, name: str, r: PairedResult) -> None:
     for metric, t, unit in (("NDCG@10", r.ndcg, "events"),
                             ("Recall@10", r.recall, f"lists (their next 10 items within {HORIZON_DAYS} days)")):
         lo, hi = PairedResult.interval(t)
+        by_user = "; {:+.4f} .. {:+.4f} resampling users".format(*r.ndcg_user_interval()) if t is r.ndcg else ""
         print(f"    {metric:<17} {kind} {t.candidate_mean:.4f} vs {name} {t.champion_mean:.4f} over {t.n:,} "
-              f"{unit}: difference {t.mean_diff:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f})")
+              f"{unit}: difference {t.mean_diff:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f} over {unit.split()[0]}"
+              f"{by_user})")
     for m, t in sorted(r.ndcg_by_model.items()):
         lo, hi = PairedResult.interval(t)
         print(f"      lists of {m:<10} NDCG@10 {t.candidate_mean:.4f} vs {name} {t.champion_mean:.4f} on the "

@@ -427,3 +427,19 @@ def test_every_snapshot_metric_has_a_prometheus_gauge():
     assert metrics <= PROMETHEUS_GAUGES.keys()
     names = [name for name, _ in PROMETHEUS_GAUGES.values()]
     assert len(set(names)) == len(names) and all(n.startswith("streamrec_online_") for n in names)
+
+
+def test_paired_user_interval_is_wider_when_a_users_events_move_together():
+    """Two users, 100 events each: one always gains +1, the other always loses 1. Over events the
+    normal interval is narrow around 0; resampling users it spans almost [-1, +1]."""
+    from streamrec.model.paired_eval import PairedResult
+
+    r = PairedResult(k=10)
+    users = np.repeat([1, 2], 100)
+    served = np.where(users == 1, 1.0, 0.0)
+    base = np.where(users == 1, 0.0, 1.0)
+    r.ndcg.update_many(champion=base, candidate=served)
+    r.graded.append((users, served, base))
+    lo, hi = PairedResult.interval(r.ndcg)
+    ulo, uhi = r.ndcg_user_interval()
+    assert hi - lo < 0.4 and ulo <= -0.99 and uhi >= 0.99
