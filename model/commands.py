@@ -128,7 +128,7 @@ def run_train(args) -> int:
     print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
           file=sys.stderr)
     res = train(split, mcfg, tcfg, progress=not args.no_progress)
-    metrics = {"valid": res.valid, "best_epoch": res.best_epoch}
+    metrics = {"valid": res.valid, "best_epoch": res.best_epoch, "refit_epochs": res.refit_epochs}
     if not args.no_test:
         t0 = time.perf_counter()
         test = evaluate_split({mcfg.kind: model_scorer(res.model)}, split, len(vocab))
@@ -144,7 +144,9 @@ def run_train(args) -> int:
     }
     out = save_checkpoint(args.out, res.model, vocab, train=tcfg.to_dict(), data=data, metrics=metrics,
                           training_seconds=round(res.seconds, 2), history=res.history)
-    print(f"trained in {res.seconds:.1f}s (best epoch {res.best_epoch}); checkpoint written to {out}", file=sys.stderr)
+    refit = f", then refit on training + validation items for {res.refit_epochs}" if res.refit_epochs else ""
+    print(f"trained in {res.seconds:.1f}s (best epoch {res.best_epoch}{refit}); checkpoint written to {out}",
+          file=sys.stderr)
     return 0
 
 

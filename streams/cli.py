@@ -182,6 +182,7 @@ def _closed_loop(args, settings, ratings):
                                   list_timeout=args.list_timeout, progress=not args.quiet)
     finally:
         follower.stopped.set()
+        follower.join(3)
 
 
 def cmd_demo(args) -> int:

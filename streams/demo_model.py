@@ -59,7 +59,8 @@ def train_first_version(history: Ratings, kind: str, registry: Registry, seconds
     res = train(split, mcfg, tcfg, progress=True)
     version = registry.register(
         model=res.model, vocab=vocab, cutoff=int(history.timestamp.max()), training_seconds=round(res.seconds, 2),
-        metrics={"valid": res.valid, "best_epoch": res.best_epoch}, mode="cold", train=tcfg.to_dict(),
+        metrics={"valid": res.valid, "best_epoch": res.best_epoch, "refit_epochs": res.refit_epochs}, mode="cold",
+        train=tcfg.to_dict(),
         data={"n_events": len(history), "n_users": int(len(split.users)), "n_items": len(vocab)})
     registry.promote(version)
     ndcg = res.valid.get("NDCG@10", float("nan"))

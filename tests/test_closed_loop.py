@@ -21,7 +21,7 @@ DATA = Path(__file__).parent / "data" / "ratings.csv"
 
 def test_next_event_of_a_session_waits_for_the_list(settings, tmp_path):
     r = load_ratings(DATA)
-    r = r.filter(np.isin(r.user, [1, 2, 3, 4, 5]))  # five users, their sessions interleaved in time
+    r = r.filter(np.isin(r.user, [1, 2, 3]))  # three users, their sessions interleaved in time
     worker = start_worker(settings, tmp_path / "worker.log")
     follower = ListFollower(settings.bootstrap_servers, settings.recommendations_topic)
     follower.start()
@@ -31,6 +31,7 @@ def test_next_event_of_a_session_waits_for_the_list(settings, tmp_path):
         wait_stored(worker, len(r))
     finally:
         follower.stopped.set()
+        follower.join(5)  # its consumer closed before the test ends
         worker.stop()
     rows, starts, burst_user = user_bursts(r)
     times = r.timestamp[rows[starts[:-1]]]
