@@ -169,11 +169,11 @@ def _run_epochs(model: SequentialTransformer, seqs, tcfg: TrainConfig, epochs: i
     ws = model.training_windows(seqs)
     if not ws:
         raise ValueError("no training sequences: every user needs at least 3 events")
-    total = tcfg.epochs * math.ceil(len(ws) / tcfg.batch_size)
+    steps = math.ceil(len(ws) / tcfg.batch_size)  # per epoch
+    total = tcfg.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg.warmup_steps, total, tcfg.min_lr_ratio))
     desc = model.cfg.kind if stopper else f"{model.cfg.kind} refit"
-    bar = tqdm(total=epochs * math.ceil(len(ws) / tcfg.batch_size), desc=desc, disable=not progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     history: list[dict] = []
     for epoch in range(epochs):
         if tcfg.shuffle_ties and epoch > 0:

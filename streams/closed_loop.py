@@ -71,8 +71,9 @@ def closed_loop_replay(ratings: Ratings, bootstrap, topic: str, follower, sessio
     values, keys = encode_ratings(ratings), [str(u).encode() for u in ratings.user.tolist()]
     rows, starts, burst_user = user_bursts(ratings)
     burst_time = ratings.timestamp[rows[starts[:-1]]].astype(np.int64)
-    last_of_user = np.append(burst_user[1:] != burst_user[:-1], True)  # burst b is its user's last
-    ready = [(int(burst_time[b]), b) for b in np.flatnonzero(np.append(True, burst_user[1:] != burst_user[:-1]))]
+    new_user = burst_user[1:] != burst_user[:-1]
+    last_of_user = np.append(new_user, True)  # burst b is its user's last
+    ready = [(int(burst_time[b]), b) for b in np.flatnonzero(np.append(True, new_user))]
     heapq.heapify(ready)  # (event time, burst): users free to send their next burst
     # user -> (event time (ms) the awaited list must have seen, monotonic time of the send, the
     # user's next burst, wall time (ms) of the send)

@@ -213,10 +213,7 @@ def _replay_live(args, settings: Settings, work: Path, workers: list[WorkerProce
         cut = int(len(live) * args.retrain_at)
         stats = send(live.slice(0, cut))
         retrainer = _start_retrain(args, settings, work, workers, n_live + cut)
-        more = send(live.slice(cut, None))
-        stats.events, stats.seconds = stats.events + more.events, stats.seconds + more.seconds
-        if args.closed_loop:
-            stats.waits, stats.timeouts = stats.waits + more.waits, stats.timeouts + more.timeouts
+        stats = stats + send(live.slice(cut, None))
     else:
         stats = send(live)
     if args.closed_loop:

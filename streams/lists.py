@@ -55,11 +55,12 @@ class ListFollower(threading.Thread):
             # consume(n, timeout) returns only when n messages came or the timeout passed, which
             # would delay every list; poll() returns on the first, consume(n, 0) takes the rest.
             first = self.consumer.poll(0.2)
-            for msg in ([first] if first is not None else []) + self.consumer.consume(1000, 0):
-                if msg.error():
-                    continue
-                rec = self.decoder.decode(msg.value())
-                with self.lock:
+            msgs = ([first] if first is not None else []) + self.consumer.consume(1000, 0)
+            recs = [self.decoder.decode(m.value()) for m in msgs if not m.error()]
+            if not recs:
+                continue
+            with self.arrived:  # self.lock: one acquisition per batch, then the waiters are woken
+                for rec in recs:
                     self.latest[rec.user_id] = rec
                     self.newest_source = max(self.newest_source, rec.source_timestamp)
                     self.freshness.append((rec.published_at - rec.source_timestamp) / 1000)
@@ -67,7 +68,6 @@ class ListFollower(threading.Thread):
                     if self.keep:
                         self._rows.append((rec.user_id, rec.event_time, rec.items[: self.keep],
                                            rec.model, rec.model_version))
-            with self.arrived:
                 self.arrived.notify_all()
         self.consumer.close()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import msgspec
@@ -35,6 +35,10 @@ class ReplayInterrupted(Exception):
 class ReplayStats:
     events: int
     seconds: float
+
+    def __add__(self, other: "ReplayStats") -> "ReplayStats":
+        """Two parts of one replay: every count (and the seconds) summed, of any subclass."""
+        return replace(self, **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     @property
     def rate(self) -> float:
