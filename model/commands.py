@@ -84,7 +84,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
              "negatives": "SASRec: sampled-softmax negatives per batch; 0 = full softmax",
              "future": "SASRec: next items each position learns (1 = the next one only)",
              "label_smoothing": "SASRec: label smoothing of the full softmax",
-             "knn_k": "SASRec: item-kNN prior, neighbours kept per item; 0 = plain SASRec"}
+             "knn_k": "item-kNN prior, neighbours kept per item; 0 = the plain transformer"}
     for opt, field in _MODEL_OPTS.items():
         kind = float if isinstance(getattr(ModelConfig(), field), float) else int
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,

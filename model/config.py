@@ -91,5 +91,8 @@ RECIPES: dict[str, dict[str, dict]] = {
     # The start token teaches how sequences begin (new users' first items); the refit then learns each
     # user's newest training item too (docs/accuracy.md, "Start token and refit").
     "sasrec": {"model": {"knn_k": 200, "start_token": True}, "train": {"refit": True}},
-    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0}, "train": {"batch_size": 32}},
+    # BERT4Rec with the same prior (its own pairs taken out at masked positions too) and the refit; a
+    # lower lr lets the encoder learn a residual before it overfits (docs/accuracy.md, "BERT4Rec with the prior").
+    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200},
+                 "train": {"batch_size": 32, "lr": 5e-4, "refit": True}},
 }

@@ -51,7 +51,7 @@ def knn_table(sequences: Sequence[np.ndarray], n_items: int, k: int, window: int
 
 
 def own_pairs(x: torch.Tensor, window: int, dense: torch.Tensor, counts: torch.Tensor,
-              weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              weight: torch.Tensor, voters: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What a training sequence itself put into the prior, to take back out (leave-user-out).
 
     The table is counted from the training sequences, so at a training position the target and
@@ -61,13 +61,16 @@ def own_pairs(x: torch.Tensor, window: int, dense: torch.Tensor, counts: torch.T
     position p, the prior of item ``columns - 1`` holds ``values`` (weight of the voting item's age
     times one pair / sqrt(n_h n_j)) from the user's own pairs (h, j) within ``window`` events.
     Pairs the top-k table dropped (``dense`` [n + 1, n] is 0 there) are not counted.
+    ``voters`` (same shape as ``x``, default ``x``): the items that voted in the prior, where they
+    differ from the sequence the table counted (BERT4Rec: a masked item does not vote, its pairs
+    with the items around it are in the table all the same).
     """
     B, T = x.shape
     L, dev = T - 1, x.device
     off = torch.cat([torch.arange(-window, 0, device=dev), torch.arange(1, window + 1, device=dev)])
     hpos = torch.arange(L, device=dev)[:, None] - torch.arange(window, device=dev)  # [L, W]: voter of age a
     qpos = hpos[..., None] + off  # [L, W, 2W]: its partners
-    h = x[:, hpos.clamp(min=0)]  # [B, L, W]
+    h = (x if voters is None else voters)[:, hpos.clamp(min=0)]  # [B, L, W]
     j = x[:, qpos.clamp(0, T - 1)]  # [B, L, W, 2W]
     ok = (hpos >= 0)[..., None] & (qpos >= 0) & (qpos < T)
     ok = ok & (h > 0)[..., None] & (j > 0) & (j != h[..., None])

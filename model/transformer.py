@@ -219,11 +219,23 @@ class BERT4Rec(SequentialTransformer):
         sel = labels > 0
         h = self.encode(inputs)[sel]  # project only the positions that have a label
         logits = self.logits(h)
-        if self.cfg.knn_k > 0:  # the prior of a position: the items before it, as at inference (masks: none)
-            before = F.pad(inputs, (1, 0))[:, :-1]
-            before = before.masked_fill(before == self.cfg.mask_id, 0)
-            logits = logits + self.knn_prior(self.recent_items(before)[sel])
+        if self.cfg.knn_k > 0:
+            logits = logits + self._training_prior(inputs, labels, sel)
         return F.cross_entropy(logits.float(), labels[sel] - 1)
+
+    def _training_prior(self, inputs: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """The prior of a masked position: the items before it vote, as at inference (a mask token
+        votes for nothing); less the user's own pairs, counted in the sequence before masking
+        (``own_pairs``: the masked target's co-occurrence with its neighbours is this user's own)."""
+        before = F.pad(inputs.masked_fill(inputs == self.cfg.mask_id, 0), (1, 0))  # [B, L + 1]
+        prior = self.knn_prior(self.recent_items(before[:, :-1])[sel])
+        if not self.training or not bool(self.knn_counts.any()):
+            return prior
+        seq = torch.where(labels > 0, labels, inputs)  # the window as the table counted it
+        voters = F.pad(seq.masked_fill(inputs != seq, 0), (1, 0))  # masked or swapped items did not vote
+        cols, vals = own_pairs(F.pad(seq, (1, 0)), self.cfg.knn_window, self.knn_matrix(), self.knn_counts,
+                               KNN_SCALE * self.knn_weight, voters=voters)
+        return prior.scatter_add(1, (cols[sel] - 1).clamp(min=0), -vals[sel])
 
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         mask = torch.full((seq.size(0), 1), self.cfg.mask_id, dtype=seq.dtype, device=seq.device)

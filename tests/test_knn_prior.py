@@ -92,3 +92,47 @@ def test_training_and_serving_compute_the_same_prior():
     dense_path = model.train().knn_prior(recent)  # rows of the dense matrix
     sparse_path = model.eval().knn_prior(recent)  # scattered top-k rows
     assert dense_path.abs().max() > 1 and torch.allclose(dense_path, sparse_path, atol=1e-5)
+
+
+def test_bert4rec_prior_leaves_the_users_own_pairs_out_of_masked_positions():
+    """At each masked position the prior is item-kNN's over the items before it that were not masked,
+    less each voter's own pairs with the items within W of it in the unmasked window (brute force);
+    a random item swapped in votes with the whole table (those pairs are not the user's)."""
+    n, W = 10, 3
+    seqs = random_sequences(n, 25, seed=2)
+    counts = np.bincount(np.concatenate(seqs), minlength=n + 1)
+    model = build_model(ModelConfig(kind="bert4rec", n_items=n, max_len=16, d_model=8, n_heads=1, n_layers=1,
+                                    knn_k=n, knn_window=W)).train()
+    model.set_knn(*knn_table(seqs, n, n, W), counts)
+    user = seqs[4][:15]
+    seq = torch.tensor([[0] * (15 - len(user)) + user.tolist()])
+    inputs, labels = model.cloze(seq, generator=torch.Generator().manual_seed(3))
+    assert (labels > 0).sum() >= 1
+    sel = labels > 0
+    got = model._training_prior(inputs, labels, sel).double()
+
+    def pairs(s):  # [n + 1, n + 1]: co-occurrences within W events, either order, as knn_table counts
+        c = np.zeros((n + 1, n + 1))
+        for i in range(len(s)):
+            for j in range(max(0, i - W), min(len(s), i + W + 1)):
+                if i != j and s[i] != s[j]:
+                    c[s[i], s[j]] += 1
+        return c
+
+    norm = np.sqrt(np.maximum(counts, 1)[:, None] * np.maximum(counts, 1)[None, :])
+    full = sum(pairs(s) for s in seqs) / norm
+    w = (KNN_SCALE * model.knn_weight).detach().double().numpy()
+    x, orig, want = inputs[0].tolist(), seq[0].tolist(), []
+    for p in sel[0].nonzero().flatten().tolist():
+        row = np.zeros(n)
+        for a, q in enumerate(range(p - 1, max(-1, p - 1 - W), -1)):
+            if 0 < x[q] <= n:  # a swapped-in random item votes with the whole table: not its own pair
+                row += w[a] * full[x[q], 1:]
+                if x[q] == orig[q]:  # its own pairs in this window (the occurrence at q) come out
+                    for r in range(max(0, q - W), min(len(orig), q + W + 1)):
+                        if orig[r] and orig[r] != orig[q]:
+                            row[orig[r] - 1] -= w[a] / norm[orig[q], orig[r]]
+        want.append(row)
+    want = torch.tensor(np.array(want))
+    assert want.abs().sum() > 0
+    assert torch.allclose(got, want, atol=1e-5)
