@@ -149,8 +149,14 @@ def merge(paths: list[Path]) -> int:
         print(f"{path}: {res['machine']}, {res['date']}, ties {res['ties']}, overrides {res['overrides'] or 'none'}")
         for ds, out in res["runs"].items():
             got = runs.setdefault(ds, {"train": {}, "metrics": {}, "intervals": {}})
-            for key in ("train", "metrics", "intervals"):
-                got[key].update(out[key])
+            got["train"].update(out["train"])
+            for key in ("metrics", "intervals"):  # {protocol: {model: ...}}: merge per protocol
+                for proto, by_model in out[key].items():
+                    have = got[key].setdefault(proto, {})
+                    for name, v in by_model.items():  # baselines must agree (same data, seed, ties)
+                        if key == "metrics" and name in BASELINES and name in have and have[name] != v:
+                            print(f"warning: {ds} {proto} {name} differs between the files: not one split")
+                        have[name] = v
     for ds, out in runs.items():
         print(f"\n== {ds}")
         print_table(out, TRANSFORMERS)
