@@ -167,6 +167,16 @@ class SequentialTransformer(nn.Module):
         W = self.cfg.knn_window
         return F.pad(seq, (W - 1, 0)).unfold(1, W, 1).flip(-1)
 
+    def _without_own_pairs(self, prior: torch.Tensor, x: torch.Tensor, sel: torch.Tensor,
+                           voters: torch.Tensor | None = None) -> torch.Tensor:
+        """``prior`` at the positions ``sel`` less the user's own pairs in windows ``x`` [B, L + 1]
+        (``knn_prior.own_pairs``); in training only, and only once the table's item counts are known."""
+        if not self.training or not bool(self.knn_counts.any()):
+            return prior
+        cols, vals = own_pairs(x, self.cfg.knn_window, self.knn_matrix(), self.knn_counts,
+                               KNN_SCALE * self.knn_weight, voters=voters)
+        return prior.scatter_add(1, (cols[sel] - 1).clamp(min=0), -vals[sel])
+
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
 
@@ -229,13 +239,9 @@ class BERT4Rec(SequentialTransformer):
         (``own_pairs``: the masked target's co-occurrence with its neighbours is this user's own)."""
         before = F.pad(inputs.masked_fill(inputs == self.cfg.mask_id, 0), (1, 0))  # [B, L + 1]
         prior = self.knn_prior(self.recent_items(before[:, :-1])[sel])
-        if not self.training or not bool(self.knn_counts.any()):
-            return prior
         seq = torch.where(labels > 0, labels, inputs)  # the window as the table counted it
         voters = F.pad(seq.masked_fill(inputs != seq, 0), (1, 0))  # masked or swapped items did not vote
-        cols, vals = own_pairs(F.pad(seq, (1, 0)), self.cfg.knn_window, self.knn_matrix(), self.knn_counts,
-                               KNN_SCALE * self.knn_weight, voters=voters)
-        return prior.scatter_add(1, (cols[sel] - 1).clamp(min=0), -vals[sel])
+        return self._without_own_pairs(prior, F.pad(seq, (1, 0)), sel, voters)
 
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         mask = torch.full((seq.size(0), 1), self.cfg.mask_id, dtype=seq.dtype, device=seq.device)
@@ -283,11 +289,8 @@ class SASRec(SequentialTransformer):
         """The item-kNN prior at the positions ``sel``, less the user's own pairs (``own_pairs``)."""
         inputs = inputs.masked_fill(inputs > self.cfg.n_items, 0)  # the start token votes for nothing
         prior = self.knn_prior(self.recent_items(inputs)[sel])
-        if not self.training or not bool(self.knn_counts.any()):
-            return prior
         x = torch.cat([inputs, targets[:, -1:, 0]], dim=1)  # the whole window: inputs + the last target
-        cols, vals = own_pairs(x, self.cfg.knn_window, self.knn_matrix(), self.knn_counts, KNN_SCALE * self.knn_weight)
-        return prior.scatter_add(1, (cols[sel] - 1).clamp(min=0), -vals[sel])
+        return self._without_own_pairs(prior, x, sel)
 
     def _unseen(self, inputs: torch.Tensor, sel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, n_items]: False for the items a position's history holds (the targets excepted):
