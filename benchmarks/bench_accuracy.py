@@ -145,7 +145,15 @@ def print_table(out: dict, kinds: list[str]) -> None:
 def merge(paths: list[Path]) -> int:
     runs: dict[str, dict] = {}
     for path in paths:
-        res = json.loads(path.read_text())
+        try:
+            res = json.loads(path.read_text())
+            missing = [k for k in ("machine", "date", "ties", "overrides", "runs") if k not in res]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"bench_accuracy: {path} is not a --json-out file of this benchmark: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 1
         print(f"{path}: {res['machine']}, {res['date']}, ties {res['ties']}, overrides {res['overrides'] or 'none'}")
         for ds, out in res["runs"].items():
             got = runs.setdefault(ds, {"train": {}, "metrics": {}, "intervals": {}})

@@ -7,10 +7,19 @@
 #
 # OUTDIR receives the accuracy runs' JSON. ML-100K is read from the installed recbole wheel.
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0;; esac
 DEV=${1:-cuda}
 OUT=${2:-.}
 PY=${PYTHON:-python3}
+[ "$DEV" = cuda ] || [ "$DEV" = cpu ] || { echo "gpu_figures.sh: the device is cuda or cpu, not '$DEV'" >&2; exit 2; }
+mkdir -p "$OUT" || exit 2
 cd "$(dirname "$0")/.."
+"$PY" -c "import sys, torch; sys.exit(0 if '$DEV' == 'cpu' or torch.cuda.is_available() else 3)" 2>/dev/null
+case $? in
+  0) ;;
+  3) echo "gpu_figures.sh: torch sees no CUDA device here; run it on a GPU machine, or with cpu" >&2; exit 2;;
+  *) echo "gpu_figures.sh: '$PY' cannot import torch (set PYTHON to the interpreter that has it)" >&2; exit 2;;
+esac
 if [ "$DEV" = cuda ]; then
   USERS=65536; BATCH=4096; STEPS=30; DATASETS="ml-100k ml-latest-small"; THREADS=8
   CAP="sasrec.max_seconds=60 bert4rec.max_seconds=60"

@@ -144,7 +144,7 @@ def run_train(args) -> int:
     }
     out = save_checkpoint(args.out, res.model, vocab, train=tcfg.to_dict(), data=data, metrics=metrics,
                           training_seconds=round(res.seconds, 2), history=res.history)
-    refit = f", then refit on training + validation items for {res.refit_epochs}" if res.refit_epochs else ""
+    refit = f", then refit on training + validation items for {res.refit_epochs} epochs" if res.refit_epochs else ""
     print(f"trained in {res.seconds:.1f}s (best epoch {res.best_epoch}{refit}); checkpoint written to {out}",
           file=sys.stderr)
     return 0
