@@ -23,9 +23,19 @@ This module is the only one that touches faust internals. It is written against
   (overridden: faust hard-codes the aiokafka consumer's ``fetch_max_wait_ms=1500``; we set the
   consumer's ``_fetch_max_wait_ms`` before it starts, which is where aiokafka's fetcher reads it).
 
-and on **aiokafka 0.14.0**'s ``aiokafka.consumer.fetcher.PartitionRecords._consumer_record(tp, record)``,
-replaced (see :func:`_bare_or_wrapped`): for the bulk topics it returns aiokafka's record batch
-entry (``offset``, ``timestamp``, ``key``, ``value``) as it is, instead of a ``ConsumerRecord``.
+and on **aiokafka 0.14.0**'s ``aiokafka.consumer.fetcher``:
+
+- ``PartitionRecords._consumer_record(tp, record)``, replaced (see :func:`_bare_or_wrapped`): for the
+  bulk topics it returns aiokafka's record batch entry (``offset``, ``timestamp``, ``key``, ``value``)
+  as it is, instead of a ``ConsumerRecord``;
+- ``FetchResult.getall(max_records)``, replaced (see :func:`_getall_bulk`): for the bulk topics, when
+  no ``max_records`` is asked (faust's default), it takes a fetch's records a record batch at a time
+  with the rules of ``PartitionRecords._unpack_records`` (copied: CRC check, aborted transactions,
+  control batches, offsets before the fetch position), using ``PartitionRecords``' attributes
+  ``_records``, ``_tp``, ``_check_crcs``, ``_isolation_level``, ``_aborted_producers``,
+  ``_records_iterator``, ``next_fetch_offset``, its methods ``_consume_aborted_up_to`` and
+  ``_contains_abort_marker``, and ``FetchResult``'s ``_partition_records``, ``_topic_partition``,
+  ``check_assignment`` and ``_update_position``.
 
 ``tests/test_faust_bulk.py`` checks each of these on the installed faust and fails if one changed.
 """
@@ -33,6 +43,7 @@ entry (``offset``, ``timestamp``, ``key``, ``value``) as it is, instead of a ``C
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import Awaitable, Callable
 
@@ -57,6 +68,51 @@ def _bare_or_wrapped(self, tp, record):
     if tp.topic in _BARE_TOPICS:
         return record
     return _consumer_record(self, tp, record)
+
+_getall = aiokafka_fetcher.FetchResult.getall
+
+
+def _getall_bulk(self, max_records=None):
+    """A fetch's records of a bulk topic, a record batch at a time (aiokafka's getall resumes a
+    Python generator, checks and appends per record: 4.3 ms per 5,000 records against 1.0 ms here,
+    in the consumer thread, which holds the worker's GIL meanwhile). Anything else, or a fetch whose
+    records were already partly taken one by one (``getone``), goes through aiokafka's own."""
+    pr = self._partition_records
+    if (max_records is not None or pr is None or pr._tp.topic not in _BARE_TOPICS
+            or inspect.getgeneratorstate(pr._records_iterator) != inspect.GEN_CREATED):
+        return _getall(self, max_records)
+    if not self.check_assignment(self._topic_partition):
+        return []
+    records = _records_of(pr)
+    self._update_position()
+    self._partition_records = None
+    return records
+
+
+def _records_of(pr) -> list:
+    """Every record of ``pr`` (a PartitionRecords) from its fetch position on, by the rules of
+    aiokafka 0.14.0's ``PartitionRecords._unpack_records``, applied per record batch."""
+    out, records = [], pr._records
+    while records.has_next():
+        batch = records.next_batch()
+        if pr._check_crcs and not batch.validate_crc():
+            raise aiokafka_fetcher.Errors.CorruptRecordException(f"Invalid CRC - {pr._tp}")
+        if pr._isolation_level == aiokafka_fetcher.READ_COMMITTED and batch.producer_id is not None:
+            pr._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and pr._contains_abort_marker(batch):
+                pr._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in pr._aborted_producers:
+                pr.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:  # skipped whatever the isolation level
+            pr.next_fetch_offset = batch.next_offset
+            continue
+        recs = list(batch)
+        if recs and recs[0].offset < pr.next_fetch_offset:  # a batch the fetch position is inside of
+            recs = [r for r in recs if r.offset >= pr.next_fetch_offset]
+        out += recs
+        pr.next_fetch_offset = batch.next_offset
+    return out
 
 RevokeHook = Callable[[set[TP]], Awaitable[None]]
 
@@ -261,6 +317,7 @@ class BulkApp(faust.App):
         self.record_buffer, self.before_revoke, self.fetch_wait = record_buffer, before_revoke, fetch_wait
         _BARE_TOPICS.update(record_buffer.topics)
         aiokafka_fetcher.PartitionRecords._consumer_record = _bare_or_wrapped
+        aiokafka_fetcher.FetchResult.getall = _getall_bulk
 
     def _new_transport(self):
         return BulkTransport(self.conf.broker_consumer, self)

@@ -165,3 +165,89 @@ def test_bare_records_for_the_bulk_topics_only():
     assert bare is record and (bare.offset, bare.timestamp, bare.key, bare.value) == (0, 1234, b"7", b'{"user_id": 7}')
     other = faust_bulk._bare_or_wrapped(fake, TopicPartition("other", 3), record)
     assert isinstance(other, ConsumerRecord) and (other.partition, other.value) == (3, b'{"user_id": 7}')
+
+
+# sha256 of aiokafka's FetchResult.getall, which faust_bulk replaces for the bulk topics, and of
+# PartitionRecords._unpack_records, whose rules faust_bulk._records_of copies per record batch.
+GETALL_SOURCE_SHA256 = "3e717e30de5068d549dd41b231928c67a24e832a928d48bac5f485e448daa903"
+UNPACK_SOURCE_SHA256 = "b803e6d46480732c7a7faa8e784b338bcdd4e707ea67fba96c013654b04b8a08"
+
+
+class _Position:
+    """The subscription state a FetchResult reads (aiokafka's assignment, reduced to what it asks)."""
+
+    active, paused = True, False
+
+    def __init__(self, position: int):
+        self.position = position
+
+    def state_value(self, tp):
+        return self
+
+    def consumed_to(self, offset: int) -> None:
+        self.position = offset
+
+
+def _fetch(batches: list[bytes], topic: str, position: int):
+    from aiokafka.consumer import fetcher as aiokafka_fetcher
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    tp = TopicPartition(topic, 0)
+    records = aiokafka_fetcher.PartitionRecords(tp, MemoryRecords(b"".join(batches)), [], position, None, None,
+                                                True, 0)
+    state = _Position(position)
+    return aiokafka_fetcher.FetchResult(tp, assignment=state, partition_records=records, backoff=0), state
+
+
+def _batch(base: int, n: int, control: bool = False) -> bytes:
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.util import calc_crc32c
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=int(control), producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=2**20)
+    for j in range(n):
+        builder.append(j, timestamp=1000 + base + j, key=str(base + j).encode(), value=b'{"v": %d}' % (base + j),
+                       headers=[])
+    raw = bytearray(builder.build())
+    raw[0:8] = base.to_bytes(8, "big", signed=True)  # the batch's base offset
+    if control:  # attributes bit 5: a control batch (transaction markers), never handed to consumers
+        raw[21:23] = (int.from_bytes(raw[21:23], "big") | 0x20).to_bytes(2, "big")
+        raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")  # the CRC covers the attributes on
+    return bytes(raw)
+
+
+def test_bulk_getall_takes_what_aiokafka_takes():
+    """For a bulk topic, a fetch's records a record batch at a time are the records aiokafka's own
+    getall returns, in order, with the same position after: batches after a control batch, a fetch
+    position inside the first batch; ``max_records`` or a fetch already read one by one go through
+    aiokafka's own. The copied and replaced aiokafka code is unchanged."""
+    from aiokafka.consumer import fetcher as aiokafka_fetcher
+
+    from streamrec.streams import faust_bulk
+
+    assert hashlib.sha256(inspect.getsource(faust_bulk._getall).encode()).hexdigest() == GETALL_SOURCE_SHA256
+    source = inspect.getsource(aiokafka_fetcher.PartitionRecords._unpack_records)
+    assert hashlib.sha256(source.encode()).hexdigest() == UNPACK_SOURCE_SHA256
+    loop = asyncio.new_event_loop()
+    try:
+        BulkApp("faust-bulk-getall", record_buffer=RecordBuffer({"bulk"}, 10), broker="kafka://127.0.0.1:1", loop=loop)
+    finally:
+        loop.close()
+    assert aiokafka_fetcher.FetchResult.getall is faust_bulk._getall_bulk
+    batches = [_batch(0, 40), _batch(40, 3, control=True), _batch(43, 25), _batch(68, 1)]
+    fields = lambda recs: [(r.offset, r.timestamp, r.key, r.value) for r in recs]  # noqa: E731
+    for position in (0, 17):
+        bulk, bulk_state = _fetch(batches, "bulk", position)
+        mine = bulk.getall()
+        assert bulk._partition_records is None  # drained: aiokafka fetches again
+        theirs, their_state = _fetch(batches, "other", position)  # not a bulk topic: aiokafka's own getall
+        expected = faust_bulk._getall(theirs)
+        assert fields(mine) == [(r.offset, r.timestamp, r.key, r.value) for r in expected]
+        assert [r.offset for r in mine] == list(range(position, 40)) + list(range(43, 69))
+        assert bulk_state.position == their_state.position == 69
+    limited, state = _fetch(batches, "bulk", 0)
+    assert [r.offset for r in limited.getall(max_records=5)] == [0, 1, 2, 3, 4] and state.position == 5
+    started, state = _fetch(batches, "bulk", 0)
+    assert started.getone().offset == 0
+    assert [r.offset for r in started.getall()] == list(range(1, 40)) + list(range(43, 69))

@@ -53,6 +53,30 @@ def test_codes_are_dense_in_order_of_first_sight():
     assert c.lookup(np.array([-5])).tolist() == [-1]
 
 
+def test_codes_through_the_direct_table_and_the_search_agree_with_a_dict(monkeypatch):
+    """Small ids (direct table, grown by doubling), ids past its cap and negative ids (binary
+    search) get the codes a dict gives; a snapshot taken before new ids were coded reads them as
+    unknown, also where the table was written in place."""
+    from streamrec.storage import key_index
+
+    monkeypatch.setattr(key_index, "DENSE_MAX", 5000)  # small, so the stream crosses it
+    rng = np.random.default_rng(7)
+    c, truth, snaps = Codes(), {}, []
+    for step in range(60):
+        ids = np.concatenate([rng.integers(0, 50 * (step + 1), 30), rng.integers(4000, 9000, 5),
+                              -rng.integers(1, 100, 3), rng.integers(0, 2**62, 2)])
+        snaps.append((c.snapshot_lookup(), dict(truth)))
+        codes = c.encode(ids)
+        for i in ids.tolist():
+            truth.setdefault(i, len(truth))
+        assert codes.tolist() == [truth[i] for i in ids.tolist()]
+    assert 0 < len(c._dense) <= 5000 and len(c._sorted) == len(truth)
+    probe = np.array(list(truth) + [4999, 5000, -1000, 2**63 - 1], np.int64)
+    assert c.lookup(probe).tolist() == [truth.get(i, -1) for i in probe.tolist()]
+    for lookup, then in snaps[::5]:
+        assert lookup(probe).tolist() == [then.get(i, -1) for i in probe.tolist()]
+
+
 def test_directory_lookups_equal_a_plain_search():
     """Runs long enough for a directory (uniform 64-bit keys like event keys, and clustered
     (user << 32 | item) codes like seen pairs) find exactly what np.isin finds, values included,

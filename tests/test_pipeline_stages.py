@@ -41,3 +41,17 @@ def test_a_batch_of_only_invalid_records_is_dead_lettered_and_the_next_one_store
     assert len(read_topic(settings.bootstrap_servers, settings.dlq_topic, min_count=3, idle=0.5)) == 3
     assert len(read_topic(settings.bootstrap_servers, settings.recommendations_topic, min_count=1, idle=0.5)) == 1
     store.close()
+
+
+def test_the_worker_freezes_what_it_loaded_and_collects_young_objects_less_often():
+    """``tune_garbage_collector`` (called by the worker once its pipeline is open): the objects that
+    exist then leave the collector's generations, and the young generation's threshold is the
+    setting's. In a child process: the collector is process-wide."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from streamrec.streams.worker import tune_garbage_collector; "
+            "before = len(gc.get_objects()); tune_garbage_collector(12345); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count() >= before, len(gc.get_objects()) < before // 10)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["12345", "True", "True"]
