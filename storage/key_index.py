@@ -106,14 +106,17 @@ class SortedRuns:
         no particular order) and each group's length; vectorised over j and over runs."""
         q = len(lo)
         order = np.argsort(lo)  # sorted needles search faster (see lookup)
-        lo_s, hi_s = np.asarray(lo, np.uint64)[order], np.asarray(hi, np.uint64)[order]
+        lo_s = np.ascontiguousarray(np.asarray(lo, np.uint64)[order])
+        hi_s = np.ascontiguousarray(np.asarray(hi, np.uint64)[order])
         starts, counts = [], []
-        for run in self._keys:
-            s, c = np.empty(q, np.int64), np.empty(q, np.int64)
-            s[order] = a = np.searchsorted(run, lo_s)
-            c[order] = np.searchsorted(run, hi_s) - a
+        for r, run in enumerate(self._keys):
+            d = self._dirs[r] or _NO_DIRECTORY
+            a, c = np.empty(q, np.int64), np.empty(q, np.int64)
+            _bounds(run, d.starts, d.low, d.shift, lo_s, hi_s, a, c)  # (two searchsorted per run: 2.5 ms at 19M)
+            s, n = np.empty(q, np.int64), np.empty(q, np.int64)
+            s[order], n[order] = a, c
             starts.append(s)
-            counts.append(c)
+            counts.append(n)
         total = np.sum(counts, axis=0, dtype=np.int64) if counts else np.zeros(q, np.int64)
         dest = np.cumsum(total) - total  # where group j starts in the output
         out = np.empty(int(total.sum()), np.uint64)
@@ -175,6 +178,39 @@ def _probe(run, run_vals, starts, low, shift, keys, found, vals):
             found[j] = True
             if len(run_vals):
                 vals[j] = run_vals[lo]
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_at_least(run, starts, low, shift, k, lo):
+    """np.searchsorted(run, k) knowing it is >= lo: within k's directory slice if there is a
+    directory, else a binary search of run[lo:]."""
+    m = len(run)
+    hi = m
+    if len(starts):
+        if k < low:
+            return lo
+        s = (k - low) >> shift
+        if s > len(starts) - 2:
+            return m
+        lo, hi = max(lo, starts[s]), starts[s + 1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if run[mid] < k:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _bounds(run, starts, low, shift, lo_keys, hi_keys, first, count):
+    """For intervals [lo_keys[j], hi_keys[j]) sorted by lo: first[j] = where the run's keys in it
+    start, count[j] = how many there are."""
+    a = 0
+    for j in range(len(lo_keys)):
+        a = _first_at_least(run, starts, low, shift, lo_keys[j], 0 if j == 0 else min(a, first[j - 1]))
+        first[j] = a
+        count[j] = _first_at_least(run, starts, low, shift, hi_keys[j], a) - a
 
 
 @numba.njit(cache=True, nogil=True)

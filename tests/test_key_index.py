@@ -96,6 +96,16 @@ def test_directory_lookups_equal_a_plain_search():
         found, vals = runs.lookup(probe)
         assert found.tolist() == np.isin(probe, keys).tolist()
         assert (vals[found] == probe[found] * np.uint64(3)).all()
+    # ranges through the directories: every seen pair of users (present, absent, out of range), as
+    # the store asks for them, over two runs (one with a directory, one without)
+    runs.add(np.array([(3001 << 32) | 5, (7 << 32) | 20_001], np.uint64), np.zeros(2, np.uint64))
+    everything = np.sort(np.append(clustered, runs._keys[1]))
+    users_asked = np.array([7, 5, 2999, 4, 3001, 3002, 1000, 6, 2**20], np.uint64)
+    lo, hi = users_asked << np.uint64(32), (users_asked + np.uint64(1)) << np.uint64(32)
+    flat, total = runs.ranges(lo, hi)
+    groups = np.split(flat, np.cumsum(total)[:-1])
+    for a, b, g in zip(lo, hi, groups):
+        assert sorted(g.tolist()) == everything[np.searchsorted(everything, a):np.searchsorted(everything, b)].tolist()
 
 
 def test_sorted_runs_with_directories_through_many_merges(monkeypatch):
