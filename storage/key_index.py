@@ -147,40 +147,6 @@ class Directory:
 
 
 @numba.njit(cache=True, nogil=True)
-def _probe(run, run_vals, starts, low, shift, keys, found, vals):
-    """For sorted ``keys``: found[j] |= keys[j] in run, and vals[j] = its value (if ``run_vals``).
-    With a directory (``starts`` not empty) a key is searched in its slice; without one, from
-    where the previous (smaller) key was found on."""
-    m = len(run)
-    if m == 0:
-        return
-    last = len(starts) - 2
-    lo0 = 0
-    for j in range(len(keys)):
-        k = keys[j]
-        if len(starts):
-            if k < low:
-                continue
-            s = (k - low) >> shift
-            if s > last:
-                continue
-            lo, hi = starts[s], starts[s + 1]
-        else:
-            lo, hi = lo0, m
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if run[mid] < k:
-                lo = mid + 1
-            else:
-                hi = mid
-        lo0 = lo
-        if lo < m and run[lo] == k:
-            found[j] = True
-            if len(run_vals):
-                vals[j] = run_vals[lo]
-
-
-@numba.njit(cache=True, nogil=True)
 def _first_at_least(run, starts, low, shift, k, lo):
     """np.searchsorted(run, k) knowing it is >= lo: within k's directory slice if there is a
     directory, else a binary search of run[lo:]."""
@@ -193,13 +159,32 @@ def _first_at_least(run, starts, low, shift, k, lo):
         if s > len(starts) - 2:
             return m
         lo, hi = max(lo, starts[s]), starts[s + 1]
+    return _lower_bound(run, k, lo, hi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lower_bound(a, x, lo, hi):
+    """The first index in [lo, hi) of sorted ``a`` whose value is >= x (hi if none)."""
     while lo < hi:
         mid = (lo + hi) >> 1
-        if run[mid] < k:
+        if a[mid] < x:
             lo = mid + 1
         else:
             hi = mid
     return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe(run, run_vals, starts, low, shift, keys, found, vals):
+    """For sorted ``keys``: found[j] |= keys[j] in run, and vals[j] = its value (if ``run_vals``);
+    each key is searched from where the previous one was found on."""
+    m, lo = len(run), 0
+    for j in range(len(keys)):
+        lo = _first_at_least(run, starts, low, shift, keys[j], lo)
+        if lo < m and run[lo] == keys[j]:
+            found[j] = True
+            if len(run_vals):
+                vals[j] = run_vals[lo]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -208,7 +193,7 @@ def _bounds(run, starts, low, shift, lo_keys, hi_keys, first, count):
     start, count[j] = how many there are."""
     a = 0
     for j in range(len(lo_keys)):
-        a = _first_at_least(run, starts, low, shift, lo_keys[j], 0 if j == 0 else min(a, first[j - 1]))
+        a = _first_at_least(run, starts, low, shift, lo_keys[j], a)
         first[j] = a
         count[j] = _first_at_least(run, starts, low, shift, hi_keys[j], a) - a
 
@@ -237,13 +222,7 @@ def _code_lookup(dense, sorted_ids, code, ids, limit, out):
         if 0 <= x < n:
             c = dense[x]
         elif m:
-            lo, hi = 0, m
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if sorted_ids[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            lo = _lower_bound(sorted_ids, x, 0, m)
             if lo < m and sorted_ids[lo] == x:
                 c = code[lo]
         out[j] = c if c < limit else -1
