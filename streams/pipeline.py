@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -59,14 +60,15 @@ class RawBatch:
 def to_raw_batch(topic: str, chunks: list[tuple[TP, list]], arrival: float) -> RawBatch:
     """``chunks``: (partition, its records) as the consumer fetched them; a record has ``offset``,
     ``timestamp``, ``key`` and ``value`` (aiokafka's bare record, see streams/faust_bulk.py)."""
-    recs = [r for _, r_list in chunks for r in r_list]
+    recs = chunks[0][1] if len(chunks) == 1 else [r for _, r_list in chunks for r in r_list]
+    column = lambda name: map(attrgetter(name), recs)  # noqa: E731 - (C-level passes, in the event loop's thread)
     return RawBatch(
         topic=topic,
-        keys=[r.key for r in recs],
-        values=[r.value for r in recs],
+        keys=list(column("key")),
+        values=list(column("value")),
         partitions=np.repeat(np.array([tp.partition for tp, _ in chunks], np.int32), [len(r) for _, r in chunks]),
-        offsets=np.fromiter((r.offset for r in recs), np.int64, len(recs)),
-        timestamps=np.fromiter((r.timestamp for r in recs), np.int64, len(recs)),
+        offsets=np.fromiter(column("offset"), np.int64, len(recs)),
+        timestamps=np.fromiter(column("timestamp"), np.int64, len(recs)),
         received_at=arrival,
     )
 

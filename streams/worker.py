@@ -19,7 +19,7 @@ The ingest task says what the stream does::
         decoded = await decode thread(processor.decode, raw)    # validate, dead-letter
         stored = store thread(processor.store_batch, ...)      # DuckDB: durable
         published = publish thread(processor.publish, ...)      # grade, score, publish, flush
-        then consumer.ack_offsets(...)                           # faust commits them later
+        then consumer.ack_through(...)                           # faust commits them later
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ class Worker:
     def ack(self, chunks: list[tuple[TP, list]]) -> None:
         consumer = self.app.consumer
         for tp, recs in chunks:  # durable and published: faust may commit these offsets now
-            consumer.ack_offsets(tp, [r.offset for r in recs])
+            consumer.ack_through(tp, recs[-1].offset, len(recs))  # (batches are acked in order)
             # The high watermark comes from fetch responses, which Tansu reports correctly
             # (its ListOffsets answer is wrong, so end_offsets() is not used).
             high = consumer.highwater(tp)

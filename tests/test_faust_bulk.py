@@ -45,6 +45,9 @@ def test_private_methods_keep_their_signatures():
     assert params(base.on_partitions_revoked) == ["self", "revoked"]
     assert params(base.on_partitions_assigned) == ["self", "assigned", "generation_id"]
     assert params(base.highwater) == ["self", "tp"]
+    assert params(base._new_offset) == ["self", "tp"]
+    assert params(base._filter_committable_offsets) == ["self", "tps"]
+    assert params(base._filter_tps_with_pending_acks) == ["self", "topics"]
     assert params(faust.App._new_transport) == ["self"]
     assert faust_aiokafka.Transport.Consumer is faust_aiokafka.Consumer
     assert BulkTransport.Consumer is BulkConsumer
@@ -61,21 +64,32 @@ def test_private_attributes_on_a_built_consumer():
                       store="memory://")
         consumer = app.consumer
         assert isinstance(consumer, BulkConsumer)
-        for name in ("_read_offset", "_committed_offset", "_acked_index", "_acked"):
+        for name in ("_read_offset", "_committed_offset", "_acked"):
             assert isinstance(getattr(consumer, name), defaultdict), name
         tp = TP("t", 0)
         assert consumer._read_offset[tp] is None and consumer._committed_offset[tp] is None
-        assert consumer._acked_index[tp] == set() and consumer._acked[tp] == []
+        assert consumer._acked[tp] == []
         assert consumer._n_acked == 0
         assert consumer._buffered_partitions == set()
         assert hasattr(consumer, "_commit_every") and hasattr(consumer._stopped, "is_set")
         assert consumer.flow_active is True and callable(consumer.callback)
         assert callable(app.monitor.track_tp_end_offset)
-        # The bulk ack does what faust's ack does for one message, on the same bookkeeping.
-        assert consumer.ack_offsets(tp, [3, 4]) == 2
-        assert consumer.ack_offsets(tp, [4, 5]) == 1  # 4 was acked already
-        assert consumer._acked[tp] == [3, 4, 5] and consumer._acked_index[tp] == {3, 4, 5}
-        assert consumer._n_acked == 3
+        # The bulk ack keeps the last offset acked; faust's commit asks _new_offset of the
+        # partitions in _acked and commits what it returns when it is past the committed offset.
+        other = TP("faust-topic", 0)
+        consumer._acked[other].extend([7, 8, 10])  # faust's own bookkeeping: commits up to the first gap
+        assert consumer._new_offset(other) == 9
+        assert consumer._new_offset(tp) is None  # nothing acked yet
+        consumer.ack_through(tp, 4, 2)
+        consumer.ack_through(tp, 9, 5)
+        consumer.ack_through(tp, 6, 3)  # older than what was acked (a retried batch): no change
+        assert tp in set(consumer._filter_tps_with_pending_acks())
+        assert consumer._new_offset(tp) == 10 and consumer._n_acked == 7
+        assert consumer._filter_committable_offsets([tp]) == {tp: 10}
+        consumer._committed_offset[tp] = 10  # what faust records once that commit succeeds
+        assert consumer._filter_committable_offsets([tp]) == {}
+        consumer.ack_through(tp, 8, 1)  # below the committed offset: ignored
+        assert consumer._new_offset(tp) == 10
     finally:
         loop.close()
         asyncio.set_event_loop(None)
