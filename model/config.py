@@ -39,12 +39,16 @@ class ModelConfig(_Dict):
     mask_seen: bool = False  # SASRec, full softmax: a position's history items leave its training softmax
     knn_window: int = 10  # the prior: co-occurrence within this many events; the last this many items vote
     start_token: bool = False  # SASRec: a start token (id n_items + 1) before each user's first item
+    item_dropout: float = 0.0  # training: share of input items whose embedding is zeroed (position and prior kept)
+    emb_init: str = "normal"  # "knn": item embeddings start from the prior's co-occurrence (with knn_k 0: normal)
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):
             raise ValueError(f"kind must be 'bert4rec' or 'sasrec', not {self.kind!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.emb_init not in ("normal", "knn"):
+            raise ValueError(f"emb_init must be 'normal' or 'knn', not {self.emb_init!r}")
 
     @classmethod
     def defaults(cls, kind: str, n_items: int = 0, **overrides) -> "ModelConfig":
