@@ -97,6 +97,7 @@ RECIPES: dict[str, dict[str, dict]] = {
     "sasrec": {"model": {"knn_k": 200, "start_token": True}, "train": {"refit": True}},
     # BERT4Rec with the same prior (its own pairs taken out at masked positions too) and the refit; a
     # lower lr lets the encoder learn a residual before it overfits (docs/accuracy.md, "BERT4Rec with the prior").
-    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200},
+    # Its item embeddings start from the prior's co-occurrence (docs/accuracy.md, "Embeddings from the prior").
+    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200, "emb_init": "knn"},
                  "train": {"batch_size": 32, "lr": 5e-4, "refit": True}},
 }
