@@ -39,12 +39,16 @@ class ModelConfig(_Dict):
     mask_seen: bool = False  # SASRec, full softmax: a position's history items leave its training softmax
     knn_window: int = 10  # the prior: co-occurrence within this many events; the last this many items vote
     start_token: bool = False  # SASRec: a start token (id n_items + 1) before each user's first item
+    item_dropout: float = 0.0  # training: share of input items whose embedding is zeroed (position and prior kept)
+    emb_init: str = "normal"  # "knn": item embeddings start from the prior's co-occurrence (with knn_k 0: normal)
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):
             raise ValueError(f"kind must be 'bert4rec' or 'sasrec', not {self.kind!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.emb_init not in ("normal", "knn"):
+            raise ValueError(f"emb_init must be 'normal' or 'knn', not {self.emb_init!r}")
 
     @classmethod
     def defaults(cls, kind: str, n_items: int = 0, **overrides) -> "ModelConfig":
@@ -93,6 +97,7 @@ RECIPES: dict[str, dict[str, dict]] = {
     "sasrec": {"model": {"knn_k": 200, "start_token": True}, "train": {"refit": True}},
     # BERT4Rec with the same prior (its own pairs taken out at masked positions too) and the refit; a
     # lower lr lets the encoder learn a residual before it overfits (docs/accuracy.md, "BERT4Rec with the prior").
-    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200},
+    # Its item embeddings start from the prior's co-occurrence (docs/accuracy.md, "Embeddings from the prior").
+    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200, "emb_init": "knn"},
                  "train": {"batch_size": 32, "lr": 5e-4, "refit": True}},
 }

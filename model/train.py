@@ -153,6 +153,8 @@ def _fresh_model(mcfg: ModelConfig, tcfg: TrainConfig, seqs, device: torch.devic
     model = build_model(mcfg).to(device)
     if mcfg.knn_k > 0:
         model.fit_knn(seqs.as_list())
+        if mcfg.emb_init == "knn":
+            model.init_emb_from_knn()
     return model
 
 

@@ -110,7 +110,7 @@ class SequentialTransformer(nn.Module):
         if L > self.cfg.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len={self.cfg.max_len}")
         pos = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=seq.device)
-        x = self.drop(self.item_emb(seq) + self.pos_emb(pos))
+        x = self.drop(self._item_inputs(seq) + self.pos_emb(pos))
         real = seq != 0
         if self.causal:
             causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
@@ -122,6 +122,33 @@ class SequentialTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and i == len(self.blocks) - 1)
         return self.ln_f(x)
+
+    def _item_inputs(self, seq: torch.Tensor) -> torch.Tensor:
+        """Item embeddings of ``seq``; in training, with ``item_dropout``, some real items' are zeroed:
+        the position stays (and the prior still counts the item), so the encoder cannot lean on any
+        one history item's identity, which the prior already scores."""
+        emb = self.item_emb(seq)
+        p = self.cfg.item_dropout
+        if not self.training or p <= 0:
+            return emb
+        drop = (torch.rand(seq.shape, device=seq.device) < p) & (seq > 0) & (seq <= self.cfg.n_items)
+        return emb.masked_fill(drop[..., None], 0.0)
+
+    def init_emb_from_knn(self) -> None:
+        """``emb_init="knn"``: item embeddings from the top ``d_model`` singular vectors of the
+        (symmetrised) prior matrix, scaled to the usual init's std 0.02: items that co-occur start
+        close, so the tied output layer begins near the co-occurrence structure, not at noise."""
+        n, d = self.cfg.n_items, self.cfg.d_model
+        s = self.knn_matrix()[1:].float()
+        if not bool(s.any()):  # no co-occurrence at all: nothing to start from, the normal init stays
+            return
+        s = (s + s.T) / 2
+        with torch.random.fork_rng(devices=[s.device] if s.is_cuda else []):  # its draws leave training's stream
+            u, sv, _ = torch.svd_lowrank(s, q=min(d, n))
+        e = torch.zeros(n, d, device=s.device)
+        e[:, : u.size(1)] = u * sv.clamp(min=0).sqrt()
+        with torch.no_grad():
+            self.item_emb.weight[1 : n + 1] = e * (0.02 / e.std().clamp(min=1e-8))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Scores of the real items 1..n_items (column j is item j + 1) for hidden states h [..., d]."""

@@ -2,12 +2,15 @@
 user's own pairs out of it."""
 
 import numpy as np
+import pytest
 import torch
 
 from streamrec.model.baselines import ItemKNNRecommender
 from streamrec.model.checkpoint import load_checkpoint, save_checkpoint
 from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.data import Sequences
 from streamrec.model.knn_prior import knn_table, own_pairs
+from streamrec.model.train import _fresh_model
 from streamrec.model.transformer import KNN_SCALE, build_model
 from streamrec.model.vocab import ItemVocab
 from streamrec.model.warm_start import fit, grow_model, grow_vocab
@@ -136,3 +139,35 @@ def test_bert4rec_prior_leaves_the_users_own_pairs_out_of_masked_positions():
     want = torch.tensor(np.array(want))
     assert want.abs().sum() > 0
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def _group_gap(model) -> float:
+    """Mean cosine of item embeddings within the two item groups below, less across them."""
+    e = torch.nn.functional.normalize(model.item_emb.weight[1:21].detach(), dim=1)
+    sim = e @ e.T
+    same = torch.block_diag(torch.ones(10, 10), torch.ones(10, 10)).bool()
+    return float(sim[same & ~torch.eye(20, dtype=torch.bool)].mean() - sim[~same].mean())
+
+
+def test_knn_embedding_init_starts_co_occurring_items_close():
+    """``emb_init="knn"`` (BERT4Rec's recipe): training starts with items that co-occur close together,
+    so the tied output layer begins at the co-occurrence structure; the normal init knows nothing of it."""
+    rng = np.random.default_rng(0)
+    seqs = [rng.choice(np.arange(1, 11) + 10 * (u % 2), 6, replace=False) for u in range(40)]  # two groups
+    data = Sequences.from_list(np.arange(40), seqs)
+    gaps = {}
+    for init in ("normal", "knn"):
+        cfg = ModelConfig.defaults("bert4rec", 20, max_len=12, d_model=16, emb_init=init)
+        gaps[init] = _group_gap(_fresh_model(cfg, TrainConfig(), data, torch.device("cpu")))
+    assert gaps["knn"] > 0.3 and abs(gaps["normal"]) < 0.1, gaps
+    with pytest.raises(ValueError, match="emb_init"):
+        ModelConfig(n_items=20, emb_init="svd")
+
+
+def test_item_dropout_hides_item_identity_in_training_only():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=20, max_len=8, d_model=16, n_heads=2, n_layers=1, dropout=0.0, item_dropout=1.0)
+    model = build_model(cfg)
+    a, b = torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5, 6]])
+    assert torch.equal(model.train().encode(a), model.encode(b))  # every item dropped: positions alone
+    assert not torch.allclose(model.eval().encode(a), model.encode(b))
