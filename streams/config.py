@@ -154,9 +154,9 @@ class Settings(EnvSettings):
     db: str = _f("streamrec.duckdb", "this worker's DuckDB file; faust's data folder goes beside it (DB.faust/)")
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
     top_k: int = _f(20, "length of published lists", min=1, max=10_000)
-    batch_size: int = _f(5000, "largest micro-batch, in events (reached only when events queue up; 20000: "
-                               "about a fifth more events/s through a popularity worker, but a transformer scores "
-                               "4x the users per batch and lists wait longer)", min=1)
+    batch_size: int = _f(5000, "largest micro-batch, in events (reached only when events queue up; larger: a "
+                               "transformer scores more users per call and lists wait longer; 20000 gave a popularity "
+                               "worker no more events/s than 5000 at ML-20M scale, docs/benchmarks.md)", min=1)
     batch_within: float = _f(0.05, "seconds to wait for a micro-batch to fill (longer: larger batches, "
                                    "staler lists)", min=0.0)
     fetch_wait: float = _f(0.01, "seconds the broker may hold the worker's fetch when no data is there "
