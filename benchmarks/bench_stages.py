@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.start and args.db is None:
         ap.error("--start needs --db, a database with the events before it")
-    r = load_ratings(args.ratings)
+    if args.db is not None and not args.db.is_file():
+        ap.error(f"--db {args.db}: no such database file")
+    try:
+        r = load_ratings(args.ratings)
+    except (OSError, ValueError) as e:  # missing, unreadable or not a ratings file
+        ap.error(f"--ratings: {e}")
     end = min(args.start + args.events, len(r.user))
     t_ms = r.timestamp * 1000
     tmp = Path(tempfile.mkdtemp(prefix="bench-stages-"))
@@ -111,4 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the broker and the temporary store are closed on the way out
+        sys.exit("bench_stages.py: interrupted")

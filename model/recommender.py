@@ -21,7 +21,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from streamrec.storage.key_index import Codes
+from streamrec.storage.key_index import Codes, grown
 from streamrec.storage.seen_items import SeenItems, take
 
 
@@ -101,9 +101,7 @@ class PopularityRecommender(Recommender):
     def _add(self, items: np.ndarray, sign: int) -> None:
         codes = self._codes.encode(items)
         if len(self._codes) > len(self._counts):
-            grown = np.zeros(max(2 * len(self._counts), len(self._codes), 1024), np.int64)
-            grown[: len(self._counts)] = self._counts
-            self._counts = grown
+            self._counts = grown(self._counts, len(self._codes))
         delta = np.bincount(codes, minlength=len(self._codes))
         self._counts[: len(delta)] += sign * delta
 

@@ -282,9 +282,7 @@ class Codes:
             self._sorted = np.insert(self._sorted, pos, new)
             self._code = np.insert(self._code, pos, new_codes)
             if self._n + len(new) > len(self._ids):
-                grown = np.empty(max(2 * len(self._ids), self._n + len(new), 1024), np.int64)
-                grown[: self._n] = self._ids[: self._n]
-                self._ids = grown
+                self._ids = grown(self._ids, self._n + len(new))
             self._ids[new_codes] = new
             self._add_dense(new, new_codes)
             self._n += len(new)  # last: a snapshot taken meanwhile still reads the new codes as unknown
@@ -296,7 +294,8 @@ class Codes:
 
         Growing makes a new array (a snapshot keeps the old one); otherwise only entries that were
         -1 are written, which a snapshot reads as unknown anyway (their codes are past its limit)."""
-        small = new[(new >= 0) & (new < DENSE_MAX)]
+        inside = (new >= 0) & (new < DENSE_MAX)
+        small = new[inside]
         if len(small) == 0:
             return
         top = int(small[-1]) + 1
@@ -307,7 +306,15 @@ class Codes:
             dense[self._sorted[known]] = self._code[known]
             self._dense = dense
         else:
-            self._dense[small] = new_codes[(new >= 0) & (new < DENSE_MAX)]
+            self._dense[small] = new_codes[inside]
+
+
+def grown(a: np.ndarray, size: int, fill=0) -> np.ndarray:
+    """``a`` copied into a longer array (at least ``size``; doubling, so that growing one entry at a
+    time costs O(1) amortised), the new entries ``fill``."""
+    out = np.full(max(2 * len(a), size, 1024), fill, a.dtype)
+    out[: len(a)] = a
+    return out
 
 
 _NO_DIRECTORY = Directory(np.zeros(0, np.int64), np.uint64(0), np.uint64(0))  # (a run without one)

@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamrec.storage.batch import EventBatch
-from streamrec.storage.key_index import Codes, SortedRuns
+from streamrec.storage.key_index import Codes, SortedRuns, grown
 from streamrec.storage.seen_items import SeenItems
 
 log = logging.getLogger(__name__)
@@ -282,16 +282,15 @@ class EventStore:
                 if late:  # rare: merge in time order, then arrival order
                     st = st[:, np.lexsort((st[1], st[0]))]
             seq[u] = st[:, -n:] if st.shape[1] > n else st
-        self._mark_loaded(self._users.lookup(users))  # (coded by _pairs before this)
+        codes = self._users.lookup(users)  # (coded by _pairs before this)
+        self._loaded_mask()[codes[codes >= 0]] = True
         return users
 
-    def _mark_loaded(self, codes: np.ndarray) -> None:
-        codes = codes[codes >= 0]
-        if len(codes) and codes.max() >= len(self._loaded):
-            grown = np.zeros(max(2 * len(self._loaded), int(codes.max()) + 1, 1024), bool)
-            grown[: len(self._loaded)] = self._loaded
-            self._loaded = grown
-        self._loaded[codes] = True
+    def _loaded_mask(self) -> np.ndarray:
+        """By user code: whether the user's sequence is in memory (grown as users are coded)."""
+        if len(self._loaded) < len(self._users):
+            self._loaded = grown(self._loaded, len(self._users), False)
+        return self._loaded
 
     def _load(self, users: np.ndarray) -> None:
         """Load from the log the sequences of stored users that are not in memory (after a restart)."""
@@ -299,13 +298,13 @@ class EventStore:
         codes = self._users.lookup(users)
         codes = codes[codes >= 0]
         # (vectorised: a Python membership test per user cost ~1 ms a batch at 19M events stored)
-        missing_codes = codes[~self._loaded_or_false(codes)]
+        missing_codes = codes[~self._loaded_mask()[codes]]
         if len(missing_codes) == 0:
             return
-        missing = np.unique(self._users.ids[missing_codes]).tolist()
+        missing = np.unique(self._users.ids[missing_codes])
         cur = self.con.cursor()  # the appending connection may be inside a transaction
         try:
-            cur.register("missing", pa.table({"user_id": np.asarray(missing, np.int64)}))
+            cur.register("missing", pa.table({"user_id": missing}))
             rows = cur.execute(
                 "SELECT user_id, event_time, kafka_offset, item_id FROM events JOIN missing USING (user_id)"
                 " QUALIFY row_number() OVER (PARTITION BY user_id"
@@ -318,14 +317,7 @@ class EventStore:
         bounds = np.append(starts, cols.shape[1]).tolist()
         for j, u in enumerate(loaded.tolist()):
             self._seq[u] = cols[:, bounds[j]:bounds[j + 1]].copy()
-        self._mark_loaded(missing_codes)
-
-    def _loaded_or_false(self, codes: np.ndarray) -> np.ndarray:
-        """Whether each coded user's sequence is in memory (codes past the mask: not yet)."""
-        inside = codes < len(self._loaded)
-        out = np.zeros(len(codes), bool)
-        out[inside] = self._loaded[codes[inside]]
-        return out
+        self._loaded[missing_codes] = True  # (_loaded_mask above covers every user code)
 
     # -- reads -------------------------------------------------------------------------------
     def sequence(self, user: int) -> np.ndarray:

@@ -150,6 +150,15 @@ def test_fetch_wait_reaches_the_aiokafka_consumer():
 CONSUMER_RECORD_SOURCE_SHA256 = "e668541600b047ab928a9008b54c00951d9ae7e2a11b82e7b00f3a5d71b0cc0c"
 
 
+def _build_bulk_app(name: str) -> None:
+    """Build (not start) a bulk app for the topic "bulk": what it installs into aiokafka is in place."""
+    loop = asyncio.new_event_loop()
+    try:
+        BulkApp(name, record_buffer=RecordBuffer({"bulk"}, 10), broker="kafka://127.0.0.1:1", loop=loop)
+    finally:
+        loop.close()
+
+
 def test_bare_records_for_the_bulk_topics_only():
     """Records of the bulk topics stay aiokafka's fetched-batch records, which carry the four fields
     the bulk path reads; other topics still get aiokafka's ConsumerRecord."""
@@ -168,11 +177,7 @@ def test_bare_records_for_the_bulk_topics_only():
                                         producer_epoch=-1, base_sequence=-1, batch_size=2**20)
     builder.append(0, timestamp=1234, key=b"7", value=b'{"user_id": 7}', headers=[])
     record = next(iter(DefaultRecordBatch(bytes(builder.build()))))
-    loop = asyncio.new_event_loop()
-    try:
-        BulkApp("faust-bulk-bare", record_buffer=RecordBuffer({"bulk"}, 10), broker="kafka://127.0.0.1:1", loop=loop)
-    finally:
-        loop.close()
+    _build_bulk_app("faust-bulk-bare")
     assert aiokafka_fetcher.PartitionRecords._consumer_record is faust_bulk._bare_or_wrapped
     fake = type("Fake", (), {"_key_deserializer": None, "_value_deserializer": None})()
     bare = faust_bulk._bare_or_wrapped(fake, TopicPartition("bulk", 3), record)
@@ -243,11 +248,7 @@ def test_bulk_getall_takes_what_aiokafka_takes():
     assert hashlib.sha256(inspect.getsource(faust_bulk._getall).encode()).hexdigest() == GETALL_SOURCE_SHA256
     source = inspect.getsource(aiokafka_fetcher.PartitionRecords._unpack_records)
     assert hashlib.sha256(source.encode()).hexdigest() == UNPACK_SOURCE_SHA256
-    loop = asyncio.new_event_loop()
-    try:
-        BulkApp("faust-bulk-getall", record_buffer=RecordBuffer({"bulk"}, 10), broker="kafka://127.0.0.1:1", loop=loop)
-    finally:
-        loop.close()
+    _build_bulk_app("faust-bulk-getall")
     assert aiokafka_fetcher.FetchResult.getall is faust_bulk._getall_bulk
     batches = [_batch(0, 40), _batch(40, 3, control=True), _batch(43, 25), _batch(68, 1)]
     fields = lambda recs: [(r.offset, r.timestamp, r.key, r.value) for r in recs]  # noqa: E731
@@ -257,7 +258,7 @@ def test_bulk_getall_takes_what_aiokafka_takes():
         assert bulk._partition_records is None  # drained: aiokafka fetches again
         theirs, their_state = _fetch(batches, "other", position)  # not a bulk topic: aiokafka's own getall
         expected = faust_bulk._getall(theirs)
-        assert fields(mine) == [(r.offset, r.timestamp, r.key, r.value) for r in expected]
+        assert fields(mine) == fields(expected)
         assert [r.offset for r in mine] == list(range(position, 40)) + list(range(43, 69))
         assert bulk_state.position == their_state.position == 69
     limited, state = _fetch(batches, "bulk", 0)
