@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -298,20 +299,27 @@ class BatchProcessor:
 
         now_ms = int(time.time() * 1000)
         received_ms, stored_ms = int(raw.received_at * 1000), int(stored.stored_at * 1000)
-        encode, produce, topic = self._encode, self.producer.produce, s.recommendations_topic
-        n_valid = (recs.items >= 0).sum(axis=1).tolist()
-        rows = zip(user_list, recs.items.tolist(), recs.scores.tolist(), n_valid, recs.models, recs.versions,
-                   trigger_time.tolist(), trigger_ts.tolist(), trigger_part.tolist(), trigger_off.tolist())
-        for u, items, scores, nv, model, version, t_time, t_ts, t_part, t_off in rows:
-            value = encode(Recommendation(u, items[:nv], scores[:nv], model, version, t_time, t_ts, t_part, t_off,
-                                          now_ms, received_ms, stored_ms))
+        items, scores = recs.items.tolist(), recs.scores.tolist()
+        n_valid = (recs.items >= 0).sum(axis=1)
+        if (n_valid < recs.items.shape[1]).any():  # short lists (few items known yet): no -1 padding
+            items = list(map(list.__getitem__, items, map(slice, n_valid.tolist())))
+            scores = list(map(list.__getitem__, scores, map(slice, n_valid.tolist())))
+        # The lists built and encoded in C-level passes (a Python loop over ~1,000 users a batch
+        # cost ~5 us each, with the GIL held); one produce call per list remains.
+        rows = map(Recommendation, user_list, items, scores, recs.models, recs.versions, trigger_time.tolist(),
+                   trigger_ts.tolist(), trigger_part.tolist(), trigger_off.tolist(), repeat(now_ms),
+                   repeat(received_ms), repeat(stored_ms))
+        values = list(map(self._encode, rows))
+        keys = stored.users.astype("S20").tolist()  # the user ids as decimal text
+        produce, topic, on_delivery = self.producer.produce, s.recommendations_topic, self._on_delivery
+        for value, key in zip(values, keys):
             try:
-                produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
+                produce(topic, value, key, on_delivery=on_delivery)
             except BufferError:  # local queue full: wait for deliveries, then retry once
                 self.producer.poll(1)
-                produce(topic, value=value, key=str(u).encode(), on_delivery=self._on_delivery)
-            if self.latest is not None:
-                self._sent.append((u, value))
+                produce(topic, value, key, on_delivery=on_delivery)
+        if self.latest is not None:
+            self._sent.extend(zip(user_list, values))
         for model, count in Counter(recs.models).items():
             m.lists.labels(model).inc(count)
         return recs

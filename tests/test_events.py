@@ -152,3 +152,29 @@ def test_batch_path_gives_the_per_message_verdicts():
             expected_rejected.append((i, str(e)))
     assert batch.index.tolist() == expected_ok == [0, 6, 11]
     assert batch.rejected == expected_rejected and len(expected_rejected) == 9
+
+
+def test_batch_verdicts_agree_with_decode_depth_rule_included():
+    """decode_batch's fast path gives decode()'s verdicts, also for a message nested exactly
+    MAX_DEPTH levels (accepted) or one more (rejected), and derives or keeps event ids as decode() does."""
+    from streamrec.streams.events import MAX_DEPTH
+
+    def nested(levels: int) -> bytes:  # the event object is level 1; "x" adds levels - 1
+        return VALID[:-1] + b', "x": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+    named = VALID[:-1] + b', "event_id": "abc"}'
+    for values in ([VALID] * 10 + [nested(MAX_DEPTH)], [VALID] * 10 + [nested(MAX_DEPTH + 1)],
+                   [nested(MAX_DEPTH + 1)] + [VALID] * 200, [VALID, named, VALID]):
+        expected = []
+        for i, v in enumerate(values):
+            try:
+                decode(v)
+                expected.append(i)
+            except InvalidEvent:
+                pass
+        b = decode_batch(values)
+        assert b.index.tolist() == expected and len(b.rejected) == len(values) - len(expected)
+        assert all("nested too deeply" in reason for _, reason in b.rejected)
+        assert b.event_id == [decode(values[i]).id() for i in expected]
+        assert b.key.tolist() == [event_key(decode(values[i]).id()) for i in expected]
+    assert decode_batch([VALID, named]).event_id == [f"5:9:{T}:rating", "abc"]

@@ -55,3 +55,29 @@ def test_the_worker_freezes_what_it_loaded_and_collects_young_objects_less_often
             "print(gc.get_threshold()[0], gc.get_freeze_count() >= before, len(gc.get_objects()) < before // 10)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["12345", "True", "True"]
+
+
+def test_short_lists_are_published_without_padding_keyed_by_user(settings):
+    """With fewer unseen items known than top_k, each list is shorter (no -1 padding), its scores
+    match its items, and the record's key is the user id as decimal text."""
+    import msgspec
+
+    ensure_topics(settings)
+    store = EventStore(settings.db)
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    ownership = Ownership(store, settings.bootstrap_servers, settings.interactions_topic, settings.group_id)
+    p = BatchProcessor(settings, store, PopularityRecommender(window=100), producer, WorkerMetrics(), ownership)
+    events = [(1, 5), (1, 6), (22, 5), (22, 7), (22, 8), (333, 7)]  # (user, item): items 5-8 known
+    values = [b'{"user_id": %d, "item_id": %d, "event_time": 900000000000, "event_type": "view"}' % e for e in events]
+    raw = RawBatch(topic=settings.interactions_topic, keys=[str(u).encode() for u, _ in events], values=values,
+                   partitions=np.zeros(len(events), np.int32), offsets=np.arange(len(events), dtype=np.int64),
+                   timestamps=np.full(len(events), 900_000_000_000, np.int64), received_at=0.0)
+    decoded = p.decode(raw)
+    p.publish(raw, decoded, p.store_batch(raw, decoded))
+    got = {m.key(): msgspec.json.decode(m.value()) for m in
+           read_topic(settings.bootstrap_servers, settings.recommendations_topic, min_count=3, idle=0.5)}
+    assert set(got) == {b"1", b"22", b"333"} and settings.top_k > 3
+    assert [got[b"1"]["items"], got[b"22"]["items"], got[b"333"]["items"]] == [[7, 8], [6], [5, 6, 8]]
+    assert all(len(r["scores"]) == len(r["items"]) and r["user_id"] == int(k) for k, r in got.items())
+    assert got[b"333"]["scores"] == [2.0, 1.0, 1.0]  # popularity counts: 5 twice, 6 and 8 once
+    store.close()
