@@ -54,6 +54,7 @@ import pyarrow as pa
 from streamrec.storage.batch import EventBatch
 from streamrec.storage.key_index import Codes, SortedRuns, grown
 from streamrec.storage.seen_items import SeenItems
+from streamrec.storage.sequence_pool import SequencePool
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ class EventStore:
         first[1:] = pairs[1:] != pairs[:-1]
         self._seen = SortedRuns(pairs[first], is_sorted=True)
         del pairs
-        self._seq: dict[int, np.ndarray] = {}  # user -> (3, n) int64: times, offsets, items (loaded users)
-        self._loaded = np.zeros(len(self._users), bool)  # by user code: the sequence is in _seq
+        self._pool = SequencePool(self.seq_len)  # by user code: the last seq_len item codes (loaded users)
+        self._loaded = np.zeros(len(self._users), bool)  # by user code: the sequence is in the pool
         self.n_events = self.count()  # events in the log, kept current by append
 
     def _pairs(self, users, items) -> np.ndarray:
@@ -261,30 +262,20 @@ class EventStore:
         self.con.execute("INSERT INTO recovered VALUES (?, ?, ?)", [partition, lo, hi])
 
     def _update_sequences(self, rows: np.ndarray, batch: EventBatch) -> np.ndarray:
-        """Each user's last ``seq_len`` events in memory, with the batch's ``rows`` merged in."""
+        """Each user's last ``seq_len`` items in memory, with the batch's ``rows`` merged in (one
+        compiled pass, storage/sequence_pool.py); users with a late event are reloaded from the log."""
         user = np.asarray(batch.user, np.int64)[rows]
         time = np.asarray(batch.event_time, np.int64)[rows]
         offset = np.asarray(batch.offset, np.int64)[rows]
         by_user = np.lexsort((offset, time, user))
-        cols = np.stack([time[by_user], offset[by_user], np.asarray(batch.item, np.int64)[rows][by_user]])
-        users, starts = np.unique(user[by_user], return_index=True)
-        bounds = np.append(starts, len(by_user)).tolist()
-        first = cols[:2, starts].T.tolist()  # (time, offset) of each user's first new event
-        n, seq = self.seq_len, self._seq
-        for j, u in enumerate(users.tolist()):
-            new = cols[:, bounds[j]:bounds[j + 1]]
-            st = seq.get(u)
-            if st is None:
-                st = new.copy()  # a copy: a view would keep the whole batch alive
-            else:
-                late = first[j] < st[:2, -1].tolist()
-                st = np.concatenate((st, new), axis=1)
-                if late:  # rare: merge in time order, then arrival order
-                    st = st[:, np.lexsort((st[1], st[0]))]
-            seq[u] = st[:, -n:] if st.shape[1] > n else st
-        codes = self._users.lookup(users)  # (coded by _pairs before this)
-        self._loaded_mask()[codes[codes >= 0]] = True
-        return users
+        codes = self._users.lookup(user[by_user])  # (users and items coded by _pairs before this)
+        items = self._items.lookup(np.asarray(batch.item, np.int64)[rows][by_user])
+        late = self._pool.append(codes, items, time[by_user], offset[by_user])
+        self._loaded_mask()[codes] = True
+        if len(late):  # rare: an event older than its user's newest, placed in time order by the log
+            self._loaded[late] = False
+            self._load(self._users.ids[late])
+        return np.unique(user)
 
     def _loaded_mask(self) -> np.ndarray:
         """By user code: whether the user's sequence is in memory (grown as users are coded)."""
@@ -312,11 +303,10 @@ class EventStore:
                 " ORDER BY user_id, event_time, kafka_partition, kafka_offset", [self.seq_len]).fetchnumpy()
         finally:
             cur.close()
-        cols = np.stack([np.asarray(rows[c], np.int64) for c in ("event_time", "kafka_offset", "item_id")])
-        loaded, starts = np.unique(np.asarray(rows["user_id"], np.int64), return_index=True)
-        bounds = np.append(starts, cols.shape[1]).tolist()
-        for j, u in enumerate(loaded.tolist()):
-            self._seq[u] = cols[:, bounds[j]:bounds[j + 1]].copy()
+        self._pool.clear(missing_codes)
+        self._pool.load(self._users.lookup(np.asarray(rows["user_id"], np.int64)),
+                        self._items.lookup(np.asarray(rows["item_id"], np.int64)),
+                        rows["event_time"], rows["kafka_offset"])
         self._loaded[missing_codes] = True  # (_loaded_mask above covers every user code)
 
     # -- reads -------------------------------------------------------------------------------
@@ -325,9 +315,13 @@ class EventStore:
         return self.sequences([user])[0]
 
     def sequences(self, users: Sequence[int]) -> list[np.ndarray]:
-        self._load(np.asarray(users, np.int64))
-        seq, empty = self._seq, np.zeros(0, np.int64)
-        return [seq[u][2] if u in seq else empty for u in users]
+        """Each user's last ``seq_len`` item ids, oldest first (copies; empty for an unknown user)."""
+        users = np.asarray(users, np.int64)
+        self._load(users)
+        flat, n = self._pool.gather(self._users.lookup(users))
+        flat = self._items.ids[flat]
+        ends = np.cumsum(n).tolist()
+        return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
 
     def seen(self, users: Sequence[int]) -> SeenItems:
         """Every item each user has interacted with (unique, in no particular order), as item codes
