@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"  {users / batches:6.0f}", flush=True)
                 cpu, wall, users, batches, mark = np.zeros(3), 0.0, 0, 0, hi
         p.store.close()
+        for producer in (p.producer, p.ownership.log.producer):  # before the broker stops: no disconnect noise
+            producer.flush(10)
+            producer.close()
 
 
 if __name__ == "__main__":
