@@ -53,7 +53,7 @@ def raw_batch(topic: str, user, item, t_ms, rating, lo: int, hi: int) -> RawBatc
 def open_processor(s: Settings, db: Path | None, warm_items: np.ndarray) -> BatchProcessor:
     if db is not None:
         shutil.copy(db, s.db)
-    store = EventStore(s.db, seq_len=s.seq_len)
+    store = EventStore(s.db, seq_len=s.seq_len, max_users=s.sequence_users)
     store._load(store._users.ids.copy())  # every sequence in memory, as in a running worker
     store.con.execute("CHECKPOINT")  # (the first checkpoint after opening a large log is slow)
     producer = Producer(kafka_config("producer", s, {"linger.ms": 5, "enable.idempotence": True,

@@ -1,13 +1,17 @@
-"""Every user's rolling sequence in one compact pool: a row of item codes per user code.
+"""The users' rolling sequences in one compact, bounded pool: a row of item codes per user.
 
 The store kept a dict of user -> (3, n) int64 array (times, offsets, items) and updated it with
 a Python loop over the batch's users (~4-6 us each: 4.8 ms a batch of ~850 users at 19M events
 stored, with the GIL held) and ~24 bytes an event. Here a user's last ``seq_len`` items are
-int32 codes in row ``code`` of one matrix, with the (time, offset) of the user's newest event
-beside it; a batch is merged in by one compiled pass, and a batch's sequences come out as one
-gather. Events arrive in order per user (one partition per user, in offset order); an event
-older than the user's newest one in memory is *late*: the caller reloads that user from the log,
-which orders by time (``EventStore._load``), instead of keeping every event's time here.
+int32 codes in a row of one matrix, with the (time, offset) of the user's newest event beside
+it; a batch is merged in by one compiled pass, and a batch's sequences come out as one gather.
+
+At most ``max_users`` rows (``seq_len`` x 4 bytes each: 800 MB for a million users at 200): when
+a new user needs a row and none is free, the least recently used rows not used in the current
+batch (``tick``) are evicted; the store reloads an evicted user from the log when it comes back.
+Events arrive in order per user (one partition per user, in offset order); an event older than
+the user's newest one in memory is *late*: the caller reloads that user from the log, which
+orders by time (``EventStore._load``), instead of keeping every event's time here.
 
 >>> p = SequencePool(seq_len=3)
 >>> late = p.append(np.array([0, 0, 1]), np.array([5, 6, 7], np.int32), np.array([10, 11, 10]),
@@ -27,29 +31,40 @@ import numpy as np
 
 
 class SequencePool:
-    """Last ``seq_len`` item codes per user code, oldest first, and each user's newest (time, offset)."""
+    """Last ``seq_len`` item codes of up to ``max_users`` user codes, oldest first, and each one's
+    newest (time, offset); the least recently used users are evicted first."""
 
-    def __init__(self, seq_len: int):
-        self.seq_len = seq_len
+    def __init__(self, seq_len: int, max_users: int = 1_000_000):
+        self.seq_len, self.max_users = seq_len, max_users
+        self.row_of = np.zeros(0, np.int64)  # by user code: its row, -1 if not in memory
+        self.user_of = np.zeros(0, np.int64)  # by row: its user code, -1 if free
+        self.used = np.zeros(0, np.int64)  # by row: the clock when last used
         self.items = np.zeros((0, seq_len), np.int32)
         self.length = np.zeros(0, np.int32)
-        self.newest = np.zeros((0, 2), np.int64)  # (event time, offset) of each user's newest event
+        self.newest = np.zeros((0, 2), np.int64)  # (event time, offset) of each row's newest event
+        self.clock, self.evicted = 1, 0
 
-    def _reserve(self, n_users: int) -> None:
-        if n_users > len(self.length):
-            cap = max(n_users, len(self.length) + len(self.length) // 2, 1024)  # x1.5: ~120 MB at 145k users
-            self.items, self.length, self.newest = (_grown(a, cap) for a in (self.items, self.length, self.newest))
+    def tick(self) -> None:
+        """A new batch: rows used from now on are safe from eviction until the next tick."""
+        self.clock += 1
+
+    def resident(self, codes: np.ndarray) -> np.ndarray:
+        """Whether each user code's sequence is in memory."""
+        codes = np.asarray(codes, np.int64)
+        ok = (codes >= 0) & (codes < len(self.row_of))
+        return ok & (self.row_of[np.where(ok, codes, 0)] >= 0 if len(self.row_of) else False)
 
     def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Merge events in (user codes, item codes, event times, offsets; sorted by user, then time,
-        then offset); returns the user codes whose first event here is older than their newest in
-        memory (late: left unchanged, to be reloaded)."""
+        then offset); a user not in memory starts empty (the caller loads users with a history
+        first). Returns the user codes whose first event here is older than their newest in memory
+        (late: left unchanged, to be reloaded)."""
         if len(users) == 0:
             return np.zeros(0, np.int64)
         users = np.ascontiguousarray(users, np.int64)
-        self._reserve(int(users.max()) + 1)
         late = np.zeros(len(users), bool)
-        _append(self.items, self.length, self.newest, users, np.ascontiguousarray(items, np.int32),
+        rows = self._rows(users)  # (first: it may grow the arrays passed below)
+        _append(self.items, self.length, self.newest, rows, np.ascontiguousarray(items, np.int32),
                 np.ascontiguousarray(times, np.int64), np.ascontiguousarray(offsets, np.int64), late)
         return np.unique(users[late])
 
@@ -59,27 +74,24 @@ class SequencePool:
         users = np.ascontiguousarray(users, np.int64)
         if len(users) == 0:
             return
-        self._reserve(int(users.max()) + 1)
-        self.clear(users)
-        _append(self.items, self.length, self.newest, users, np.ascontiguousarray(items, np.int32),
+        rows = self._rows(users)
+        self.length[rows] = 0
+        _append(self.items, self.length, self.newest, rows, np.ascontiguousarray(items, np.int32),
                 np.ascontiguousarray(times, np.int64), np.ascontiguousarray(offsets, np.int64),
                 np.zeros(len(users), bool))
 
-    def clear(self, codes: np.ndarray) -> None:
-        """Forget the sequences of these user codes (before :meth:`load` refills them)."""
-        codes = np.asarray(codes, np.int64)
-        codes = codes[codes < len(self.length)]
-        self.length[codes] = 0
-
     def gather(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The item codes of each user code, oldest first, as one flat copy grouped by user, and
-        each group's length (a code of -1 or one never appended: an empty group)."""
+        each group's length (a code of -1 or one not in memory: an empty group)."""
         codes = np.asarray(codes, np.int64)
-        ok = (codes >= 0) & (codes < len(self.length))
-        codes = np.where(ok, codes, 0)
-        n = np.where(ok, self.length[codes] if len(self.length) else 0, 0).astype(np.int64)
+        here = self.resident(codes)
+        rows = np.zeros(len(codes), np.int64)
+        rows[here] = self.row_of[codes[here]]
+        self.used[rows[here]] = self.clock
+        n = np.zeros(len(codes), np.int64)
+        n[here] = self.length[rows[here]]
         flat = np.empty(int(n.sum()), np.int32)
-        _gather(self.items, codes, n, flat)
+        _gather(self.items, rows, n, flat)
         return flat, n
 
     def rows(self, codes: np.ndarray) -> list[np.ndarray]:
@@ -88,45 +100,80 @@ class SequencePool:
         ends = np.cumsum(n).tolist()
         return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
 
+    def _rows(self, users: np.ndarray) -> np.ndarray:
+        """The row of each user code (given in runs), a new empty one for users not in memory."""
+        if int(users.max()) >= len(self.row_of):
+            self.row_of = _grown(self.row_of, max(int(users.max()) + 1, len(self.row_of) * 3 // 2), -1)
+        codes = np.unique(users)
+        rows = self.row_of[codes]
+        self.used[rows[rows >= 0]] = self.clock  # (before any eviction: never evict one of these)
+        need = codes[rows < 0]
+        if len(need):
+            free = self._free_rows(len(need))
+            self.row_of[need], self.user_of[free], self.used[free], self.length[free] = free, need, self.clock, 0
+        return self.row_of[users]
 
-def _grown(a: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows,) + a.shape[1:], a.dtype)
+    def _free_rows(self, k: int) -> np.ndarray:
+        free = np.flatnonzero(self.user_of < 0)
+        if len(free) < k and len(self.user_of) < self.max_users:  # grow (x1.5, up to the cap)
+            n = len(self.user_of)
+            cap = min(max(n + n // 2, n + k, 1024), max(self.max_users, n + k))
+            self.user_of, self.used = _grown(self.user_of, cap, -1), _grown(self.used, cap, 0)
+            self.items, self.length, self.newest = (_grown(a, cap) for a in (self.items, self.length, self.newest))
+            free = np.flatnonzero(self.user_of < 0)
+        if len(free) < k:  # evict the least recently used rows this batch has not used
+            old = np.flatnonzero((self.used < self.clock) & (self.user_of >= 0))
+            old = old[np.argsort(self.used[old], kind="stable")[: k - len(free)]]
+            self.row_of[self.user_of[old]] = -1
+            self.user_of[old] = -1
+            self.evicted += len(old)
+            free = np.sort(np.append(free, old))
+        if len(free) < k:  # one batch needs more rows than the cap: grow past it
+            n = len(self.user_of) + k - len(free)
+            self.user_of, self.used = _grown(self.user_of, n, -1), _grown(self.used, n, 0)
+            self.items, self.length, self.newest = (_grown(a, n) for a in (self.items, self.length, self.newest))
+            free = np.flatnonzero(self.user_of < 0)
+        return free[:k]
+
+
+def _grown(a: np.ndarray, rows: int, fill=0) -> np.ndarray:
+    out = np.full((rows,) + a.shape[1:], fill, a.dtype)
     out[: len(a)] = a
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _append(pool, length, newest, users, items, times, offsets, late):
-    """Per run of one user in ``users``: shift the row left and append the run's items (its last
+def _append(pool, length, newest, rows, items, times, offsets, late):
+    """Per run of one row in ``rows``: shift the row left and append the run's items (its last
     ``seq_len`` of them); a run whose first event is older than the row's newest is marked late."""
     cap = pool.shape[1]
-    a, n = 0, len(users)
+    a, n = 0, len(rows)
     while a < n:
-        u = users[a]
+        r = rows[a]
         b = a + 1
-        while b < n and users[b] == u:
+        while b < n and rows[b] == r:
             b += 1
-        t, o = newest[u, 0], newest[u, 1]
-        if length[u] > 0 and (times[a] < t or (times[a] == t and offsets[a] < o)):
+        t, o = newest[r, 0], newest[r, 1]
+        if length[r] > 0 and (times[a] < t or (times[a] == t and offsets[a] < o)):
             for j in range(a, b):
                 late[j] = True
         else:
             k = min(b - a, cap)
-            keep = min(length[u], cap - k)
-            drop = length[u] - keep
+            keep = min(length[r], cap - k)
+            drop = length[r] - keep
             for i in range(keep):  # (moving left: a forward copy is safe)
-                pool[u, i] = pool[u, drop + i]
+                pool[r, i] = pool[r, drop + i]
             for i in range(k):
-                pool[u, keep + i] = items[b - k + i]
-            length[u] = keep + k
-            newest[u, 0], newest[u, 1] = times[b - 1], offsets[b - 1]
+                pool[r, keep + i] = items[b - k + i]
+            length[r] = keep + k
+            newest[r, 0], newest[r, 1] = times[b - 1], offsets[b - 1]
         a = b
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(pool, codes, n, out):
+def _gather(pool, rows, n, out):
     k = 0
-    for j in range(len(codes)):
+    for j in range(len(rows)):
         for i in range(n[j]):
-            out[k] = pool[codes[j], i]
+            out[k] = pool[rows[j], i]
             k += 1

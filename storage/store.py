@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamrec.storage.batch import EventBatch
-from streamrec.storage.key_index import Codes, SortedRuns, grown
+from streamrec.storage.key_index import Codes, SortedRuns
 from streamrec.storage.seen_items import SeenItems
 from streamrec.storage.sequence_pool import SequencePool
 
@@ -109,8 +109,10 @@ class AppendResult:
 
 
 class EventStore:
-    def __init__(self, path: str | Path, seq_len: int = 200, read_only: bool = False):
-        self.path, self.seq_len = str(path), seq_len
+    def __init__(self, path: str | Path, seq_len: int = 200, read_only: bool = False, max_users: int = 1_000_000):
+        """``max_users``: users whose sequences stay in memory (the least recently active are
+        evicted, and reloaded from the log when they come back)."""
+        self.path, self.seq_len, self.max_users = str(path), seq_len, max_users
         self.con = duckdb.connect(self.path, read_only=read_only)
         # One DuckDB thread: the worker's other threads (decode, Kafka) need the second core, and a
         # 5,000-row insert gains nothing from parallelism (measured 211k vs 168k events/s).
@@ -154,8 +156,7 @@ class EventStore:
         first[1:] = pairs[1:] != pairs[:-1]
         self._seen = SortedRuns(pairs[first], is_sorted=True)
         del pairs
-        self._pool = SequencePool(self.seq_len)  # by user code: the last seq_len item codes (loaded users)
-        self._loaded = np.zeros(len(self._users), bool)  # by user code: the sequence is in the pool
+        self._pool = SequencePool(self.seq_len, self.max_users)  # the last seq_len item codes of loaded users
         self.n_events = self.count()  # events in the log, kept current by append
 
     def _pairs(self, users, items) -> np.ndarray:
@@ -186,6 +187,7 @@ class EventStore:
         new_mask[rows] = True
         if len(rows) == 0:
             return AppendResult(0, new_mask, np.zeros(0, np.int64))
+        self._pool.tick()  # (the batch's users stay in memory through this batch)
         self._load(np.unique(np.asarray(batch.user, np.int64)[rows]))  # before the insert: without its rows
         new_keys, hashes = self._insert(batch, rows, owned)
         try:  # after COMMIT: the memory follows the log
@@ -271,25 +273,18 @@ class EventStore:
         codes = self._users.lookup(user[by_user])  # (users and items coded by _pairs before this)
         items = self._items.lookup(np.asarray(batch.item, np.int64)[rows][by_user])
         late = self._pool.append(codes, items, time[by_user], offset[by_user])
-        self._loaded_mask()[codes] = True
         if len(late):  # rare: an event older than its user's newest, placed in time order by the log
-            self._loaded[late] = False
-            self._load(self._users.ids[late])
+            self._load(self._users.ids[late], again=True)
         return np.unique(user)
 
-    def _loaded_mask(self) -> np.ndarray:
-        """By user code: whether the user's sequence is in memory (grown as users are coded)."""
-        if len(self._loaded) < len(self._users):
-            self._loaded = grown(self._loaded, len(self._users), False)
-        return self._loaded
-
-    def _load(self, users: np.ndarray) -> None:
-        """Load from the log the sequences of stored users that are not in memory (after a restart)."""
+    def _load(self, users: np.ndarray, again: bool = False) -> None:
+        """Load from the log the sequences of stored users that are not in memory (after a restart,
+        or evicted), or (``again``) of these users whatever memory holds."""
         users = np.asarray(users, np.int64)
         codes = self._users.lookup(users)
         codes = codes[codes >= 0]
         # (vectorised: a Python membership test per user cost ~1 ms a batch at 19M events stored)
-        missing_codes = codes[~self._loaded_mask()[codes]]
+        missing_codes = codes if again else codes[~self._pool.resident(codes)]
         if len(missing_codes) == 0:
             return
         missing = np.unique(self._users.ids[missing_codes])
@@ -303,11 +298,9 @@ class EventStore:
                 " ORDER BY user_id, event_time, kafka_partition, kafka_offset", [self.seq_len]).fetchnumpy()
         finally:
             cur.close()
-        self._pool.clear(missing_codes)
         self._pool.load(self._users.lookup(np.asarray(rows["user_id"], np.int64)),
                         self._items.lookup(np.asarray(rows["item_id"], np.int64)),
                         rows["event_time"], rows["kafka_offset"])
-        self._loaded[missing_codes] = True  # (_loaded_mask above covers every user code)
 
     # -- reads -------------------------------------------------------------------------------
     def sequence(self, user: int) -> np.ndarray:

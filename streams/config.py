@@ -153,6 +153,9 @@ class Settings(EnvSettings):
     group_id: str = _f("streamrec-worker", "consumer group (faust app id) of the workers")
     db: str = _f("streamrec.duckdb", "this worker's DuckDB file; faust's data folder goes beside it (DB.faust/)")
     seq_len: int = _f(200, "items kept in each user's rolling sequence", min=1)
+    sequence_users: int = _f(1_000_000, "users whose sequences the worker keeps in memory (seq_len x 4 bytes each; "
+                                        "the least recently active are evicted and reloaded from DuckDB when they "
+                                        "return)", min=1)
     top_k: int = _f(20, "length of published lists", min=1, max=10_000)
     batch_size: int = _f(5000, "largest micro-batch, in events (reached only when events queue up; larger: a "
                                "transformer scores more users per call and lists wait longer; 20000 gave a popularity "

@@ -159,7 +159,7 @@ class Worker:
             # torch's default (one thread per core) made SASRec 2.5x slower in the worker than alone:
             # its threads and the stage threads took the same two cores (docs/benchmarks.md).
             torch.set_num_threads(s.torch_threads)
-        store = EventStore(s.db, seq_len=s.seq_len)
+        store = EventStore(s.db, seq_len=s.seq_len, max_users=s.sequence_users)
         recommender = self.models.first_model(store)
         metrics.store_events.set(store.n_events)
         # Lists and dead letters wait out a broker outage as long as the worker does (librdkafka's

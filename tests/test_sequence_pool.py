@@ -14,7 +14,7 @@ def test_pool_keeps_each_users_last_items_in_time_order_and_flags_late_events():
     for batch in range(300):
         n = int(rng.integers(1, 40))
         users = rng.integers(0, 40, n)
-        users[0] = 100 * batch  # a new, larger user code every batch: the pool grows past 1,024 rows
+        users[0] = 100 * batch  # a new, larger user code every batch
         times = rng.integers(0, 80, n) + batch * 40  # half of a batch's times reach back into the last one
         items = rng.integers(0, 1000, n).astype(np.int32)
         offsets = np.arange(offset, offset + n)
@@ -33,4 +33,25 @@ def test_pool_keeps_each_users_last_items_in_time_order_and_flags_late_events():
         assert [r.tolist() for r in pool.rows(asked)] == expected
         flat, n = pool.gather(asked)
         assert flat.tolist() == [i for e in expected for i in e] and n.tolist() == [len(e) for e in expected]
-    assert late_seen > 50 and len(pool.length) > 29_900  # late events and growth both exercised
+    assert late_seen > 50 and len(pool.row_of) > 29_900  # late events; user codes past 1,024
+
+
+def test_pool_evicts_the_least_recently_used_users_beyond_its_cap():
+    pool = SequencePool(seq_len=3, max_users=4)
+    one = lambda u, item, t: pool.append(np.array([u]), np.array([item], np.int32), np.array([t]),  # noqa: E731
+                                         np.array([t]))
+    for t, u in enumerate([0, 1, 2, 3]):
+        pool.tick()
+        one(u, 10 + u, t)
+    pool.tick()
+    pool.gather(np.array([0]))  # reading a user counts as using it
+    pool.tick()
+    one(4, 14, 10)  # a fifth user: the least recently used (1) makes room
+    assert pool.resident(np.arange(6)).tolist() == [True, False, True, True, True, False]
+    assert pool.evicted == 1 and len(pool.user_of) == 4
+    assert [r.tolist() for r in pool.rows(np.array([0, 1, 4]))] == [[10], [], [14]]
+    pool.tick()  # one batch with more new users than the cap: none of them is evicted by the others
+    many = np.arange(10, 17)
+    late = pool.append(many, np.arange(7, dtype=np.int32), np.full(7, 20), np.arange(7))
+    assert len(late) == 0 and pool.resident(many).all() and len(pool.user_of) == 7 and pool.evicted == 5
+    assert [r.tolist() for r in pool.rows(many)] == [[i] for i in range(7)]

@@ -198,3 +198,19 @@ def test_seen_items_from_the_store_rank_like_plain_lists(store):
     sub = [5, 0, 41, 5]
     assert (pop.recommend(sub, coded.take(sub), 10).items.tolist()
             == pop.recommend(sub, [plain[j] for j in sub], 10).items.tolist())
+
+
+def test_sequences_stay_right_with_a_cache_smaller_than_the_users(tmp_path):
+    """Two users' sequences in memory for six users: the others are evicted and reloaded from the
+    log when they come back, late events included; every sequence always equals the log's."""
+    rng = np.random.default_rng(8)
+    s = EventStore(tmp_path / "small.duckdb", seq_len=4, max_users=2)
+    off = 0
+    for _ in range(30):
+        n = int(rng.integers(1, 4))
+        rows = [(int(rng.integers(0, 6)), int(rng.integers(0, 50)), int(rng.integers(0, 1000))) for _ in range(n)]
+        s.append(batch(rows, start_offset=off))
+        off += n
+        for u, items in seq_view(s).items():
+            assert s.sequence(u).tolist() == items
+    assert s._pool.evicted > 5
