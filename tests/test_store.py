@@ -88,15 +88,21 @@ def test_read_ratings_turns_milliseconds_into_whole_seconds(tmp_path):
     assert r.timestamp.tolist() == [900_000_000, 900_000_001, 900_000_001, 900_000_059]  # floor(ms / 1000)
 
 
-def test_sequences_view_matches_cache_on_random_streams(tmp_path):
-    rng = np.random.default_rng(7)
-    s = EventStore(tmp_path / "r.duckdb", seq_len=4)
-    off = 0
-    for _ in range(20):
-        n = int(rng.integers(1, 30))
-        rows = [(int(rng.integers(0, 5)), int(rng.integers(0, 50)), int(rng.integers(0, 1000))) for _ in range(n)]
+def random_batches(s: EventStore, seed: int, batches: int, users: int, most: int):
+    """Append random batches (user, event time, item) to ``s``; yields after each one."""
+    rng, off = np.random.default_rng(seed), 0
+    for _ in range(batches):
+        n = int(rng.integers(1, most))
+        rows = [(int(rng.integers(0, users)), int(rng.integers(0, 50)), int(rng.integers(0, 1000))) for _ in range(n)]
         s.append(batch(rows, start_offset=off))
         off += n
+        yield
+
+
+def test_sequences_view_matches_cache_on_random_streams(tmp_path):
+    s = EventStore(tmp_path / "r.duckdb", seq_len=4)
+    for _ in random_batches(s, seed=7, batches=20, users=5, most=30):
+        pass
     view = seq_view(s)
     for u, items in view.items():
         assert s.sequence(u).tolist() == items
@@ -203,14 +209,8 @@ def test_seen_items_from_the_store_rank_like_plain_lists(store):
 def test_sequences_stay_right_with_a_cache_smaller_than_the_users(tmp_path):
     """Two users' sequences in memory for six users: the others are evicted and reloaded from the
     log when they come back, late events included; every sequence always equals the log's."""
-    rng = np.random.default_rng(8)
     s = EventStore(tmp_path / "small.duckdb", seq_len=4, max_users=2)
-    off = 0
-    for _ in range(30):
-        n = int(rng.integers(1, 4))
-        rows = [(int(rng.integers(0, 6)), int(rng.integers(0, 50)), int(rng.integers(0, 1000))) for _ in range(n)]
-        s.append(batch(rows, start_offset=off))
-        off += n
+    for _ in random_batches(s, seed=8, batches=30, users=6, most=4):
         for u, items in seq_view(s).items():
             assert s.sequence(u).tolist() == items
     assert s._pool.evicted > 5
