@@ -104,7 +104,7 @@ class SequencePool:
         """The row of each user code (given in runs), a new empty one for users not in memory."""
         if int(users.max()) >= len(self.row_of):
             self.row_of = _grown(self.row_of, max(int(users.max()) + 1, len(self.row_of) * 3 // 2), -1)
-        codes = np.unique(users)
+        codes = users[np.append(True, users[1:] != users[:-1])]  # one per run (no sort: runs are whole users)
         rows = self.row_of[codes]
         self.used[rows[rows >= 0]] = self.clock  # (before any eviction: never evict one of these)
         need = codes[rows < 0]
