@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import rating_batch  # noqa: E402
+from bench_stages import ratings_arg  # noqa: E402
 
-from streamrec.storage.movielens import load_ratings  # noqa: E402
 from streamrec.storage.store import EventStore  # noqa: E402
 from streamrec.streams.config import Settings  # noqa: E402
 
@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sequence-users", type=int, default=10_000, help="the cap to compare with the default's")
     ap.add_argument("--batch-size", type=int, default=Settings().batch_size)
     args = ap.parse_args(argv)
-    try:
-        r = load_ratings(args.ratings)
-    except (OSError, ValueError) as e:  # missing, unreadable or not a ratings file
-        ap.error(f"--ratings: {e}")
+    r = ratings_arg(ap, args.ratings)
     n = min(args.events, len(r.user))
     for cap in (args.sequence_users, Settings().sequence_users):
         print(run(r, n, cap, args.batch_size), flush=True)

@@ -67,6 +67,14 @@ def open_processor(s: Settings, db: Path | None, warm_items: np.ndarray) -> Batc
     return processor
 
 
+def ratings_arg(ap: argparse.ArgumentParser, path: Path):
+    """The ``--ratings`` file loaded, or argparse's one-line error (missing, unreadable, not ratings)."""
+    try:
+        return load_ratings(path)
+    except (OSError, ValueError) as e:
+        ap.error(f"--ratings: {e}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratings", type=Path, required=True, help="ratings file (e.g. gen_ml20m.py's)")
@@ -80,10 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--start needs --db, a database with the events before it")
     if args.db is not None and not args.db.is_file():
         ap.error(f"--db {args.db}: no such database file")
-    try:
-        r = load_ratings(args.ratings)
-    except (OSError, ValueError) as e:  # missing, unreadable or not a ratings file
-        ap.error(f"--ratings: {e}")
+    r = ratings_arg(ap, args.ratings)
     end = min(args.start + args.events, len(r.user))
     t_ms = r.timestamp * 1000
     tmp = Path(tempfile.mkdtemp(prefix="bench-stages-"))

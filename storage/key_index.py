@@ -354,7 +354,12 @@ class Codes:
 def grown(a: np.ndarray, size: int, fill=0) -> np.ndarray:
     """``a`` copied into a longer array (at least ``size``; doubling, so that growing one entry at a
     time costs O(1) amortised), the new entries ``fill``."""
-    out = np.full(max(2 * len(a), size, 1024), fill, a.dtype)
+    return resized(a, max(2 * len(a), size, 1024), fill)
+
+
+def resized(a: np.ndarray, rows: int, fill=0) -> np.ndarray:
+    """``a`` (of any dimensions) copied into exactly ``rows`` rows (at least its own), the new rows ``fill``."""
+    out = np.full((rows,) + a.shape[1:], fill, a.dtype)
     out[: len(a)] = a
     return out
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from streamrec.storage.key_index import resized
+
 
 class SequencePool:
     """Last ``seq_len`` item codes of up to ``max_users`` user codes, oldest first, and each one's
@@ -52,7 +54,8 @@ class SequencePool:
         """Whether each user code's sequence is in memory."""
         codes = np.asarray(codes, np.int64)
         ok = (codes >= 0) & (codes < len(self.row_of))
-        return ok & (self.row_of[np.where(ok, codes, 0)] >= 0 if len(self.row_of) else False)
+        ok[ok] = self.row_of[codes[ok]] >= 0
+        return ok
 
     def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Merge events in (user codes, item codes, event times, offsets; sorted by user, then time,
@@ -96,14 +99,12 @@ class SequencePool:
 
     def rows(self, codes: np.ndarray) -> list[np.ndarray]:
         """:meth:`gather` split into one array per user code."""
-        flat, n = self.gather(codes)
-        ends = np.cumsum(n).tolist()
-        return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
+        return split(*self.gather(codes))
 
     def _rows(self, users: np.ndarray) -> np.ndarray:
         """The row of each user code (given in runs), a new empty one for users not in memory."""
         if int(users.max()) >= len(self.row_of):
-            self.row_of = _grown(self.row_of, max(int(users.max()) + 1, len(self.row_of) * 3 // 2), -1)
+            self.row_of = resized(self.row_of, max(int(users.max()) + 1, len(self.row_of) * 3 // 2), -1)
         codes = users[np.append(True, users[1:] != users[:-1])]  # one per run (no sort: runs are whole users)
         rows = self.row_of[codes]
         self.used[rows[rows >= 0]] = self.clock  # (before any eviction: never evict one of these)
@@ -117,10 +118,7 @@ class SequencePool:
         free = np.flatnonzero(self.user_of < 0)
         if len(free) < k and len(self.user_of) < self.max_users:  # grow (x1.5, up to the cap)
             n = len(self.user_of)
-            cap = min(max(n + n // 2, n + k, 1024), max(self.max_users, n + k))
-            self.user_of, self.used = _grown(self.user_of, cap, -1), _grown(self.used, cap, 0)
-            self.items, self.length, self.newest = (_grown(a, cap) for a in (self.items, self.length, self.newest))
-            free = np.flatnonzero(self.user_of < 0)
+            free = self._grow_rows(min(max(n + n // 2, n + k, 1024), max(self.max_users, n + k)))
         if len(free) < k:  # evict the least recently used rows this batch has not used
             old = np.flatnonzero((self.used < self.clock) & (self.user_of >= 0))
             old = old[np.argsort(self.used[old], kind="stable")[: k - len(free)]]
@@ -129,17 +127,20 @@ class SequencePool:
             self.evicted += len(old)
             free = np.sort(np.append(free, old))
         if len(free) < k:  # one batch needs more rows than the cap: grow past it
-            n = len(self.user_of) + k - len(free)
-            self.user_of, self.used = _grown(self.user_of, n, -1), _grown(self.used, n, 0)
-            self.items, self.length, self.newest = (_grown(a, n) for a in (self.items, self.length, self.newest))
-            free = np.flatnonzero(self.user_of < 0)
+            free = self._grow_rows(len(self.user_of) + k - len(free))
         return free[:k]
 
+    def _grow_rows(self, rows: int) -> np.ndarray:
+        """Room for ``rows`` rows; returns the free ones."""
+        self.user_of, self.used = resized(self.user_of, rows, -1), resized(self.used, rows)
+        self.items, self.length, self.newest = (resized(a, rows) for a in (self.items, self.length, self.newest))
+        return np.flatnonzero(self.user_of < 0)
 
-def _grown(a: np.ndarray, rows: int, fill=0) -> np.ndarray:
-    out = np.full((rows,) + a.shape[1:], fill, a.dtype)
-    out[: len(a)] = a
-    return out
+
+def split(flat: np.ndarray, n: np.ndarray) -> list[np.ndarray]:
+    """``flat`` grouped by the lengths ``n``, as one view per group."""
+    ends = np.cumsum(n).tolist()
+    return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -54,7 +54,7 @@ import pyarrow as pa
 from streamrec.storage.batch import EventBatch
 from streamrec.storage.key_index import Codes, SortedRuns
 from streamrec.storage.seen_items import SeenItems
-from streamrec.storage.sequence_pool import SequencePool
+from streamrec.storage.sequence_pool import SequencePool, split
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +312,7 @@ class EventStore:
         users = np.asarray(users, np.int64)
         self._load(users)
         flat, n = self._pool.gather(self._users.lookup(users))
-        flat = self._items.ids[flat]
-        ends = np.cumsum(n).tolist()
-        return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
+        return split(self._items.ids[flat], n)
 
     def seen(self, users: Sequence[int]) -> SeenItems:
         """Every item each user has interacted with (unique, in no particular order), as item codes
