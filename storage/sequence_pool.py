@@ -45,6 +45,7 @@ class SequencePool:
         self.length = np.zeros(0, np.int32)
         self.newest = np.zeros((0, 2), np.int64)  # (event time, offset) of each row's newest event
         self.clock, self.evicted = 1, 0
+        self.users = 0  # user codes with a row (what an operator compares with max_users)
 
     def tick(self) -> None:
         """A new batch: rows used from now on are safe from eviction until the next tick."""
@@ -112,6 +113,7 @@ class SequencePool:
         if len(need):
             free = self._free_rows(len(need))
             self.row_of[need], self.user_of[free], self.used[free], self.length[free] = free, need, self.clock, 0
+            self.users += len(need)
         return self.row_of[users]
 
     def _free_rows(self, k: int) -> np.ndarray:
@@ -119,12 +121,14 @@ class SequencePool:
         if len(free) < k and len(self.user_of) < self.max_users:  # grow (x1.5, up to the cap)
             n = len(self.user_of)
             free = self._grow_rows(min(max(n + n // 2, n + k, 1024), max(self.max_users, n + k)))
-        if len(free) < k:  # evict the least recently used rows this batch has not used
+        excess = self.users + k - self.max_users  # (also what an earlier, larger batch left above the cap)
+        if excess > 0:  # evict the least recently used rows this batch has not used
             old = np.flatnonzero((self.used < self.clock) & (self.user_of >= 0))
-            old = old[np.argsort(self.used[old], kind="stable")[: k - len(free)]]
+            old = old[np.argsort(self.used[old], kind="stable")[:excess]]
             self.row_of[self.user_of[old]] = -1
             self.user_of[old] = -1
             self.evicted += len(old)
+            self.users -= len(old)
             free = np.sort(np.append(free, old))
         if len(free) < k:  # one batch needs more rows than the cap: grow past it
             free = self._grow_rows(len(self.user_of) + k - len(free))

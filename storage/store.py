@@ -136,6 +136,8 @@ class EventStore:
         # This file's identity in the ownership log (streams/ownership.py): it names the database,
         # not the process, so a restarted worker on the same file is the same owner.
         self.db_id: str = self.con.execute("SELECT db_id FROM meta").fetchone()[0]
+        self._pool: SequencePool | None = None
+        self.sequences_read, self._evicted_before = 0, 0  # (totals over this object's life, for the metrics)
         self._load_indexes()
         self.con.execute(f"SET memory_limit = '{APPEND_MEMORY}'")
 
@@ -156,6 +158,8 @@ class EventStore:
         first[1:] = pairs[1:] != pairs[:-1]
         self._seen = SortedRuns(pairs[first], is_sorted=True)
         del pairs
+        if self._pool is not None:  # (rebuilt after a failure: its evictions still count)
+            self._evicted_before += self._pool.evicted
         self._pool = SequencePool(self.seq_len, self.max_users)  # the last seq_len item codes of loaded users
         self.n_events = self.count()  # events in the log, kept current by append
 
@@ -288,6 +292,7 @@ class EventStore:
         if len(missing_codes) == 0:
             return
         missing = np.unique(self._users.ids[missing_codes])
+        self.sequences_read += len(missing)
         cur = self.con.cursor()  # the appending connection may be inside a transaction
         try:
             cur.register("missing", pa.table({"user_id": missing}))
@@ -301,6 +306,12 @@ class EventStore:
         self._pool.load(self._users.lookup(np.asarray(rows["user_id"], np.int64)),
                         self._items.lookup(np.asarray(rows["item_id"], np.int64)),
                         rows["event_time"], rows["kafka_offset"])
+
+    def sequence_cache(self) -> tuple[int, int, int]:
+        """Users whose sequence is in memory (at most ``max_users``, unless one batch needs more),
+        users evicted from memory so far, and users' sequences read from the log so far (after a
+        restart, an eviction, or a late event)."""
+        return self._pool.users, self._evicted_before + self._pool.evicted, self.sequences_read
 
     # -- reads -------------------------------------------------------------------------------
     def sequence(self, user: int) -> np.ndarray:

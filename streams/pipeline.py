@@ -142,6 +142,7 @@ class BatchProcessor:
         self.latest = latest  # delivered lists per user, for GET /recommendations (none: not kept)
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
+        self._cache_totals = (0, 0)  # the store's evictions and sequence reads already counted
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -207,6 +208,7 @@ class BatchProcessor:
             batch.conflicts += 1
         m.stored.inc(result.n_new)
         m.store_events.set(self.store.n_events)
+        self._export_cache()
         m.duplicates.inc(len(batch) - result.n_new - batch.conflicts)
         m.stage_duration.labels("store").observe(t_stored - t0)
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
@@ -223,6 +225,13 @@ class BatchProcessor:
         return Stored(result, users, self.store.sequences(user_list), self.store.seen(user_list),
                       pick(batch.event_time), pick(raw.timestamps[idx]), pick(raw.partitions[idx]),
                       pick(raw.offsets[idx]), t_stored)
+
+    def _export_cache(self) -> None:
+        users, evicted, read = self.store.sequence_cache()
+        self.metrics.sequence_users.set(users)
+        self.metrics.sequence_evictions.inc(evicted - self._cache_totals[0])
+        self.metrics.sequence_reads.inc(read - self._cache_totals[1])
+        self._cache_totals = (evicted, read)
 
     def _claim(self, raw: RawBatch) -> None:
         own, m = self.ownership, self.metrics

@@ -171,6 +171,16 @@ class WorkerMetrics:
                          "(high watermark from fetch responses)",
                          ["partition"], registry=r)
         self.store_events = Gauge("streamrec_store_events", "Events this worker's DuckDB event log owns", registry=r)
+        # The bounded sequence cache (--sequence-users): evictions and reads back mean the cap is too small.
+        self.sequence_users = Gauge("streamrec_sequence_cache_users",
+                                    "Users whose rolling sequence is held in memory", registry=r)
+        self.sequence_evictions = Counter("streamrec_sequence_cache_evictions_total",
+                                          "Users' sequences dropped from memory to stay within --sequence-users",
+                                          registry=r)
+        self.sequence_reads = Counter("streamrec_sequence_reads_total",
+                                      "Users' sequences read from DuckDB (after a restart, an eviction or a "
+                                      "late event)",
+                                      registry=r)
 
     def _reliability(self, r: CollectorRegistry) -> None:
         """Failures are counted where they happen, never silent (streams/health.py)."""

@@ -19,6 +19,7 @@ from tests.conftest import read_topic, start_worker, wait_stored
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
+SEQUENCE_USERS = 50  # the clean run's --sequence-users
 
 BAD = [
     (b'{"user_id": 1, "item_id": ', "malformed JSON"),
@@ -60,7 +61,8 @@ def clean_run(broker, ratings, tmp_path_factory):
     s = Settings(bootstrap_servers=broker.bootstrap, interactions_topic="clean-interactions",
                  dlq_topic="clean-interactions.dlq", recommendations_topic="clean-recommendations",
                  group_id="clean-worker", db=str(tmp / "w.duckdb"))
-    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0)
+    # Fewer users' sequences in memory than the 671 users: evictions and reads back from DuckDB happen.
+    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, sequence_users=SEQUENCE_USERS)
     try:
         worker.wait_ready()
         producer = make_producer(s.bootstrap_servers)
@@ -89,6 +91,19 @@ def clean_run(broker, ratings, tmp_path_factory):
         worker.stop()
     return dict(settings=s, metrics=m, lists=lists, dlq=dlq, alive=alive_after_bad, db=db_contents(s.db),
                 log=worker.log)
+
+
+def test_sequence_cache_is_bounded_and_exported(clean_run, ratings):
+    """With room for SEQUENCE_USERS users' sequences, the worker evicted the least recently active
+    users, read returning ones back from DuckDB, and exported both (the lists tests above and below
+    ran with this cap)."""
+    m, users = clean_run["metrics"], len(np.unique(ratings.user))
+    held = m["streamrec_sequence_cache_users"]
+    evicted, read = m["streamrec_sequence_cache_evictions_total"], m["streamrec_sequence_reads_total"]
+    # At most the cap, or one micro-batch's users where a batch touched more (the fast replay's do).
+    assert 0 < held < users
+    # Every user's sequence was in memory once (each got a list): those not held now were evicted.
+    assert evicted >= users - held and read > 0
 
 
 def test_every_valid_event_stored_exactly_once(clean_run, ratings):

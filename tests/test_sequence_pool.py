@@ -48,10 +48,15 @@ def test_pool_evicts_the_least_recently_used_users_beyond_its_cap():
     pool.tick()
     one(4, 14, 10)  # a fifth user: the least recently used (1) makes room
     assert pool.resident(np.arange(6)).tolist() == [True, False, True, True, True, False]
-    assert pool.evicted == 1 and len(pool.user_of) == 4
+    assert pool.evicted == 1 and len(pool.user_of) == 4 and pool.users == 4
     assert [r.tolist() for r in pool.rows(np.array([0, 1, 4]))] == [[10], [], [14]]
     pool.tick()  # one batch with more new users than the cap: none of them is evicted by the others
     many = np.arange(10, 17)
     late = pool.append(many, np.arange(7, dtype=np.int32), np.full(7, 20), np.arange(7))
     assert len(late) == 0 and pool.resident(many).all() and len(pool.user_of) == 7 and pool.evicted == 5
+    assert pool.users == 7 == (pool.user_of >= 0).sum()
     assert [r.tolist() for r in pool.rows(many)] == [[i] for i in range(7)]
+    pool.tick()  # the next new user brings the pool back to its cap (the newcomer and 3 others)
+    one(30, 1, 30)
+    assert pool.users == 4 == pool.resident(np.append(many, 30)).sum() and pool.evicted == 9
+    assert pool.resident(np.array([30]))[0]

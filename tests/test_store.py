@@ -210,7 +210,13 @@ def test_sequences_stay_right_with_a_cache_smaller_than_the_users(tmp_path):
     """Two users' sequences in memory for six users: the others are evicted and reloaded from the
     log when they come back, late events included; every sequence always equals the log's."""
     s = EventStore(tmp_path / "small.duckdb", seq_len=4, max_users=2)
+    reads = 0
     for _ in random_batches(s, seed=8, batches=30, users=6, most=4):
+        read = s.sequence_cache()[2]
+        assert read >= reads
+        reads = read
         for u, items in seq_view(s).items():
             assert s.sequence(u).tolist() == items
-    assert s._pool.evicted > 5
+    in_memory, evicted, read = s.sequence_cache()
+    assert evicted == s._pool.evicted > 5 and in_memory == (s._pool.user_of >= 0).sum()
+    assert read >= evicted  # every evicted user came back (sequence() reads all six) and was read from the log
