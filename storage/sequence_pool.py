@@ -9,6 +9,7 @@ it; a batch is merged in by one compiled pass, and a batch's sequences come out 
 At most ``max_users`` rows (``seq_len`` x 4 bytes each: 800 MB for a million users at 200): when
 a new user needs a row and none is free, the least recently used rows not used in the current
 batch (``tick``) are evicted; the store reloads an evicted user from the log when it comes back.
+A batch with more users than the cap gets rows past it; the next new user brings the pool back.
 Events arrive in order per user (one partition per user, in offset order); an event older than
 the user's newest one in memory is *late*: the caller reloads that user from the log, which
 orders by time (``EventStore._load``), instead of keeping every event's time here.
