@@ -93,4 +93,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FileNotFoundError as e:  # ML-100K needs recbole's wheel installed
+        sys.exit(f"bench_ablation.py: {e}")
+    except KeyboardInterrupt:
+        sys.exit("bench_ablation.py: interrupted")

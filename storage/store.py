@@ -292,7 +292,6 @@ class EventStore:
         if len(missing_codes) == 0:
             return
         missing = np.unique(self._users.ids[missing_codes])
-        self.sequences_read += len(missing)
         cur = self.con.cursor()  # the appending connection may be inside a transaction
         try:
             cur.register("missing", pa.table({"user_id": missing}))
@@ -306,6 +305,7 @@ class EventStore:
         self._pool.load(self._users.lookup(np.asarray(rows["user_id"], np.int64)),
                         self._items.lookup(np.asarray(rows["item_id"], np.int64)),
                         rows["event_time"], rows["kafka_offset"])
+        self.sequences_read += len(missing)  # (once read: a failed read is retried with the batch)
 
     def sequence_cache(self) -> tuple[int, int, int]:
         """Users whose sequence is in memory (at most ``max_users``, unless one batch needs more),
