@@ -33,7 +33,8 @@ from streamrec.storage.movielens import load_ratings  # noqa: E402
 
 def prior_scorer(model):
     """The model's scores without its encoder: the item-kNN prior (learned per-age weights) plus the
-    learned item bias, for the same histories as ``model_scorer``."""
+    learned item bias and, with ``repeat_bias``, the learned repeat score, for the same histories as
+    ``model_scorer``."""
     if model.cfg.knn_k <= 0:
         raise SystemExit(f"{model.cfg.kind} has no item-kNN prior (knn_k 0): nothing to ablate")
 
@@ -43,7 +44,10 @@ def prior_scorer(model):
         if x.shape[1] == 0:
             x = np.zeros((len(histories), 1), np.int64)
         seq = torch.from_numpy(x)
-        return (model.knn_prior(model.recent_items(seq)[:, -1]) + model.out_bias).float()
+        out = model.knn_prior(model.recent_items(seq)[:, -1]) + model.out_bias
+        if model.cfg.repeat_bias:
+            out = model._with_repeat(out, model._in_rows(seq))
+        return out.float()
 
     return score
 

@@ -35,6 +35,7 @@ from streamrec.model.evaluate import item_counts, model_scorer, popularity_score
 from streamrec.model.protocols import METRICS, event_metrics, loo_set, paired_bootstrap, rank_events, temporal_split  # noqa: E402
 from streamrec.model.recommender import PopularityRecommender  # noqa: E402
 from streamrec.model.train import train  # noqa: E402
+from streamrec.model.transformer import REPEAT_SCALE  # noqa: E402
 from streamrec.storage.movielens import load_ratings, recbole_ml100k_path  # noqa: E402
 
 DATASETS = {
@@ -73,8 +74,11 @@ def train_default(kind: str, split, n_items: int, log: dict, counted=None) -> to
     log.update(seconds=round(res.seconds, 1), cpu_seconds=round(res.cpu_seconds, 1), best_epoch=res.best_epoch,
                epochs=res.history[-1]["epoch"],
                valid_ndcg10=round(res.valid.get("NDCG@10", 0.0), 4), refit_epochs=res.refit_epochs)
+    if res.model.cfg.repeat_bias:  # the learned repeat score (negative: seen items pushed down)
+        log["repeat_score"] = round(REPEAT_SCALE * float(res.model.repeat.detach()), 3)
     print(f"  {kind}: {res.seconds:.0f}s, best epoch {res.best_epoch} of {res.history[-1]['epoch']}, "
           f"valid NDCG@10 {res.valid.get('NDCG@10', 0):.4f}"
+          + (f", repeat score {log['repeat_score']:+.2f}" if "repeat_score" in log else "")
           + (f", then refit on training + validation items for {res.refit_epochs} epochs" if res.refit_epochs else ""),
           flush=True)
     if REFRESH and counted is not None and res.model.cfg.knn_k > 0:

@@ -68,7 +68,7 @@ def _recipe_default(field: str, group: str) -> str:
 _MODEL_OPTS = {"max_len": "max_len", "d_model": "d_model", "heads": "n_heads", "layers": "n_layers",
                "dropout": "dropout", "mask_prob": "mask_prob", "negatives": "negatives", "future": "future",
                "label_smoothing": "label_smoothing", "knn_k": "knn_k"}
-_TRAIN_OPTS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "eval_every", "seed"]
+_TRAIN_OPTS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "eval_every", "ema", "seed"]
 
 
 def configure_train(p: argparse.ArgumentParser) -> None:
@@ -90,11 +90,14 @@ def configure_train(p: argparse.ArgumentParser) -> None:
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
                        help=f"{helps[opt]} (default: {_recipe_default(field, 'model')})")
     g.add_argument("--post-ln", action="store_true", help="post-LN blocks as in the papers (default: pre-LN)")
+    g.add_argument("--no-repeat-score", action="store_true",
+                   help="no learned score for the items already in the history (default: learned)")
     g = p.add_argument_group("training")
     helps = {"epochs": "maximum epochs", "batch_size": "sequences per step", "lr": "peak AdamW learning rate",
              "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
              "patience": "early stopping: evaluations without a better validation NDCG@10",
-             "eval_every": "epochs between validation runs", "seed": "random seed"}
+             "eval_every": "epochs between validation runs", "seed": "random seed",
+             "ema": "decay a step of the weights' moving average that is validated and kept; 0 = the last weights"}
     for opt in _TRAIN_OPTS:
         kind = float if isinstance(getattr(t, opt), float) else int
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
@@ -123,7 +126,8 @@ def run_train(args) -> int:
     if len(split.users) == 0:
         print("error: no user has enough events to train on", file=sys.stderr)
         return 2
-    mcfg = ModelConfig.defaults(args.model, len(vocab), pre_ln=not args.post_ln,
+    off = {"repeat_bias": False} if args.no_repeat_score else {}
+    mcfg = ModelConfig.defaults(args.model, len(vocab), pre_ln=not args.post_ln, **off,
                                 **{f: getattr(args, o) for o, f in _MODEL_OPTS.items() if getattr(args, o) is not None})
     print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
           file=sys.stderr)

@@ -41,6 +41,7 @@ class ModelConfig(_Dict):
     start_token: bool = False  # SASRec: a start token (id n_items + 1) before each user's first item
     item_dropout: float = 0.0  # training: share of input items whose embedding is zeroed (position and prior kept)
     emb_init: str = "normal"  # "knn": item embeddings start from the prior's co-occurrence (with knn_k 0: normal)
+    repeat_bias: bool = False  # one learned score added to every item already in the history (repeat or move on)
 
     def __post_init__(self):
         if self.kind not in ("bert4rec", "sasrec"):
@@ -81,6 +82,7 @@ class TrainConfig(_Dict):
     device: str = "auto"  # "auto" = CUDA if available, else CPU
     max_seconds: float | None = 600.0  # wall-clock budget; training stops after the epoch that exceeds it
     shuffle_ties: bool = True  # every epoch, same-second events of a user in a new random order
+    ema: float = 0.0  # > 0: validate and return an exponential moving average of the weights (decay a step)
     refit: bool = False  # after early stopping, train anew for the best epochs on training + validation items
 
     @classmethod
@@ -94,10 +96,14 @@ RECIPES: dict[str, dict[str, dict]] = {
     # data, added to the logits with learned per-age weights; the transformer learns the residual.
     # The start token teaches how sequences begin (new users' first items); the refit then learns each
     # user's newest training item too (docs/accuracy.md, "Start token and refit").
-    "sasrec": {"model": {"knn_k": 200, "start_token": True}, "train": {"refit": True}},
+    # Both learn one repeat score for the items already in the history and validate and serve a moving
+    # average of their weights (docs/accuracy.md, "The repeat score and the weight average").
+    "sasrec": {"model": {"knn_k": 200, "start_token": True, "repeat_bias": True},
+               "train": {"refit": True, "ema": 0.99}},
     # BERT4Rec with the same prior (its own pairs taken out at masked positions too) and the refit; a
     # lower lr lets the encoder learn a residual before it overfits (docs/accuracy.md, "BERT4Rec with the prior").
     # Its item embeddings start from the prior's co-occurrence (docs/accuracy.md, "Embeddings from the prior").
-    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200, "emb_init": "knn"},
-                 "train": {"batch_size": 32, "lr": 5e-4, "refit": True}},
+    "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200, "emb_init": "knn",
+                           "repeat_bias": True},
+                 "train": {"batch_size": 32, "lr": 5e-4, "refit": True, "ema": 0.99}},
 }

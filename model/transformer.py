@@ -19,6 +19,7 @@ from streamrec.model.data import Sequences, pad_left, windows
 from streamrec.model.knn_prior import knn_table, own_pairs
 
 KNN_SCALE = 10.0  # the item-kNN prior's weights are parameters times this
+REPEAT_SCALE = 10.0  # the repeat score is its parameter times this (Adam moves it ~lr a step)
 
 
 class Block(nn.Module):
@@ -90,6 +91,8 @@ class SequentialTransformer(nn.Module):
             # so Adam's ~lr-sized steps move the prior's strength at a useful pace).
             self.knn_weight = nn.Parameter(0.8 ** torch.arange(cfg.knn_window, dtype=torch.float32))
             self._dense_knn: tuple | None = None
+        if cfg.repeat_bias:  # starts neutral; the data say whether users come back to an item
+            self.repeat = nn.Parameter(torch.zeros(()))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -204,6 +207,17 @@ class SequentialTransformer(nn.Module):
                                KNN_SCALE * self.knn_weight, voters=voters)
         return prior.scatter_add(1, (cols[sel] - 1).clamp(min=0), -vals[sel])
 
+    def _in_rows(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, n_items] bool: the real items present in each row of ``seq`` (pad, mask and start tokens are none)."""
+        seen = torch.zeros(seq.size(0), self.cfg.n_items + 2, dtype=torch.bool, device=seq.device)
+        return seen.scatter_(1, seq, True)[:, 1 : self.cfg.n_items + 1]
+
+    def _with_repeat(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """``repeat_bias``: the learned repeat score added where ``seen`` [N, n_items] is True. Learned,
+        not assumed: on MovieLens nobody rates a film twice and it turns strongly negative (the lists
+        then skip seen items even unmasked); on data with re-consumption it would turn positive."""
+        return logits + (REPEAT_SCALE * self.repeat) * seen
+
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
 
@@ -219,9 +233,12 @@ class SequentialTransformer(nn.Module):
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """Next-item scores [B, n_items] for left-padded histories [B, L] (L <= history_len)."""
         h = self.encode(self._inference_input(seq), last_only=True)[:, -1]
+        out = self.logits(h)
         if self.cfg.knn_k > 0:
-            return (self.logits(h) + self.knn_prior(self.recent_items(seq)[:, -1])).float()
-        return self.logits(h).float()
+            out = out + self.knn_prior(self.recent_items(seq)[:, -1])
+        if self.cfg.repeat_bias:
+            out = self._with_repeat(out, self._in_rows(seq))
+        return out.float()
 
 
 class BERT4Rec(SequentialTransformer):
@@ -258,6 +275,8 @@ class BERT4Rec(SequentialTransformer):
         logits = self.logits(h)
         if self.cfg.knn_k > 0:
             logits = logits + self._training_prior(inputs, labels, sel)
+        if self.cfg.repeat_bias:
+            logits = self._with_repeat(logits, self._shown_elsewhere(inputs, sel))
         return F.cross_entropy(logits.float(), labels[sel] - 1)
 
     def _training_prior(self, inputs: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
@@ -269,6 +288,19 @@ class BERT4Rec(SequentialTransformer):
         seq = torch.where(labels > 0, labels, inputs)  # the window as the table counted it
         voters = F.pad(seq.masked_fill(inputs != seq, 0), (1, 0))  # masked or swapped items did not vote
         return self._without_own_pairs(prior, F.pad(seq, (1, 0)), sel, voters)
+
+    def _shown_elsewhere(self, inputs: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """[N, n_items] bool: a masked position's history, the items its row shows at the *other*
+        positions. Its own position is left out: the cloze keeps the true item there 10% of the time,
+        which would otherwise teach the repeat score that the target is always in sight."""
+        B, V = inputs.size(0), self.cfg.n_items + 2
+        count = torch.zeros(B, V, dtype=torch.int32, device=inputs.device)
+        count.scatter_add_(1, inputs, torch.ones_like(inputs, dtype=torch.int32))
+        rows, own = sel.nonzero()[:, 0], inputs[sel]
+        seen = (count > 0)[rows]
+        alone = (count[rows, own] == 1).nonzero().flatten()
+        seen[alone, own[alone]] = False
+        return seen[:, 1 : self.cfg.n_items + 1]
 
     def _inference_input(self, seq: torch.Tensor) -> torch.Tensor:
         mask = torch.full((seq.size(0), 1), self.cfg.mask_id, dtype=seq.dtype, device=seq.device)
@@ -319,6 +351,13 @@ class SASRec(SequentialTransformer):
         x = torch.cat([inputs, targets[:, -1:, 0]], dim=1)  # the whole window: inputs + the last target
         return self._without_own_pairs(prior, x, sel)
 
+    def _seen_before(self, inputs: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """[N, n_items] bool: the items of each selected position's history (itself and the ones before it)."""
+        L = inputs.size(1)
+        later = torch.ones(L, L, dtype=torch.bool, device=inputs.device).triu(1)  # [p, j]: j after p
+        hist = inputs[:, None, :].expand(-1, L, -1).masked_fill(later, 0)[sel]  # [N, L]
+        return self._in_rows(hist)
+
     def _unseen(self, inputs: torch.Tensor, sel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, n_items]: False for the items a position's history holds (the targets excepted):
         inference masks them, so training need not spend the softmax on pushing them down."""
@@ -343,6 +382,8 @@ class SASRec(SequentialTransformer):
             logits = self.logits(h)
             if self.cfg.knn_k > 0:
                 logits = logits + self._training_prior(inputs, targets, sel)
+            if self.cfg.repeat_bias:
+                logits = self._with_repeat(logits, self._seen_before(inputs, sel))
             keep = self._unseen(inputs, sel, t) if self.cfg.mask_seen else None
             if keep is not None:
                 logits = logits.masked_fill(~keep, -1e4)

@@ -117,3 +117,13 @@ def test_train_defaults_are_the_models_recipe(kind, chain_csv, tmp_path):
     assert card["config"] == want_m and card["train"] == want_t
     if kind == "bert4rec":  # its own recipe, not SASRec's
         assert card["config"]["mask_prob"] == 0.4 and card["train"]["batch_size"] == 32
+    assert card["config"]["repeat_bias"] is True and card["train"]["ema"] == 0.99
+
+
+def test_train_options_turn_off_the_repeat_score_and_the_weight_average(chain_csv, tmp_path):
+    csv, _ = chain_csv
+    args, run = parse("train", ["--ratings", str(csv), "--out", str(tmp_path / "m"), "--epochs", "1", "--no-progress",
+                                "--no-test", "--no-repeat-score", "--ema", "0"])
+    assert run(args) == 0
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["config"]["repeat_bias"] is False and card["train"]["ema"] == 0.0
