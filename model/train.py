@@ -216,6 +216,7 @@ def _run_epochs(model: SequentialTransformer, seqs, tcfg: TrainConfig, epochs: i
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     history: list[dict] = []
     ema = WeightAverage(model, tcfg.ema) if tcfg.ema > 0 else None
+    finished = stopper is None  # a validated run "finishes" only by running out of time on its last epoch
     for epoch in range(epochs):
         if tcfg.shuffle_ties and epoch > 0:
             ws = model.training_windows(seqs.shuffle_ties(rng))
@@ -231,11 +232,12 @@ def _run_epochs(model: SequentialTransformer, seqs, tcfg: TrainConfig, epochs: i
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
                 stop = stopper.update(m["NDCG@10"], epoch + 1, scored)
             if stop:
+                finished = False
                 break
         if out_of_time:
-            bar.close()
-            return history, epoch == epochs - 1
+            finished = epoch == epochs - 1
+            break
     bar.close()
     if ema is not None and stopper is None:  # a refit returns its average (validation kept the best one)
         model.load_state_dict(ema.avg, strict=False)
-    return history, stopper is None
+    return history, finished

@@ -47,3 +47,22 @@ def test_training_with_ema_returns_the_validated_average():
     # The returned weights are the ones validation scored (the average, not the live weights)
     again = evaluate_histories(model_scorer(res[0.9].model), split.train.as_list(), split.valid_targets, ks=(10, 20))
     assert again == {k: v for k, v in res[0.9].valid.items() if k in again}
+
+
+
+def test_a_refit_that_runs_out_of_time_on_its_last_epoch_still_returns_the_average():
+    from streamrec.model.train import _run_epochs
+    from streamrec.model.transformer import build_model
+
+    rng = np.random.default_rng(0)
+    seqs = Sequences.from_list(np.arange(40), [rng.integers(1, 31, size=9) for _ in range(40)])
+    mcfg = ModelConfig(kind="sasrec", n_items=30, max_len=10, d_model=16, n_heads=2, n_layers=1)
+    out = {}
+    for name, deadline in (("in time", None), ("late", 0.0)):  # 0.0: perf_counter is past it at once
+        torch.manual_seed(0)
+        model = build_model(mcfg)
+        tcfg = TrainConfig(epochs=1, ema=0.9, batch_size=8, shuffle_ties=False)
+        _, finished = _run_epochs(model, seqs, tcfg, 1, torch.device("cpu"), deadline, progress=False)
+        out[name] = (finished, model.item_emb.weight.detach().clone())
+    assert out["in time"][0] and out["late"][0]  # both ran their one epoch
+    assert torch.equal(out["in time"][1], out["late"][1])  # and both return the average
