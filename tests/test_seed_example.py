@@ -14,7 +14,7 @@ import torch
 from streamrec.model.commands import COMMANDS
 
 DATA = Path(__file__).parent / "data"
-SEED_EPOCHS = 4  # the defaults run up to 100 epochs in 10 minutes; CI affords a few
+SEED_EPOCHS = 3  # the defaults run up to 100 epochs in 10 minutes; CI affords a few (and a refit as long)
 
 
 def run(name, argv):
