@@ -358,16 +358,15 @@ class SASRec(SequentialTransformer):
         hist = inputs[:, None, :].expand(-1, L, -1).masked_fill(later, 0)[sel]  # [N, L]
         return self._in_rows(hist)
 
-    def _unseen(self, inputs: torch.Tensor, sel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """[N, n_items]: False for the items a position's history holds (the targets excepted):
-        inference masks them, so training need not spend the softmax on pushing them down."""
-        B, L = inputs.shape
-        inputs = inputs.masked_fill(inputs > self.cfg.n_items, 0)  # the start token is no item
-        seen = torch.zeros(B, L, self.cfg.n_items + 1, dtype=torch.bool, device=inputs.device)
-        seen.scatter_(2, inputs[..., None], True)
-        seen = seen.cummax(dim=1).values[sel]
-        seen.scatter_(1, t, False)  # t = 0 (no target) clears the padding column, which is dropped
-        return ~seen[:, 1:]
+    @staticmethod
+    def _unseen(seen: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[N, n_items]: False for the items a position's history holds (``_seen_before``), the
+        targets ``t`` [N, future] excepted: inference masks them, so training need not spend the
+        softmax on pushing them down."""
+        keep = ~seen
+        n, j = (t > 0).nonzero(as_tuple=True)
+        keep[n, t[n, j] - 1] = True
+        return keep
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Full-softmax cross-entropy (SASRec+) with label smoothing, averaged over the next
@@ -382,9 +381,11 @@ class SASRec(SequentialTransformer):
             logits = self.logits(h)
             if self.cfg.knn_k > 0:
                 logits = logits + self._training_prior(inputs, targets, sel)
+            # The history of each position, built once for the repeat score and the seen-item mask
+            seen = self._seen_before(inputs, sel) if self.cfg.repeat_bias or self.cfg.mask_seen else None
             if self.cfg.repeat_bias:
-                logits = self._with_repeat(logits, self._seen_before(inputs, sel))
-            keep = self._unseen(inputs, sel, t) if self.cfg.mask_seen else None
+                logits = self._with_repeat(logits, seen)
+            keep = self._unseen(seen, t) if self.cfg.mask_seen else None
             if keep is not None:
                 logits = logits.masked_fill(~keep, -1e4)
             logp = F.log_softmax(logits.float(), dim=-1)

@@ -30,6 +30,19 @@ def test_sasrec_history_of_each_position_is_itself_and_what_came_before():
     assert [set((torch.nonzero(g).flatten() + 1).tolist()) for g in got] == want
 
 
+def test_sasrec_seen_item_mask_keeps_the_targets():
+    """``mask_seen`` takes the same history (``_seen_before``) out of the softmax, the targets excepted."""
+    model = tiny("sasrec", mask_seen=True, future=2)
+    inputs = torch.tensor([[0, 3, 5, 3, 7], [N_ITEMS + 1, 2, 4, 6, 8]])  # N_ITEMS + 1: the start token
+    targets = torch.tensor([[[0, 0], [5, 3], [3, 7], [7, 9], [9, 0]],
+                            [[2, 4], [4, 6], [6, 8], [8, 2], [2, 0]]])
+    sel = targets[..., 0] > 0
+    keep = model._unseen(model._seen_before(inputs, sel), targets[sel])
+    hidden = [set((torch.nonzero(~k).flatten() + 1).tolist()) for k in keep]
+    # row 0, positions 1-4: history {3}, {3, 5}, {3, 5}, {3, 5, 7}; row 1, positions 0-4 (start token first)
+    assert hidden == [set(), {5}, {3, 5}, {3, 5, 7}, set(), {2}, {2, 4}, {4, 6}, {4, 6, 8}]
+
+
 def test_bert4rec_history_of_a_masked_position_is_its_row_without_itself():
     """The cloze may keep the true item at a masked position: that sighting is not history."""
     model = tiny("bert4rec")
