@@ -71,6 +71,14 @@ _MODEL_OPTS = {"max_len": "max_len", "d_model": "d_model", "heads": "n_heads", "
 _TRAIN_OPTS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "eval_every", "ema", "seed"]
 
 
+def decay(text: str) -> float:  # (argparse names the type in its errors: "invalid decay value")
+    """``--ema``: a decay in [0, 1) (argparse turns the ValueError into a one-line usage error)."""
+    d = float(text)
+    if not 0.0 <= d < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return d
+
+
 def configure_train(p: argparse.ArgumentParser) -> None:
     t = TrainConfig()
     _add_data_args(p)
@@ -99,7 +107,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
              "eval_every": "epochs between validation runs", "seed": "random seed",
              "ema": "decay a step of the weights' moving average that is validated and kept; 0 = the last weights"}
     for opt in _TRAIN_OPTS:
-        kind = float if isinstance(getattr(t, opt), float) else int
+        kind = decay if opt == "ema" else float if isinstance(getattr(t, opt), float) else int
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
                        help=f"{helps[opt]} (default: {_recipe_default(opt, 'train')})")
     g.add_argument("--max-minutes", type=float, default=None,

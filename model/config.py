@@ -85,6 +85,10 @@ class TrainConfig(_Dict):
     ema: float = 0.0  # > 0: validate and return an exponential moving average of the weights (decay a step)
     refit: bool = False  # after early stopping, train anew for the best epochs on training + validation items
 
+    def __post_init__(self):
+        if not 0.0 <= self.ema < 1.0:  # 1 or more would freeze the average at the first weights
+            raise ValueError(f"ema must be at least 0 and below 1, not {self.ema!r}")
+
     @classmethod
     def defaults(cls, kind: str, **overrides) -> "TrainConfig":
         return cls(**{**RECIPES[kind]["train"], **overrides})

@@ -127,3 +127,14 @@ def test_train_options_turn_off_the_repeat_score_and_the_weight_average(chain_cs
     assert run(args) == 0
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["config"]["repeat_bias"] is False and card["train"]["ema"] == 0.0
+
+
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.1", "abc"])
+def test_ema_outside_zero_to_one_is_a_usage_error(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("train", ["--ratings", "r.csv", "--out", str(tmp_path), "--ema", value])
+    assert e.value.code == 2 and "--ema" in capsys.readouterr().err
+    from streamrec.model.config import TrainConfig
+
+    with pytest.raises(ValueError, match="ema must be"):
+        TrainConfig(ema=1.0)
