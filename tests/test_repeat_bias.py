@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamrec.model import history
 from streamrec.model.config import ModelConfig
 from streamrec.model.data import Sequences
 from streamrec.model.transformer import REPEAT_SCALE, build_model
@@ -21,23 +22,66 @@ def tiny(kind: str, **kw) -> torch.nn.Module:
 
 
 def test_sasrec_history_of_each_position_is_itself_and_what_came_before():
-    model = tiny("sasrec")
     inputs = torch.tensor([[0, 0, 3, 5, 3, 7], [2, 4, 6, 8, 10, 12]])
     sel = inputs > 0
-    got = model._seen_before(inputs, sel)
+    got = history.seen_before(inputs, sel, N_ITEMS)
     want = [set(row[: p + 1].tolist()) - {0} for row in inputs for p in range(inputs.size(1)) if row[p] > 0]
     assert got.shape == (len(want), N_ITEMS)
     assert [set((torch.nonzero(g).flatten() + 1).tolist()) for g in got] == want
 
 
+def _random_batch(seed: int, B: int = 16, L: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows with repeats, some led by the start token; a random selection of positions."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(1, 8, (B, L), generator=gen)  # 7 items in 20 positions: many repeats
+    pad = torch.randint(0, L, (B,), generator=gen)
+    inputs[torch.arange(L)[None, :] < pad[:, None]] = 0
+    starts = torch.arange(B)[::3]
+    inputs[starts, pad[starts].clamp(max=L - 1)] = N_ITEMS + 1
+    return inputs, (torch.rand(B, L, generator=gen) < 0.7) & (inputs > 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_history_pairs_are_the_dense_history_each_item_once(seed):
+    inputs, sel = _random_batch(seed)
+    n, cols = history.history_pairs(inputs, sel, N_ITEMS)
+    dense = torch.zeros(int(sel.sum()), N_ITEMS, dtype=torch.int64)
+    dense.index_put_((n, cols), torch.ones_like(n), accumulate=True)
+    assert torch.equal(dense, history.seen_before(inputs, sel, N_ITEMS).long())  # once: never a 2
+
+
+def test_sparse_repeat_score_gives_the_dense_logits_and_gradients():
+    """SASRec's training adds the score at the history's pairs (``_repeat_at``), not through a dense
+    [N, n_items] mask: the same logits and logits' gradient exactly; the score's own gradient sums the
+    same terms in another order."""
+    model = tiny("sasrec")
+    with torch.no_grad():
+        model.repeat.fill_(-0.3)
+    inputs, sel = _random_batch(0)
+    base = torch.randn(int(sel.sum()), N_ITEMS, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn_like(base)
+    out = []
+    for sparse in (False, True):
+        logits = base.clone().requires_grad_(True)
+        model.repeat.grad = None
+        if sparse:
+            got = model._repeat_at(logits.clone(), *history.history_pairs(inputs, sel, N_ITEMS))
+        else:
+            got = model._with_repeat(logits, history.seen_before(inputs, sel, N_ITEMS))
+        (got * weights).sum().backward()
+        out.append((got.detach(), logits.grad, model.repeat.grad.clone()))
+    (dense_out, dense_g, dense_r), (sparse_out, sparse_g, sparse_r) = out
+    assert torch.equal(dense_out, sparse_out) and torch.equal(dense_g, sparse_g)
+    assert torch.allclose(dense_r, sparse_r, rtol=1e-5) and float(dense_r) != 0.0
+
+
 def test_sasrec_seen_item_mask_keeps_the_targets():
-    """``mask_seen`` takes the same history (``_seen_before``) out of the softmax, the targets excepted."""
-    model = tiny("sasrec", mask_seen=True, future=2)
+    """``mask_seen`` takes the same history (``seen_before``) out of the softmax, the targets excepted."""
     inputs = torch.tensor([[0, 3, 5, 3, 7], [N_ITEMS + 1, 2, 4, 6, 8]])  # N_ITEMS + 1: the start token
     targets = torch.tensor([[[0, 0], [5, 3], [3, 7], [7, 9], [9, 0]],
                             [[2, 4], [4, 6], [6, 8], [8, 2], [2, 0]]])
     sel = targets[..., 0] > 0
-    keep = model._unseen(model._seen_before(inputs, sel), targets[sel])
+    keep = history.unseen(history.seen_before(inputs, sel, N_ITEMS), targets[sel])
     hidden = [set((torch.nonzero(~k).flatten() + 1).tolist()) for k in keep]
     # row 0, positions 1-4: history {3}, {3, 5}, {3, 5}, {3, 5, 7}; row 1, positions 0-4 (start token first)
     assert hidden == [set(), {5}, {3, 5}, {3, 5, 7}, set(), {2}, {2, 4}, {4, 6}, {4, 6, 8}]
@@ -45,11 +89,10 @@ def test_sasrec_seen_item_mask_keeps_the_targets():
 
 def test_bert4rec_history_of_a_masked_position_is_its_row_without_itself():
     """The cloze may keep the true item at a masked position: that sighting is not history."""
-    model = tiny("bert4rec")
-    m = model.cfg.mask_id
+    m = N_ITEMS + 1  # the mask token
     inputs = torch.tensor([[0, 3, m, 5, 3, 7], [2, 4, 6, 8, m, 12]])
     sel = torch.tensor([[False, True, True, False, False, True], [False, False, False, True, True, False]])
-    got = [set((torch.nonzero(g).flatten() + 1).tolist()) for g in model._shown_elsewhere(inputs, sel)]
+    got = [set((torch.nonzero(g).flatten() + 1).tolist()) for g in history.shown_elsewhere(inputs, sel, N_ITEMS)]
     # row 0: position 1 shows 3, which also shows at position 4; position 5 shows 7 only there
     assert got == [{3, 5, 7}, {3, 5, 7}, {3, 5}, {2, 4, 6, 12}, {2, 4, 6, 8, 12}]
 
