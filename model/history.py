@@ -10,6 +10,8 @@ sparse form lists (n, j) pairs, which is what a history of ~L items out of n_ite
 [[0, 0, 1, 0, 1, 0]]
 >>> history_pairs(seq, seq > 0, 6)  # positions 1..3: {3}, {3, 5}, {3, 5}
 (tensor([0, 1, 1, 2, 2]), tensor([2, 2, 4, 2, 4]))
+>>> elsewhere_pairs(seq, seq > 0, 6)  # the others: {3, 5}, {3}, {3, 5}
+(tensor([0, 0, 1, 2, 2]), tensor([2, 4, 2, 2, 4]))
 """
 
 from __future__ import annotations
@@ -32,16 +34,32 @@ def seen_before(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> torch.
     return in_rows(hist, n_items)
 
 
+def _first_shown(inputs: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] bool each: a real item's first position in its row; an item shown once in its row."""
+    L = inputs.size(1)
+    same = inputs[:, :, None] == inputs[:, None, :]  # [B, L, L]
+    earlier = torch.ones(L, L, dtype=torch.bool, device=inputs.device).tril(-1)  # [j, i]: i before j
+    first = (inputs > 0) & (inputs <= n_items) & ~(same & earlier).any(2)
+    return first, same.sum(2) == 1
+
+
 def history_pairs(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``seen_before`` as (n, item - 1) pairs, n indexing the selected positions; each item of a
     history once (at its first occurrence in the row, which every later position sees)."""
-    L = inputs.size(1)
-    earlier = torch.ones(L, L, dtype=torch.bool, device=inputs.device).tril(-1)  # [j, i]: i before j
-    repeated = ((inputs[:, :, None] == inputs[:, None, :]) & earlier).any(2)  # [B, L]: shown before
-    first = (inputs > 0) & (inputs <= n_items) & ~repeated
+    first, _ = _first_shown(inputs, n_items)
     at = sel.nonzero()  # [N, 2]: (row, position) of each selected position
-    upto = torch.arange(L, device=inputs.device)[None, :] <= at[:, 1:]  # [N, L]: itself and before
+    upto = torch.arange(inputs.size(1), device=inputs.device)[None, :] <= at[:, 1:]  # [N, L]: itself and before
     n, j = (first[at[:, 0]] & upto).nonzero(as_tuple=True)
+    return n, inputs[at[n, 0], j] - 1
+
+
+def elsewhere_pairs(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shown_elsewhere`` as (n, item - 1) pairs: every item of the row once, less the selected
+    position's own item where the row shows it nowhere else."""
+    first, once = _first_shown(inputs, n_items)
+    at = sel.nonzero()
+    own = torch.arange(inputs.size(1), device=inputs.device)[None, :] == at[:, 1:]  # [N, L]
+    n, j = (first[at[:, 0]] & ~(own & once[at[:, 0]])).nonzero(as_tuple=True)
     return n, inputs[at[n, 0], j] - 1
 
 
@@ -58,7 +76,8 @@ def unseen(seen: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def shown_elsewhere(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> torch.Tensor:
     """[N, n_items] bool, bidirectional: a masked position's history, the items its row shows at
     the *other* positions. Its own position is left out: the cloze keeps the true item there 10%
-    of the time, which would otherwise teach the repeat score that the target is always in sight."""
+    of the time, which would otherwise teach the repeat score that the target is always in sight.
+    (The readable form; training adds the score at ``elsewhere_pairs``, the same set.)"""
     B, V = inputs.size(0), n_items + 2
     count = torch.zeros(B, V, dtype=torch.int32, device=inputs.device)
     count.scatter_add_(1, inputs, torch.ones_like(inputs, dtype=torch.int32))

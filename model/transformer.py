@@ -220,7 +220,7 @@ class SequentialTransformer(nn.Module):
     def _repeat_at(self, logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``_with_repeat`` for histories given as (row, item - 1) pairs, each at most once, added in
         place: a history holds ~L of n_items items, so a dense [N, n_items] mask costs ~n_items / L
-        times more (one full-length SASRec step on ml-latest-small: +30% with it). The same logits
+        times more (a full-length step on ml-latest-small, SASRec / BERT4Rec: +30% / +25% with it). The same logits
         and the same gradient for them; the score's own gradient sums the same terms in another order."""
         return logits.index_put_((rows, cols), (REPEAT_SCALE * self.repeat).expand(len(rows)), accumulate=True)
 
@@ -282,7 +282,7 @@ class BERT4Rec(SequentialTransformer):
         if self.cfg.knn_k > 0:
             logits = logits + self._training_prior(inputs, labels, sel)
         if self.cfg.repeat_bias:
-            logits = self._with_repeat(logits, history.shown_elsewhere(inputs, sel, self.cfg.n_items))
+            logits = self._repeat_at(logits, *history.elsewhere_pairs(inputs, sel, self.cfg.n_items))
         return F.cross_entropy(logits.float(), labels[sel] - 1)
 
     def _training_prior(self, inputs: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:

@@ -31,33 +31,42 @@ def test_sasrec_history_of_each_position_is_itself_and_what_came_before():
 
 
 def _random_batch(seed: int, B: int = 16, L: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded rows with repeats, some led by the start token; a random selection of positions."""
+    """Left-padded rows with repeats, some led by the start token (SASRec) or showing the mask token
+    (BERT4Rec; both are N_ITEMS + 1, no history), and a random selection of positions."""
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randint(1, 8, (B, L), generator=gen)  # 7 items in 20 positions: many repeats
+    inputs[::2] = torch.randint(1, N_ITEMS + 1, (len(inputs[::2]), L), generator=gen)  # and items shown once
+    inputs[torch.rand(B, L, generator=gen) < 0.15] = N_ITEMS + 1
     pad = torch.randint(0, L, (B,), generator=gen)
     inputs[torch.arange(L)[None, :] < pad[:, None]] = 0
-    starts = torch.arange(B)[::3]
-    inputs[starts, pad[starts].clamp(max=L - 1)] = N_ITEMS + 1
     return inputs, (torch.rand(B, L, generator=gen) < 0.7) & (inputs > 0)
 
 
+DENSE_AND_PAIRS = {"sasrec": (history.seen_before, history.history_pairs),
+                   "bert4rec": (history.shown_elsewhere, history.elsewhere_pairs)}
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
 @pytest.mark.parametrize("seed", range(5))
-def test_history_pairs_are_the_dense_history_each_item_once(seed):
+def test_history_pairs_are_the_dense_history_each_item_once(kind, seed):
     inputs, sel = _random_batch(seed)
-    n, cols = history.history_pairs(inputs, sel, N_ITEMS)
+    dense_of, pairs_of = DENSE_AND_PAIRS[kind]
+    n, cols = pairs_of(inputs, sel, N_ITEMS)
     dense = torch.zeros(int(sel.sum()), N_ITEMS, dtype=torch.int64)
     dense.index_put_((n, cols), torch.ones_like(n), accumulate=True)
-    assert torch.equal(dense, history.seen_before(inputs, sel, N_ITEMS).long())  # once: never a 2
+    assert torch.equal(dense, dense_of(inputs, sel, N_ITEMS).long())  # once: never a 2
 
 
-def test_sparse_repeat_score_gives_the_dense_logits_and_gradients():
-    """SASRec's training adds the score at the history's pairs (``_repeat_at``), not through a dense
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+def test_sparse_repeat_score_gives_the_dense_logits_and_gradients(kind):
+    """Training adds the score at the history's pairs (``_repeat_at``), not through a dense
     [N, n_items] mask: the same logits and logits' gradient exactly; the score's own gradient sums the
     same terms in another order."""
-    model = tiny("sasrec")
+    model = tiny(kind)
     with torch.no_grad():
         model.repeat.fill_(-0.3)
     inputs, sel = _random_batch(0)
+    dense_of, pairs_of = DENSE_AND_PAIRS[kind]
     base = torch.randn(int(sel.sum()), N_ITEMS, generator=torch.Generator().manual_seed(1))
     weights = torch.randn_like(base)
     out = []
@@ -65,9 +74,9 @@ def test_sparse_repeat_score_gives_the_dense_logits_and_gradients():
         logits = base.clone().requires_grad_(True)
         model.repeat.grad = None
         if sparse:
-            got = model._repeat_at(logits.clone(), *history.history_pairs(inputs, sel, N_ITEMS))
+            got = model._repeat_at(logits.clone(), *pairs_of(inputs, sel, N_ITEMS))
         else:
-            got = model._with_repeat(logits, history.seen_before(inputs, sel, N_ITEMS))
+            got = model._with_repeat(logits, dense_of(inputs, sel, N_ITEMS))
         (got * weights).sum().backward()
         out.append((got.detach(), logits.grad, model.repeat.grad.clone()))
     (dense_out, dense_g, dense_r), (sparse_out, sparse_g, sparse_r) = out
