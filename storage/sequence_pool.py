@@ -8,7 +8,9 @@ it; a batch is merged in by one compiled pass, and a batch's sequences come out 
 
 At most ``max_users`` rows (``seq_len`` x 4 bytes each: 800 MB for a million users at 200): when
 a new user needs a row and none is free, the least recently used rows not used in the current
-batch (``tick``) are evicted; the store reloads an evicted user from the log when it comes back.
+batch (``tick``) are evicted, 1/64 of the cap at a time (``EVICT_SHARE``: finding them is a pass
+over every row, which per batch would cost more than the batch at a million rows); the store
+reloads an evicted user from the log when it comes back. Free rows are kept on a list.
 A batch with more users than the cap gets rows past it; the next new user brings the pool back.
 Events arrive in order per user (one partition per user, in offset order); an event older than
 the user's newest one in memory is *late*: the caller reloads that user from the log, which
@@ -32,6 +34,8 @@ import numpy as np
 
 from streamrec.storage.key_index import resized
 
+EVICT_SHARE = 64  # at the cap, evict at least max_users // EVICT_SHARE rows at once
+
 
 class SequencePool:
     """Last ``seq_len`` item codes of up to ``max_users`` user codes, oldest first, and each one's
@@ -46,6 +50,7 @@ class SequencePool:
         self.length = np.zeros(0, np.int32)
         self.newest = np.zeros((0, 2), np.int64)  # (event time, offset) of each row's newest event
         self.clock, self.evicted = 1, 0
+        self.free = np.zeros(0, np.int64)  # rows with no user, lowest first
         self.users = 0  # user codes with a row (what an operator compares with max_users)
 
     def tick(self) -> None:
@@ -118,28 +123,38 @@ class SequencePool:
         return self.row_of[users]
 
     def _free_rows(self, k: int) -> np.ndarray:
-        free = np.flatnonzero(self.user_of < 0)
-        if len(free) < k and len(self.user_of) < self.max_users:  # grow (x1.5, up to the cap)
+        """``k`` rows taken off the free list, made by growing, or by evicting past the cap."""
+        if len(self.free) < k and len(self.user_of) < self.max_users:  # grow (x1.5, up to the cap)
             n = len(self.user_of)
-            free = self._grow_rows(min(max(n + n // 2, n + k, 1024), max(self.max_users, n + k)))
+            self._grow_rows(min(max(n + n // 2, n + k, 1024), max(self.max_users, n + k)))
         excess = self.users + k - self.max_users  # (also what an earlier, larger batch left above the cap)
-        if excess > 0:  # evict the least recently used rows this batch has not used
-            old = np.flatnonzero((self.used < self.clock) & (self.user_of >= 0))
-            old = old[np.argsort(self.used[old], kind="stable")[:excess]]
-            self.row_of[self.user_of[old]] = -1
-            self.user_of[old] = -1
-            self.evicted += len(old)
-            self.users -= len(old)
-            free = np.sort(np.append(free, old))
-        if len(free) < k:  # one batch needs more rows than the cap: grow past it
-            free = self._grow_rows(len(self.user_of) + k - len(free))
-        return free[:k]
+        if excess > 0:
+            self._evict(max(excess, self.max_users // EVICT_SHARE))
+        if len(self.free) < k:  # one batch needs more rows than the cap: grow past it
+            self._grow_rows(len(self.user_of) + k - len(self.free))
+        taken, self.free = self.free[:k], self.free[k:]
+        return taken
 
-    def _grow_rows(self, rows: int) -> np.ndarray:
-        """Room for ``rows`` rows; returns the free ones."""
+    def _evict(self, m: int) -> None:
+        """Free the ``m`` least recently used rows this batch has not used (fewer if there are not)."""
+        old = np.flatnonzero((self.used < self.clock) & (self.user_of >= 0))
+        if len(old) > m:  # the m oldest, oldest first; ties by row
+            old = old[np.argpartition(self.used[old], m - 1)[:m]]
+            old = old[np.lexsort((old, self.used[old]))]
+        else:
+            old = old[np.argsort(self.used[old], kind="stable")]
+        self.row_of[self.user_of[old]] = -1
+        self.user_of[old] = -1
+        self.evicted += len(old)
+        self.users -= len(old)
+        self.free = np.sort(np.append(self.free, old))
+
+    def _grow_rows(self, rows: int) -> None:
+        """Room for ``rows`` rows, the new ones on the free list."""
+        n = len(self.user_of)
         self.user_of, self.used = resized(self.user_of, rows, -1), resized(self.used, rows)
         self.items, self.length, self.newest = (resized(a, rows) for a in (self.items, self.length, self.newest))
-        return np.flatnonzero(self.user_of < 0)
+        self.free = np.append(self.free, np.arange(n, rows, dtype=np.int64))
 
 
 def split(flat: np.ndarray, n: np.ndarray) -> list[np.ndarray]:

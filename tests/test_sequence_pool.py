@@ -60,3 +60,25 @@ def test_pool_evicts_the_least_recently_used_users_beyond_its_cap():
     one(30, 1, 30)
     assert pool.users == 4 == pool.resident(np.append(many, 30)).sum() and pool.evicted == 9
     assert pool.resident(np.array([30]))[0]
+
+
+def test_at_the_cap_the_pool_evicts_a_share_of_it_at_once_least_recent_first():
+    """Finding the least recently used rows is a pass over all rows: done once per cap // EVICT_SHARE
+    new users, not once per batch. The rows go in least-recent order; the freed rows are reused."""
+    from streamrec.storage.sequence_pool import EVICT_SHARE
+
+    cap = 2 * EVICT_SHARE  # two rows evicted at a time
+    pool = SequencePool(seq_len=2, max_users=cap)
+    for u in range(cap):  # users 0..cap-1, one a batch: user u last used at clock u + 2
+        pool.tick()
+        pool.append(np.array([u]), np.array([u], np.int32), np.array([u]), np.array([u]))
+    pool.tick()
+    pool.gather(np.array([0]))  # user 0 read: now the most recent; 1 and 2 are the oldest
+    pool.tick()
+    pool.append(np.array([1000]), np.array([7], np.int32), np.array([0]), np.array([0]))
+    assert pool.evicted == 2 and pool.users == cap - 1
+    assert pool.resident(np.array([0, 1, 2, 3, 1000])).tolist() == [True, False, False, True, True]
+    pool.tick()
+    pool.append(np.array([1001]), np.array([8], np.int32), np.array([0]), np.array([0]))  # a free row: no eviction
+    assert pool.evicted == 2 and pool.users == cap and len(pool.user_of) == cap
+    assert [r.tolist() for r in pool.rows(np.array([1000, 1001, 3]))] == [[7], [8], [3]]
