@@ -14,6 +14,14 @@ from streamrec.streams.config import Settings
 from streamrec.streams.processes import WorkerProcess
 from streamrec.streams.topics import ensure_topics
 
+# The longest files, started first: with `--dist loadfile` a file starts when a test process is
+# free, and the seed example (~3 min of training) collected late in the alphabet was the suite's tail.
+LONGEST_FIRST = ("test_seed_example.py", "test_pipeline_e2e.py", "test_reliability_e2e.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else 99)
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
