@@ -138,11 +138,8 @@ class SequencePool:
     def _evict(self, m: int) -> None:
         """Free the ``m`` least recently used rows this batch has not used (fewer if there are not)."""
         old = np.flatnonzero((self.used < self.clock) & (self.user_of >= 0))
-        if len(old) > m:  # the m oldest, oldest first; ties by row
+        if len(old) > m:  # the m least recently used (of equally old ones at the boundary: any)
             old = old[np.argpartition(self.used[old], m - 1)[:m]]
-            old = old[np.lexsort((old, self.used[old]))]
-        else:
-            old = old[np.argsort(self.used[old], kind="stable")]
         self.row_of[self.user_of[old]] = -1
         self.user_of[old] = -1
         self.evicted += len(old)
