@@ -54,8 +54,10 @@ def history_pairs(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> tupl
 
 
 def elsewhere_pairs(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``shown_elsewhere`` as (n, item - 1) pairs: every item of the row once, less the selected
-    position's own item where the row shows it nowhere else."""
+    """Bidirectional (BERT4Rec): a masked position's history is the items its row shows at the
+    *other* positions, as (n, item - 1) pairs, each item once. Its own position is left out where
+    the row shows that item nowhere else: the cloze keeps the true item there 10% of the time,
+    which would otherwise teach the repeat score that the target is always in sight."""
     first, once = _first_shown(inputs, n_items)
     at = sel.nonzero()
     own = torch.arange(inputs.size(1), device=inputs.device)[None, :] == at[:, 1:]  # [N, L]
@@ -71,18 +73,3 @@ def unseen(seen: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     n, j = (t > 0).nonzero(as_tuple=True)
     keep[n, t[n, j] - 1] = True
     return keep
-
-
-def shown_elsewhere(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> torch.Tensor:
-    """[N, n_items] bool, bidirectional: a masked position's history, the items its row shows at
-    the *other* positions. Its own position is left out: the cloze keeps the true item there 10%
-    of the time, which would otherwise teach the repeat score that the target is always in sight.
-    (The readable form; training adds the score at ``elsewhere_pairs``, the same set.)"""
-    B, V = inputs.size(0), n_items + 2
-    count = torch.zeros(B, V, dtype=torch.int32, device=inputs.device)
-    count.scatter_add_(1, inputs, torch.ones_like(inputs, dtype=torch.int32))
-    rows, own = sel.nonzero()[:, 0], inputs[sel]
-    seen = (count > 0)[rows]
-    alone = (count[rows, own] == 1).nonzero().flatten()
-    seen[alone, own[alone]] = False
-    return seen[:, 1 : n_items + 1]

@@ -42,8 +42,21 @@ def _random_batch(seed: int, B: int = 16, L: int = 20) -> tuple[torch.Tensor, to
     return inputs, (torch.rand(B, L, generator=gen) < 0.7) & (inputs > 0)
 
 
+def shown_elsewhere(inputs: torch.Tensor, sel: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The dense reference of ``history.elsewhere_pairs`` (the form BERT4Rec's training used before):
+    [N, n_items] bool, the items a masked position's row shows, less its own where shown only there."""
+    B, V = inputs.size(0), n_items + 2
+    count = torch.zeros(B, V, dtype=torch.int32, device=inputs.device)
+    count.scatter_add_(1, inputs, torch.ones_like(inputs, dtype=torch.int32))
+    rows, own = sel.nonzero()[:, 0], inputs[sel]
+    seen = (count > 0)[rows]
+    alone = (count[rows, own] == 1).nonzero().flatten()
+    seen[alone, own[alone]] = False
+    return seen[:, 1 : n_items + 1]
+
+
 DENSE_AND_PAIRS = {"sasrec": (history.seen_before, history.history_pairs),
-                   "bert4rec": (history.shown_elsewhere, history.elsewhere_pairs)}
+                   "bert4rec": (shown_elsewhere, history.elsewhere_pairs)}
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
@@ -101,7 +114,8 @@ def test_bert4rec_history_of_a_masked_position_is_its_row_without_itself():
     m = N_ITEMS + 1  # the mask token
     inputs = torch.tensor([[0, 3, m, 5, 3, 7], [2, 4, 6, 8, m, 12]])
     sel = torch.tensor([[False, True, True, False, False, True], [False, False, False, True, True, False]])
-    got = [set((torch.nonzero(g).flatten() + 1).tolist()) for g in history.shown_elsewhere(inputs, sel, N_ITEMS)]
+    n, cols = history.elsewhere_pairs(inputs, sel, N_ITEMS)
+    got = [set((cols[n == k] + 1).tolist()) for k in range(int(sel.sum()))]
     # row 0: position 1 shows 3, which also shows at position 4; position 5 shows 7 only there
     assert got == [{3, 5, 7}, {3, 5, 7}, {3, 5}, {2, 4, 6, 12}, {2, 4, 6, 8, 12}]
 
