@@ -21,13 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streamrec.storage.sequence_pool import SequencePool  # noqa: E402
 
 
+def count(text: str) -> int:
+    """A whole number of at least 1 (argparse turns the error into a one-line usage error)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cap", type=int, default=1_000_000, help="the pool's max_users (default 1,000,000)")
-    p.add_argument("--users", type=int, default=1_500_000, help="user codes in the stream (default 1,500,000)")
-    p.add_argument("--events-per-user", type=int, default=7, help="events of each user, in one batch (default 7)")
-    p.add_argument("--seq-len", type=int, default=200, help="items kept per user (default 200)")
+    p.add_argument("--cap", type=count, default=1_000_000, help="the pool's max_users (default 1,000,000)")
+    p.add_argument("--users", type=count, default=1_500_000, help="user codes in the stream (default 1,500,000)")
+    p.add_argument("--events-per-user", type=count, default=7, help="events of each user, in one batch (default 7)")
+    p.add_argument("--seq-len", type=count, default=200, help="items kept per user (default 200)")
     a = p.parse_args(argv)
+    if a.events_per_user > 5_000:
+        p.error(f"--events-per-user: at most 5000 (a user's events fit one batch), not {a.events_per_user}")
     pool, per, batch = SequencePool(a.seq_len, a.cap), a.events_per_user, 5_000 // a.events_per_user
     cpu = {"before the cap": [], "at the cap": []}
     for lo in range(0, a.users, batch):
