@@ -66,8 +66,8 @@ def _recipe_default(field: str, group: str) -> str:
 
 # CLI option -> (config field, group); their defaults are the model's recipe (model.config.RECIPES).
 _MODEL_OPTS = {"max_len": "max_len", "d_model": "d_model", "heads": "n_heads", "layers": "n_layers",
-               "dropout": "dropout", "mask_prob": "mask_prob", "negatives": "negatives", "future": "future",
-               "label_smoothing": "label_smoothing", "knn_k": "knn_k"}
+               "dropout": "dropout", "mask_prob": "mask_prob", "last_mask": "last_mask", "negatives": "negatives",
+               "future": "future", "label_smoothing": "label_smoothing", "knn_k": "knn_k"}
 _TRAIN_OPTS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "eval_every", "ema", "seed"]
 
 
@@ -77,6 +77,14 @@ def decay(text: str) -> float:  # (argparse names the type in its errors: "inval
     if not 0.0 <= d < 1.0:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
     return d
+
+
+def share(text: str) -> float:
+    """``--last-mask``: a share in [0, 1] (a one-line usage error otherwise)."""
+    x = float(text)
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return x
 
 
 def configure_train(p: argparse.ArgumentParser) -> None:
@@ -89,12 +97,14 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     helps = {"max_len": "longest input sequence", "d_model": "hidden size", "heads": "attention heads",
              "layers": "transformer blocks", "dropout": "dropout",
              "mask_prob": "BERT4Rec: fraction of positions masked for the cloze task",
+             "last_mask": "BERT4Rec: share of training windows that mask their newest item alone",
              "negatives": "SASRec: sampled-softmax negatives per batch; 0 = full softmax",
              "future": "SASRec: next items each position learns (1 = the next one only)",
              "label_smoothing": "SASRec: label smoothing of the full softmax",
              "knn_k": "item-kNN prior, neighbours kept per item; 0 = the plain transformer"}
     for opt, field in _MODEL_OPTS.items():
         kind = float if isinstance(getattr(ModelConfig(), field), float) else int
+        kind = share if field == "last_mask" else kind
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
                        help=f"{helps[opt]} (default: {_recipe_default(field, 'model')})")
     g.add_argument("--post-ln", action="store_true", help="post-LN blocks as in the papers (default: pre-LN)")

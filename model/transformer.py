@@ -257,6 +257,13 @@ class BERT4Rec(SequentialTransformer):
         Returns (inputs, labels) with label 0 where nothing is predicted."""
         cfg, real = self.cfg, seq > 0
         chosen = (torch.rand(seq.shape, generator=generator) < cfg.mask_prob) & real
+        only_last = None
+        if cfg.last_mask > 0:  # (drawn only then: the default's random stream stays as it was)
+            # Inference masks one position after a clean history; the cloze rarely shows that (when
+            # the newest item is masked, ~mask_prob of the items before it are too). Sun et al. (2019)
+            # add windows that mask their last item alone.
+            only_last = torch.rand(seq.size(0), generator=generator) < cfg.last_mask
+            chosen[only_last] = False
         # Every sequence predicts at least its newest item: short sequences still teach something,
         # and a masked last position is exactly what inference asks.
         chosen[~chosen.any(1), -1] = True
@@ -266,6 +273,8 @@ class BERT4Rec(SequentialTransformer):
         inputs[chosen & (r < 0.8)] = cfg.mask_id
         swap = chosen & (r >= 0.8) & (r < 0.9)
         inputs[swap] = torch.randint(1, cfg.n_items + 1, (int(swap.sum()),), generator=generator)
+        if only_last is not None:
+            inputs[only_last, -1] = cfg.mask_id  # always the mask token, as at inference
         return inputs, labels
 
     def training_windows(self, seqs: Sequences) -> list[np.ndarray]:

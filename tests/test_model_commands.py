@@ -138,3 +138,15 @@ def test_ema_outside_zero_to_one_is_a_usage_error(value, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="ema must be"):
         TrainConfig(ema=1.0)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "abc"])
+def test_last_mask_outside_zero_to_one_is_a_usage_error(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("train", ["--ratings", "r.csv", "--out", str(tmp_path), "--model", "bert4rec", "--last-mask", value])
+    assert e.value.code == 2 and "--last-mask" in capsys.readouterr().err
+    from streamrec.model.config import ModelConfig
+
+    with pytest.raises(ValueError, match="last_mask is a share"):
+        ModelConfig(kind="bert4rec", last_mask=1.5)
+    assert ModelConfig.defaults("bert4rec").last_mask == 0.25 and ModelConfig.defaults("sasrec").last_mask == 0.0

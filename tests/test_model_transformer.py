@@ -64,6 +64,23 @@ def test_cloze_masking_proportions():
     assert chosen.any(1).all()  # at least one prediction per sequence
 
 
+def test_cloze_last_mask_windows_predict_their_newest_item_alone():
+    seq = torch.randint(1, 1001, (400, 200))
+    seq[:, :50] = 0
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    inputs, labels = tiny("bert4rec", n_items=1000, max_len=200, last_mask=1.0).cloze(seq, generator=gen())
+    assert torch.equal(labels[:, -1], seq[:, -1]) and not labels[:, :-1].any()  # the newest item, alone
+    assert (inputs[:, -1] == 1001).all() and torch.equal(inputs[:, :-1], seq[:, :-1])  # masked; the rest clean
+    inputs, labels = tiny("bert4rec", n_items=1000, max_len=200, last_mask=0.25).cloze(seq, generator=gen())
+    alone = (labels > 0).sum(1) == 1
+    assert 0.18 < alone.float().mean().item() < 0.32  # ~a quarter (a cloze row of 150 items is never alone)
+    assert (inputs[alone, -1] == 1001).all()
+    # The default draws exactly what it drew before the option existed.
+    a = tiny("bert4rec", n_items=1000, max_len=200).cloze(seq, generator=gen())
+    b = tiny("bert4rec", n_items=1000, max_len=200, last_mask=0.0).cloze(seq, generator=gen())
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_scores_cover_real_items_only():
     model = tiny("bert4rec")
     s = model.score(torch.tensor([[1, 2, 3]]))
