@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-               "ties": args.ties, "overrides": SETS, "runs": {}}
+               "ties": args.ties, "seed": args.seed, "overrides": SETS, "runs": {}}
     for ds in args.datasets:
         results["runs"][ds] = run_dataset(ds, args)
         if args.json_out:
