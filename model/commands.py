@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -138,15 +139,20 @@ def run_train(args) -> int:
         given["max_seconds"] = 60 * args.max_minutes
     tcfg = TrainConfig.defaults(args.model, min_rating=args.min_rating, min_user_events=args.min_user_events,
                                 device=args.device, **given)
+    off = {"repeat_bias": False} if args.no_repeat_score else {}
+    set_opts = {f: getattr(args, o) for o, f in _MODEL_OPTS.items() if getattr(args, o) is not None}
+    try:  # options that contradict each other (e.g. --heads 3 with d_model 64): said before the data loads
+        mcfg = ModelConfig.defaults(args.model, 0, pre_ln=not args.post_ln, **off, **set_opts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ratings, source = _load(args)
     seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
     split = leave_one_out(seqs)
     if len(split.users) == 0:
         print("error: no user has enough events to train on", file=sys.stderr)
         return 2
-    off = {"repeat_bias": False} if args.no_repeat_score else {}
-    mcfg = ModelConfig.defaults(args.model, len(vocab), pre_ln=not args.post_ln, **off,
-                                **{f: getattr(args, o) for o, f in _MODEL_OPTS.items() if getattr(args, o) is not None})
+    mcfg = replace(mcfg, n_items=len(vocab))
     print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
           file=sys.stderr)
     res = train(split, mcfg, tcfg, progress=not args.no_progress)

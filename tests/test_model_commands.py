@@ -150,3 +150,11 @@ def test_last_mask_outside_zero_to_one_is_a_usage_error(value, tmp_path, capsys)
     with pytest.raises(ValueError, match="last_mask is a share"):
         ModelConfig(kind="bert4rec", last_mask=1.5)
     assert ModelConfig.defaults("bert4rec").last_mask == 0.25 and ModelConfig.defaults("sasrec").last_mask == 0.0
+
+
+def test_contradictory_model_options_are_one_line_errors_before_the_data_loads(tmp_path, capsys):
+    # r.csv does not exist: the options are judged first (this was "unexpected ValueError ... please report it")
+    args, run = parse("train", ["--ratings", str(tmp_path / "r.csv"), "--out", str(tmp_path / "m"), "--heads", "3"])
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: d_model=64 is not divisible by n_heads=3"
