@@ -105,13 +105,15 @@ RECIPES: dict[str, dict[str, dict]] = {
     # user's newest training item too (docs/accuracy.md, "Start token and refit").
     # Both learn one repeat score for the items already in the history and validate and serve a moving
     # average of their weights (docs/accuracy.md, "The repeat score and the weight average").
+    # Both wait 20 epochs for a better validation score: the encoder first dips below the prior it adds to, and
+    # patience 8 could end training in that dip (docs/accuracy.md, "Patience 20").
     "sasrec": {"model": {"knn_k": 200, "start_token": True, "repeat_bias": True},
-               "train": {"refit": True, "ema": 0.99}},
+               "train": {"refit": True, "ema": 0.99, "patience": 20}},
     # BERT4Rec with the same prior (its own pairs taken out at masked positions too) and the refit; a
     # lower lr lets the encoder learn a residual before it overfits (docs/accuracy.md, "BERT4Rec with the prior").
     # Its item embeddings start from the prior's co-occurrence (docs/accuracy.md, "Embeddings from the prior");
     # a quarter of its windows mask their newest item alone, as inference does (docs/accuracy.md, "Last-item windows").
     "bert4rec": {"model": {"dropout": 0.1, "mask_prob": 0.4, "label_smoothing": 0.0, "knn_k": 200, "emb_init": "knn",
                            "repeat_bias": True, "last_mask": 0.25},
-                 "train": {"batch_size": 32, "lr": 5e-4, "refit": True, "ema": 0.99}},
+                 "train": {"batch_size": 32, "lr": 5e-4, "refit": True, "ema": 0.99, "patience": 20}},
 }
