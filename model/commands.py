@@ -122,7 +122,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
         g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
                        help=f"{helps[opt]} (default: {_recipe_default(opt, 'train')})")
     g.add_argument("--max-minutes", type=float, default=None,
-                   help=f"wall-clock budget; stops after the epoch that exceeds it (default: {t.max_seconds / 60:g})")
+                   help="wall-clock budget: an epoch starts only if it should end within it "
+                   f"(default: {t.max_seconds / 60:g})")
     g.add_argument("--device", default=t.device, help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")

@@ -83,7 +83,7 @@ class TrainConfig(_Dict):
     min_rating: float | None = None  # drop interactions rated below this
     min_user_events: int = 5  # drop users with fewer events (after the rating filter)
     device: str = "auto"  # "auto" = CUDA if available, else CPU
-    max_seconds: float | None = 600.0  # wall-clock budget; training stops after the epoch that exceeds it
+    max_seconds: float | None = 600.0  # wall-clock budget: an epoch starts only if it should end within it
     shuffle_ties: bool = True  # every epoch, same-second events of a user in a new random order
     ema: float = 0.0  # > 0: validate and return an exponential moving average of the weights (decay a step)
     refit: bool = False  # after early stopping, train anew for the best epochs on training + validation items

@@ -62,6 +62,22 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def room_for_another(deadline: float | None, epoch_start: float) -> bool:
+    """Whether an epoch as long as the one begun at ``epoch_start`` (just ended) would end by ``deadline``.
+    Training starts an epoch only then, so ``max_seconds`` bounds the run (the first epoch aside)
+    instead of marking the point after which one more epoch runs.
+
+    >>> room_for_another(None, 0.0)
+    True
+    >>> now = time.perf_counter(); room_for_another(now + 3600, now), room_for_another(now + 1e-3, now - 60)
+    (True, False)
+    """
+    if deadline is None:
+        return True
+    now = time.perf_counter()
+    return now + (now - epoch_start) <= deadline
+
+
 class EarlyStopping:
     """Keeps the weights of the best validation score; ``update`` says when to stop (``patience``
     evaluations in a row without improvement). Shared by ``train`` and warm-start fine-tuning."""
@@ -217,25 +233,30 @@ def _run_epochs(model: SequentialTransformer, seqs, tcfg: TrainConfig, epochs: i
     history: list[dict] = []
     ema = WeightAverage(model, tcfg.ema) if tcfg.ema > 0 else None
     finished = stopper is None  # a validated run "finishes" only by running out of time on its last epoch
+
+    def validate(epoch: int, losses: list[float]) -> bool:  # True: early stopping says stop
+        model.eval()
+        with ema.applied(model) if ema else nullcontext(model) as scored:
+            m = evaluate_histories(model_scorer(scored), *valid, ks=(10, 20))
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
+            return stopper.update(m["NDCG@10"], epoch + 1, scored)
+
     for epoch in range(epochs):
+        epoch_start = time.perf_counter()
         if tcfg.shuffle_ties and epoch > 0:
             ws = model.training_windows(seqs.shuffle_ties(rng))
         best = f"{max(stopper.best, 0):.4f}" if stopper else "-"
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar,
                              postfix={"epoch": epoch + 1, "best_ndcg10": best}, ema=ema)
-        out_of_time = deadline is not None and time.perf_counter() > deadline
-        if stopper is not None and ((epoch + 1) % tcfg.eval_every == 0 or epoch == epochs - 1 or out_of_time):
-            model.eval()
-            with ema.applied(model) if ema else nullcontext(model) as scored:
-                m = evaluate_histories(model_scorer(scored), *valid, ks=(10, 20))
-                history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **m})
-                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{m['NDCG@10']:.4f}")
-                stop = stopper.update(m["NDCG@10"], epoch + 1, scored)
-            if stop:
-                finished = False
-                break
-        if out_of_time:
-            finished = epoch == epochs - 1
+        validated = stopper is not None and ((epoch + 1) % tcfg.eval_every == 0 or epoch == epochs - 1)
+        if validated and validate(epoch, losses):
+            finished = False
+            break
+        if epoch < epochs - 1 and not room_for_another(deadline, epoch_start):
+            if stopper is not None and not validated:
+                validate(epoch, losses)  # the last epoch is always scored
+            finished = False
             break
     bar.close()
     if ema is not None and stopper is None:  # a refit returns its average (validation kept the best one)

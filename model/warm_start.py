@@ -16,7 +16,14 @@ from tqdm.auto import tqdm
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Sequences
 from streamrec.model.evaluate import evaluate_histories, model_scorer
-from streamrec.model.train import EarlyStopping, configure_optimizer, lr_factor, resolve_device, train_epoch
+from streamrec.model.train import (
+    EarlyStopping,
+    configure_optimizer,
+    lr_factor,
+    resolve_device,
+    room_for_another,
+    train_epoch,
+)
 from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
 
@@ -113,13 +120,14 @@ def fit(
     factor = lambda st: lr_factor(st, tcfg.warmup_steps, total, tcfg.min_lr_ratio)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     bar = tqdm(total=total, desc=f"retrain {cfg.kind}", disable=not progress, unit="step", dynamic_ncols=True)
+    deadline = None if tcfg.max_seconds is None else start + tcfg.max_seconds
     for epoch in range(tcfg.epochs):
+        epoch_start = time.perf_counter()
         losses = train_epoch(model, ws, opt, sched, tcfg, rng, gen, device, bar, postfix={"epoch": epoch + 1})
-        out_of_time = tcfg.max_seconds is not None and time.perf_counter() - start > tcfg.max_seconds
         m = validate() if has_valid else None
         if _record_epoch(info, stopper, epoch + 1, float(np.mean(losses)), m, model, bar):
             break
-        if out_of_time:
+        if not room_for_another(deadline, epoch_start):
             break
     bar.close()
     stopper.restore(model)

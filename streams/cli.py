@@ -246,7 +246,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-fraction", type=float, default=0.5,
                    help="share of the events, by time, replayed as history and trained on (default %(default)s)")
     p.add_argument("--train-seconds", type=float, default=90.0,
-                   help="training budget; stops after the epoch that passes it (default %(default)s)")
+                   help="training budget: an epoch starts only if it should end within it (default %(default)s)")
     p.add_argument("--retrain-at", type=float, default=0.5,
                    help="retrain once this share of the live part was replayed (0: never; default %(default)s)")
     p.add_argument("--retrain-seconds", type=float, default=30.0,

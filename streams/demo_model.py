@@ -55,7 +55,7 @@ def train_first_version(history: Ratings, kind: str, registry: Registry, seconds
     steps = math.ceil(len(build_model(mcfg).training_windows(split.train)) / tcfg.batch_size)
     tcfg = replace(tcfg, warmup_steps=min(tcfg.warmup_steps, steps))
     print(f"training {kind} on {len(history):,} events ({len(split.users):,} users, {len(vocab):,} items) "
-          f"for at most {seconds:.0f}s (stops after the epoch that passes it)", flush=True)
+          f"for at most {seconds:.0f}s (an epoch starts only if it should end within that)", flush=True)
     res = train(split, mcfg, tcfg, progress=True)
     version = registry.register(
         model=res.model, vocab=vocab, cutoff=int(history.timestamp.max()), training_seconds=round(res.seconds, 2),

@@ -66,3 +66,51 @@ def test_a_refit_that_runs_out_of_time_on_its_last_epoch_still_returns_the_avera
         out[name] = (finished, model.item_emb.weight.detach().clone())
     assert out["in time"][0] and out["late"][0]  # both ran their one epoch
     assert torch.equal(out["in time"][1], out["late"][1])  # and both return the average
+
+
+class _Clock:
+    """A stand-in for the ``time`` module of ``model.train``: seconds pass only when the test says."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return self.now
+
+
+def test_the_budget_is_a_bound_an_epoch_starts_only_if_it_should_end_in_time(monkeypatch):
+    import streamrec.model.train as train_module
+
+    clock, real_epoch, real_eval = _Clock(), train_module.train_epoch, train_module.evaluate_histories
+
+    def epoch_of_10s(*a, **kw):
+        clock.now += 10.0
+        return real_epoch(*a, **kw)
+
+    def validation_of_1s(*a, **kw):
+        clock.now += 1.0
+        return real_eval(*a, **kw)
+
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module, "train_epoch", epoch_of_10s)
+    monkeypatch.setattr(train_module, "evaluate_histories", validation_of_1s)
+    rng = np.random.default_rng(0)
+    seqs = Sequences.from_list(np.arange(40), [rng.integers(1, 31, size=9) for _ in range(40)])
+    mcfg = ModelConfig(kind="sasrec", n_items=30, max_len=10, d_model=16, n_heads=2, n_layers=1)
+    tcfg = TrainConfig(epochs=10, patience=100, max_seconds=35, batch_size=8, refit=True)
+    res = train(holdout_last(seqs), mcfg, tcfg, progress=False)
+    # 11 s an epoch: after the third (33 s) a fourth would end at 44 s, past 35; it is not started,
+    # and neither is a refit (3 more epochs). The rule it replaced ran the fourth and ended at 44 s.
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert res.seconds == 33.0 and res.refit_epochs == 0
+    clock.now = 0.0
+    res = train(holdout_last(seqs), mcfg, TrainConfig(epochs=10, patience=100, max_seconds=36, batch_size=8),
+                progress=False)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3] and res.seconds == 33.0  # 44 > 36 too
+    clock.now = 0.0
+    res = train(holdout_last(seqs), mcfg, TrainConfig(epochs=10, patience=100, max_seconds=44, batch_size=8),
+                progress=False)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4] and res.seconds == 44.0  # exactly fits
