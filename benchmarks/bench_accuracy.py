@@ -5,7 +5,8 @@
 
 Protocols (``model.protocols``): (a) leave-one-out, full ranking, seen items masked and unmasked;
 (b) global temporal split at the 90% time quantile, every later event scored with the user's strictly
-earlier events. Same data, users (>= 5 events), candidates and masking for every model. Baselines
+earlier events; its early stopping validates the same way one step back (the newest 5% of the pre-T
+events, ``--b-valid recent``). Same data, users (>= 5 events), candidates and masking for every model. Baselines
 are fit on everything the transformer may use (for (a), the test inputs, validation item included;
 for (b), every event before T). Same-second ties in hash order (``--ties file`` for file order).
 For each transformer: paired bootstrap 95% interval over users of its difference to the best
@@ -107,7 +108,7 @@ def run_dataset(ds: str, args) -> dict:
             ranks.setdefault("a-masked", {})[name] = r["masked"]
             ranks.setdefault("a-unmasked", {})[name] = r["unmasked"]
     if "b" in args.protocols:
-        tsp = temporal_split(ratings, quantile=args.quantile)
+        tsp = temporal_split(ratings, quantile=args.quantile, valid=args.b_valid)
         users["b"] = tsp.test.users
         print(f"  (b): T = {time.strftime('%Y-%m-%d', time.gmtime(tsp.cut_time))}, {len(tsp.test.targets)} events "
               f"after T, {np.mean(tsp.test.targets == 0):.1%} of their items unknown at T", flush=True)
@@ -158,7 +159,8 @@ def merge(paths: list[Path]) -> int:
             print(f"bench_accuracy: {path} is not a --json-out file of this benchmark: {type(e).__name__}: {e}",
                   file=sys.stderr)
             return 1
-        print(f"{path}: {res['machine']}, {res['date']}, ties {res['ties']}, overrides {res['overrides'] or 'none'}")
+        print(f"{path}: {res['machine']}, {res['date']}, ties {res['ties']}, (b) validation "
+              f"{res.get('b_valid', 'last')}, overrides {res['overrides'] or 'none'}")
         for ds, out in res["runs"].items():
             got = runs.setdefault(ds, {"train": {}, "metrics": {}, "intervals": {}})
             got["train"].update(out["train"])
@@ -182,6 +184,10 @@ def main(argv=None) -> int:
     p.add_argument("--protocols", nargs="+", choices=["a", "b"], default=["a", "b"])
     p.add_argument("--ties", choices=["hash", "file"], default="hash", help="same-second order (default: hash)")
     p.add_argument("--quantile", type=float, default=0.9, help="(b): share of events before T (default 0.9)")
+    p.add_argument("--b-valid", choices=["recent", "last"], default="recent",
+                   help="(b): early stopping validates on the newest 5%% of pre-T events, scored as (b) scores "
+                        "(recent, default), or on each user's newest pre-T event (last: how results before this "
+                        "option validated)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
@@ -197,7 +203,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-               "ties": args.ties, "seed": args.seed, "overrides": SETS, "runs": {}}
+               "ties": args.ties, "b_valid": args.b_valid, "seed": args.seed, "overrides": SETS, "runs": {}}
     for ds in args.datasets:
         results["runs"][ds] = run_dataset(ds, args)
         if args.json_out:

@@ -113,6 +113,7 @@ class Split:
     test_inputs: Sequences  # seq[:-1]
     test_targets: np.ndarray
     refit: Sequences | None = None  # training plus validation items: what a final refit trains on
+    valid_histories: list[np.ndarray] | None = None  # None: validate each training sequence's next item
 
     def __post_init__(self):
         if self.refit is None:

@@ -186,7 +186,7 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     model = _fresh_model(mcfg, tcfg, split.train, device)
     stopper = EarlyStopping(tcfg.patience)
     history, _ = _run_epochs(model, split.train, tcfg, tcfg.epochs, device, deadline, progress,
-                             valid=(split.train.as_list(), split.valid_targets), stopper=stopper)
+                             valid=(_valid_histories(split), split.valid_targets), stopper=stopper)
     stopper.restore(model)
     refit_epochs = 0
     per_epoch = (time.perf_counter() - start) / max(1, history[-1]["epoch"] if history else 0)
@@ -200,6 +200,12 @@ def train(split: Split, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = T
     valid = next((h for h in history if h["epoch"] == stopper.best_epoch), {})
     return TrainResult(model, stopper.best_epoch, valid, time.perf_counter() - start, history,
                        time.process_time() - cpu_start, refit_epochs)
+
+
+def _valid_histories(split: Split) -> list[np.ndarray]:
+    """The inputs of the validation targets: each training sequence (its next item is the target) unless
+    the split names its own (``protocols.temporal_holdout``: every later event, its strictly earlier ones)."""
+    return split.train.as_list() if split.valid_histories is None else split.valid_histories
 
 
 def _fresh_model(mcfg: ModelConfig, tcfg: TrainConfig, seqs, device: torch.device) -> SequentialTransformer:

@@ -1,13 +1,27 @@
 """Simple baselines (incremental = bulk, serve as Recommenders) and the offline protocols."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from streamrec.model.baselines import ItemKNNRecommender, TransitionRecommender
-from streamrec.model.protocols import EvalSet, event_metrics, paired_bootstrap, rank_events, temporal_split
+from streamrec.model.config import ModelConfig, TrainConfig
+from streamrec.model.data import Sequences, Split
+from streamrec.model.protocols import (
+    VALID_MAX_EVENTS,
+    VALID_QUANTILE,
+    EvalSet,
+    event_metrics,
+    later_events,
+    paired_bootstrap,
+    rank_events,
+    temporal_split,
+)
 from streamrec.model.recommender import FallbackRecommender, PopularityRecommender
-from streamrec.storage.movielens import Ratings
+from streamrec.model.train import train
+from streamrec.storage.movielens import Ratings, load_ratings
 
 
 def _stream(n_users=40, n_events=600, seed=0):
@@ -119,3 +133,40 @@ def test_worker_builds_the_configured_baseline_warm_from_the_store(name, tmp_pat
         build_recommender(Settings(baseline="nope"), None)  # refused where settings are read
     choices = next(f for f in fields(Settings) if f.name == "baseline").metadata["choices"]
     assert set(choices) == set(BASELINES)  # the setting offers exactly the baselines there are
+
+
+def test_recent_validation_is_the_temporal_protocol_one_step_back():
+    r = load_ratings(Path(__file__).parent / "data" / "ratings.csv")
+    t = temporal_split(r, valid="recent")
+    v, pre = t.train, t.train_seqs
+    assert v.refit is pre  # the refit learns every pre-T event
+    cut_v = int(np.quantile(pre.times, VALID_QUANTILE))
+    assert t.cut_time > cut_v and v.train.times.max() < cut_v  # training stops where validation starts
+    n_valid = int((pre.times >= cut_v).sum())
+    assert len(v.valid_targets) == len(v.valid_histories) == min(n_valid, VALID_MAX_EVENTS) > 1000
+    assert len(v.train.items) == len(pre.items) - n_valid  # nothing lost, nothing twice
+    # each validation target's history: its user's strictly earlier pre-T events, as (b)'s test builds them
+    longest = np.argmax(pre.lengths())
+    u0, a, b = int(pre.users[longest]), pre.offsets[longest], pre.offsets[longest + 1]
+    times, items = pre.times[a:b], pre.items[a:b]
+    every = later_events(pre, cut_v)
+    mine = np.flatnonzero(every.users == u0)
+    assert len(mine), "the longest user has validation events"
+    for k, p in zip(mine, np.flatnonzero(times >= cut_v)):
+        assert every.histories[k].tolist() == items[times < times[p]][-200:].tolist()
+    last = temporal_split(r, valid="last")
+    assert last.train.valid_histories is None and len(last.train.valid_targets) == len(pre)
+    with pytest.raises(ValueError, match="recent"):
+        temporal_split(r, valid="first")
+
+
+def test_training_validates_on_the_splits_own_histories():
+    # after item i comes i + 1 (a ring of 30); validation asks for the successor of one given item
+    seqs = Sequences.from_list(np.arange(60), [np.arange(s, s + 12) % 30 + 1 for s in range(60)])
+    hist = [np.array([i]) for i in range(1, 30)]
+    split = Split(seqs.users, seqs, np.arange(2, 31), seqs, np.zeros(0, np.int64), valid_histories=hist)
+    assert len(split.valid_targets) != len(split.train)  # the training sequences could not be its inputs
+    mcfg = ModelConfig(kind="sasrec", n_items=30, max_len=12, d_model=32, n_heads=2, n_layers=1, dropout=0.0)
+    res = train(split, mcfg, TrainConfig(epochs=15, patience=15, lr=1e-2, batch_size=16, warmup_steps=5,
+                                         max_seconds=None), progress=False)
+    assert res.valid["NDCG@10"] > 0.8  # the successor of the given item, learned from the ring
