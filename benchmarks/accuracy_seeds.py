@@ -8,6 +8,9 @@ before 2026-11-27 did not record it). Each cell shows, per seed, the difference 
 best baseline of that seed's run (each seed re-draws the same-second order, so its own baselines)
 with its paired 95% interval over users, and how many seeds' intervals lie above zero. Two files
 with the same seed and cell are an error: which one counts would be a choice made after the fact.
+The data seed does not reach training: the transformers' own randomness (initial weights, batch
+order, dropout, cloze masks) is ``--train-seed``, 0 in every run before that option (2026-11-27); a
+file's ``train_seed`` makes its own column.
 """
 
 from __future__ import annotations
@@ -19,15 +22,23 @@ import sys
 from pathlib import Path
 
 
-def seed_of(path: Path, res: dict) -> int:
+def seed_of(path: Path, res: dict) -> tuple[int, int]:
+    """(data seed, training seed): ``--seed`` re-draws the same-second order, ``--train-seed`` (0 in every
+    run before it existed) the transformers' initial weights, batch order and masks."""
     if "seed" in res:
-        return int(res["seed"])
-    m = re.search(r"seed(\d+)", path.name)
-    return int(m.group(1)) if m else 0
+        seed = int(res["seed"])
+    else:
+        m = re.search(r"seed(\d+)", path.name)
+        seed = int(m.group(1)) if m else 0
+    return seed, int(res.get("train_seed", 0))
 
 
-def cells(paths: list[Path]) -> dict[tuple[str, str, str], dict[int, dict]]:
-    """(data set, protocol, model) -> seed -> {vs, diff, lo, hi, file}."""
+def label(seed: tuple[int, int]) -> str:
+    return f"seed {seed[0]}" + (f", train seed {seed[1]}" if seed[1] else "")
+
+
+def cells(paths: list[Path], protocols: list[str] | None = None) -> dict[tuple[str, str, str], dict[tuple, dict]]:
+    """(data set, protocol, model) -> seed -> {vs, diff, lo, hi, file}; only ``protocols`` if given."""
     out: dict[tuple[str, str, str], dict[int, dict]] = {}
     for path in paths:
         res = json.loads(path.read_text())
@@ -35,16 +46,18 @@ def cells(paths: list[Path]) -> dict[tuple[str, str, str], dict[int, dict]]:
         for ds, run in res["runs"].items():
             for key, iv in run.get("intervals", {}).items():
                 protocol, model = key.split("/")
+                if protocols and protocol not in protocols:
+                    continue
                 got = out.setdefault((ds, protocol, model), {})
                 if seed in got:
-                    raise ValueError(f"{ds} {key} seed {seed} is in both {got[seed]['file']} and {path.name}")
+                    raise ValueError(f"{ds} {key} {label(seed)} is in both {got[seed]['file']} and {path.name}")
                 got[seed] = {**iv, "file": path.name}
     return out
 
 
-def table(found: dict[tuple[str, str, str], dict[int, dict]]) -> str:
+def table(found: dict[tuple[str, str, str], dict[tuple, dict]]) -> str:
     seeds = sorted({s for per in found.values() for s in per})
-    head = "| data set | protocol | model | " + " | ".join(f"seed {s}" for s in seeds) + " | intervals above 0 | mean |"
+    head = "| data set | protocol | model | " + " | ".join(label(s) for s in seeds) + " | intervals above 0 | mean |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (ds, protocol, model), per in sorted(found.items()):
         shown = []
@@ -65,9 +78,11 @@ def table(found: dict[tuple[str, str, str], dict[int, dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", type=Path, metavar="JSON", help="bench_accuracy.py --json-out files")
+    ap.add_argument("--protocols", nargs="+", choices=["a-masked", "a-unmasked", "b"],
+                    help="only these protocols' cells (e.g. files whose (b) a later setting replaced)")
     args = ap.parse_args(argv)
     try:
-        found = cells(args.files)
+        found = cells(args.files, args.protocols)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"accuracy_seeds: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

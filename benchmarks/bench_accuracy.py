@@ -48,6 +48,7 @@ TRANSFORMERS = ["sasrec", "bert4rec"]
 RECENT = 10_000  # events in the recent-popularity window
 REFRESH = os.environ.get("KNN_REFRESH", "1") == "1"
 SETS: dict = {}  # --set overrides of the defaults (experiments only; the table uses none)
+TRAIN_SEED = [TrainConfig().seed]  # --train-seed: initial weights, batch order, dropout and cloze masks
 
 
 def baseline_scorers(seqs, n_items: int) -> dict:
@@ -70,7 +71,7 @@ def train_default(kind: str, split, n_items: int, log: dict, counted=None) -> to
     sets = {k.split(".", 1)[1]: v for k, v in SETS.items() if k.startswith(kind + ".")}
     mf = {f.name for f in fields(ModelConfig)}
     mcfg = ModelConfig.defaults(kind, n_items, **{k: v for k, v in sets.items() if k in mf})
-    tcfg = TrainConfig.defaults(kind, **{k: v for k, v in sets.items() if k not in mf})
+    tcfg = TrainConfig.defaults(kind, **{"seed": TRAIN_SEED[0], **{k: v for k, v in sets.items() if k not in mf}})
     res = train(split, mcfg, tcfg, progress=sys.stderr.isatty())
     log.update(seconds=round(res.seconds, 1), cpu_seconds=round(res.cpu_seconds, 1), best_epoch=res.best_epoch,
                epochs=res.history[-1]["epoch"],
@@ -189,7 +190,12 @@ def main(argv=None) -> int:
                         "(recent, default), or on each user's newest pre-T event (last: how results before this "
                         "option validated)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="order of same-second events (so, in (a), which item is a user's target) and the bootstrap's "
+                        "resamples (default 0); training's own randomness is --train-seed")
+    p.add_argument("--train-seed", type=int, default=TrainConfig().seed,
+                   help=f"the transformers' initial weights, batch order, dropout and cloze masks (default: the "
+                        f"CLI's, {TrainConfig().seed}; every run before 2026-11-27 11:40 UTC used it)")
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="print one table per data set from the --json-out files of separate runs "
@@ -198,12 +204,14 @@ def main(argv=None) -> int:
                    help="experiment: override a default, e.g. sasrec.lr=0.002 (results then are not the defaults')")
     args = p.parse_args(argv)
     SETS.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
+    TRAIN_SEED[0] = args.train_seed
     if args.merge:
         return merge(args.merge)
     torch.set_num_threads(args.threads)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-               "ties": args.ties, "b_valid": args.b_valid, "seed": args.seed, "overrides": SETS, "runs": {}}
+               "ties": args.ties, "b_valid": args.b_valid, "seed": args.seed, "train_seed": args.train_seed,
+               "overrides": SETS, "runs": {}}
     for ds in args.datasets:
         results["runs"][ds] = run_dataset(ds, args)
         if args.json_out:

@@ -31,4 +31,23 @@ def test_rows_count_the_seeds_whose_interval_is_above_zero(tmp_path, monkeypatch
     # The same seed and cell twice: which one counts would be chosen after the fact.
     assert accuracy_seeds.main([str(files[0]), str(_write(tmp_path / "again.json", 0, (0.02, 0.01)))]) == 1
     assert "seed 0 is in both" in capsys.readouterr().err
+    # A training seed is its own column, not a collision with the same data seed
+    other_init = {**json.loads(files[0].read_text()), "seed": 0, "train_seed": 1}
+    (tmp_path / "init1.json").write_text(json.dumps(other_init))
+    assert accuracy_seeds.main([str(files[0]), str(tmp_path / "init1.json")]) == 0
+    assert "| seed 0 | seed 0, train seed 1 |" in capsys.readouterr().out
+    # An (a)+(b) file and a later (b)-only one of the same seed collide on (b) unless --protocols picks
+    ab = json.loads(files[0].read_text())
+    ab["runs"]["ml-100k"]["intervals"]["b/sasrec"] = {"vs": "itemknn", "diff": 0.002, "lo": -0.001, "hi": 0.005}
+    (tmp_path / "ab.json").write_text(json.dumps(ab))
+    b_only = {**ab, "runs": {"ml-100k": {"intervals": {"b/sasrec": {"vs": "itemknn", "diff": 0.006, "lo": 0.003,
+                                                                   "hi": 0.009}}}}}
+    (tmp_path / "b.json").write_text(json.dumps(b_only))
+    assert accuracy_seeds.main([str(tmp_path / "ab.json"), str(tmp_path / "b.json")]) == 1
+    capsys.readouterr()
+    assert accuracy_seeds.main([str(tmp_path / "ab.json"), "--protocols", "a-masked"]) == 0
+    assert accuracy_seeds.main([str(tmp_path / "b.json"), "--protocols", "b"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ml-100k")]
+    assert rows == ["| ml-100k | a-masked | sasrec | **+0.0120 [+0.0010, +0.0220]** | 1 of 1 | +0.0120 |",
+                    "| ml-100k | b | sasrec | **+0.0060 [+0.0030, +0.0090]** | 1 of 1 | +0.0060 |"]
     sys.modules.pop("accuracy_seeds", None)
