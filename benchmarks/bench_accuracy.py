@@ -195,7 +195,7 @@ def main(argv=None) -> int:
                         "resamples (default 0); training's own randomness is --train-seed")
     p.add_argument("--train-seed", type=int, default=TrainConfig().seed,
                    help=f"the transformers' initial weights, batch order, dropout and cloze masks (default: the "
-                        f"CLI's, {TrainConfig().seed}; every run before 2026-11-27 11:40 UTC used it)")
+                        f"CLI's, {TrainConfig().seed}; every run before 2026-11-27 11:42 UTC used it)")
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="print one table per data set from the --json-out files of separate runs "
