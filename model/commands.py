@@ -127,12 +127,18 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=t.device, help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
+    g.add_argument("--valid", choices=["leave-one-out", "recent"], default="leave-one-out",
+                   help="early stopping's validation: each user's second-newest event, the newest held out as the "
+                        "test (leave-one-out, default), or every event of the newest 5%% scored with its user's "
+                        "earlier events, then a refit on all (recent: for a model that serves what comes next; "
+                        "no test set; docs/accuracy.md, 'Recent validation for (b)')")
 
 
 def run_train(args) -> int:
     from streamrec.model.checkpoint import save_checkpoint
     from streamrec.model.data import build_sequences, leave_one_out
     from streamrec.model.evaluate import evaluate_split, model_scorer
+    from streamrec.model.protocols import temporal_holdout
     from streamrec.model.train import train
 
     given = {o: getattr(args, o) for o in _TRAIN_OPTS if getattr(args, o) is not None}
@@ -149,16 +155,20 @@ def run_train(args) -> int:
         return 2
     ratings, source = _load(args)
     seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
-    split = leave_one_out(seqs)
-    if len(split.users) == 0:
+    split = leave_one_out(seqs) if args.valid == "leave-one-out" else temporal_holdout(seqs, max_history=mcfg.max_len)
+    if len(split.users) == 0 or len(split.valid_targets) == 0:
         print("error: no user has enough events to train on", file=sys.stderr)
         return 2
     mcfg = replace(mcfg, n_items=len(vocab))
     print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
           file=sys.stderr)
     res = train(split, mcfg, tcfg, progress=not args.no_progress)
-    metrics = {"valid": res.valid, "best_epoch": res.best_epoch, "refit_epochs": res.refit_epochs}
-    if not args.no_test:
+    metrics = {"valid": res.valid, "best_epoch": res.best_epoch, "refit_epochs": res.refit_epochs,
+               "validation": args.valid}
+    if args.valid == "recent":  # the newest events validated early stopping and the refit learned them
+        print(f"validation: the newest 5% of the events ({len(split.valid_targets)} scored); no test set",
+              file=sys.stderr)
+    elif not args.no_test:
         t0 = time.perf_counter()
         test = evaluate_split({mcfg.kind: model_scorer(res.model)}, split, len(vocab))
         metrics["test"] = test
@@ -168,7 +178,7 @@ def run_train(args) -> int:
         "source": source,
         "cutoff_time": int(ratings.timestamp.max()) if len(ratings) else None,  # newest event used, Unix s
         "n_events": int(len(seqs.items)),
-        "n_users": int(len(split.users)),
+        "n_users": int(len(split.users) if args.valid == "leave-one-out" else len(seqs)),
         "n_items": len(vocab),
     }
     out = save_checkpoint(args.out, res.model, vocab, train=tcfg.to_dict(), data=data, metrics=metrics,

@@ -158,3 +158,27 @@ def test_contradictory_model_options_are_one_line_errors_before_the_data_loads(t
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: d_model=64 is not divisible by n_heads=3"
+
+
+def test_train_can_validate_on_the_newest_events_and_refit_on_all(chain_csv, tmp_path, capsys):
+    """--valid recent: early stopping on every event of the newest 5% (scored with its user's earlier
+    events), then a refit on everything; no test set, the card says which validation it used."""
+    csv, movie_ids = chain_csv
+    out = tmp_path / "recent"
+    args, run = parse("train", ["--ratings", str(csv), "--model", "sasrec", "--out", str(out), "--epochs", "30",
+                                "--dropout", "0.1", "--d-model", "32", "--max-len", "10", "--batch-size", "32",
+                                "--lr", "0.005", "--warmup-steps", "5", "--no-progress", "--valid", "recent"])
+    assert run(args) == 0
+    err = capsys.readouterr().err
+    times = 1_000_000 + np.arange(120 * 8)  # the fixture's: one event a second
+    n_valid = int((times >= int(np.quantile(times, 0.95))).sum())
+    assert f"the newest 5% of the events ({n_valid} scored); no test set" in err and 45 <= n_valid <= 50
+    card = json.loads((out / "card.json").read_text())
+    m = card["metrics"]
+    assert m["validation"] == "recent" and "test" not in m and card["data"]["n_users"] == 120
+    assert m["valid"]["NDCG@10"] > 0.5 and m["refit_epochs"] == m["best_epoch"] > 0  # the cycle is learnable
+    titles = load_titles(MOVIES)
+    watched = [titles[m_] for m_ in movie_ids[3:7]]
+    args, run = parse("recommend", ["--checkpoint", str(out), "--movies", MOVIES, "--titles", *watched, "-k", "3"])
+    assert run(args) == 0
+    assert titles[movie_ids[7]] in capsys.readouterr().out  # the refit model continues the cycle
