@@ -157,7 +157,9 @@ def run_train(args) -> int:
     seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
     split = leave_one_out(seqs) if args.valid == "leave-one-out" else temporal_holdout(seqs, max_history=mcfg.max_len)
     if len(split.users) == 0 or len(split.valid_targets) == 0:
-        print("error: no user has enough events to train on", file=sys.stderr)
+        why = ("nothing happened before the newest 5% of the events to train on (use --valid leave-one-out)"
+               if args.valid == "recent" and len(seqs) else "no user has enough events to train on")
+        print(f"error: {why}", file=sys.stderr)
         return 2
     mcfg = replace(mcfg, n_items=len(vocab))
     print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",

@@ -182,3 +182,13 @@ def test_train_can_validate_on_the_newest_events_and_refit_on_all(chain_csv, tmp
     args, run = parse("recommend", ["--checkpoint", str(out), "--movies", MOVIES, "--titles", *watched, "-k", "3"])
     assert run(args) == 0
     assert titles[movie_ids[7]] in capsys.readouterr().out  # the refit model continues the cycle
+
+
+def test_recent_validation_with_nothing_before_it_is_a_clear_error(tmp_path, capsys):
+    csv = tmp_path / "one-second.csv"
+    csv.write_text("userId,movieId,rating,timestamp\n" + "".join(f"1,{m},4.0,100\n" for m in (1, 2, 3, 4, 5, 6)))
+    args, run = parse("train", ["--ratings", str(csv), "--out", str(tmp_path / "m"), "--valid", "recent",
+                                "--no-progress"])
+    assert run(args) == 2
+    assert "nothing happened before the newest 5% of the events to train on" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
