@@ -39,7 +39,7 @@ def label(seed: tuple[int, int]) -> str:
 
 def cells(paths: list[Path], protocols: list[str] | None = None) -> dict[tuple[str, str, str], dict[tuple, dict]]:
     """(data set, protocol, model) -> seed -> {vs, diff, lo, hi, file}; only ``protocols`` if given."""
-    out: dict[tuple[str, str, str], dict[int, dict]] = {}
+    out: dict[tuple[str, str, str], dict[tuple, dict]] = {}
     for path in paths:
         res = json.loads(path.read_text())
         seed = seed_of(path, res)

@@ -138,7 +138,7 @@ def run_train(args) -> int:
     from streamrec.model.checkpoint import save_checkpoint
     from streamrec.model.data import build_sequences, leave_one_out
     from streamrec.model.evaluate import evaluate_split, model_scorer
-    from streamrec.model.protocols import temporal_holdout
+    from streamrec.model.protocols import VALID_QUANTILE, temporal_holdout
     from streamrec.model.train import train
 
     given = {o: getattr(args, o) for o in _TRAIN_OPTS if getattr(args, o) is not None}
@@ -155,20 +155,23 @@ def run_train(args) -> int:
         return 2
     ratings, source = _load(args)
     seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
-    split = leave_one_out(seqs) if args.valid == "leave-one-out" else temporal_holdout(seqs, max_history=mcfg.max_len)
+    recent = args.valid == "recent"
+    newest = f"the newest {1 - VALID_QUANTILE:.0%} of the events"
+    split = temporal_holdout(seqs, max_history=mcfg.max_len) if recent else leave_one_out(seqs)
+    n_users = len(seqs) if recent else len(split.users)  # leave-one-out keeps users with 3+ events
     if len(split.users) == 0 or len(split.valid_targets) == 0:
-        why = ("nothing happened before the newest 5% of the events to train on (use --valid leave-one-out)"
-               if args.valid == "recent" and len(seqs) else "no user has enough events to train on")
+        why = (f"nothing happened before {newest} to train on (use --valid leave-one-out)"
+               if recent and len(seqs) else "no user has enough events to train on")
         print(f"error: {why}", file=sys.stderr)
         return 2
     mcfg = replace(mcfg, n_items=len(vocab))
-    print(f"{source}: {len(ratings)} events, {len(split.users)} users, {len(vocab)} items; training {mcfg.kind}",
+    print(f"{source}: {len(ratings)} events, {n_users} users, {len(vocab)} items; training {mcfg.kind}",
           file=sys.stderr)
     res = train(split, mcfg, tcfg, progress=not args.no_progress)
     metrics = {"valid": res.valid, "best_epoch": res.best_epoch, "refit_epochs": res.refit_epochs,
                "validation": args.valid}
-    if args.valid == "recent":  # the newest events validated early stopping and the refit learned them
-        print(f"validation: the newest 5% of the events ({len(split.valid_targets)} scored); no test set",
+    if recent:  # the newest events validated early stopping and the refit learned them
+        print(f"validation: {newest} ({len(split.valid_targets)} scored); no test set",
               file=sys.stderr)
     elif not args.no_test:
         t0 = time.perf_counter()
@@ -180,7 +183,7 @@ def run_train(args) -> int:
         "source": source,
         "cutoff_time": int(ratings.timestamp.max()) if len(ratings) else None,  # newest event used, Unix s
         "n_events": int(len(seqs.items)),
-        "n_users": int(len(split.users) if args.valid == "leave-one-out" else len(seqs)),
+        "n_users": int(n_users),
         "n_items": len(vocab),
     }
     out = save_checkpoint(args.out, res.model, vocab, train=tcfg.to_dict(), data=data, metrics=metrics,
