@@ -173,6 +173,8 @@ class Settings(EnvSettings):
     gc_young: int = _f(10_000, "allocations between the garbage collector's youngest collections in a worker "
                                "(Python's default of 700 made full collections of the worker's objects take "
                                "a fifth of its time)", min=1)
+    decode_process: bool = _f(True, "decode micro-batches in a child process, off the worker's GIL (false: in a "
+                                    "thread of the worker)")
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
     model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")

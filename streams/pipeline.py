@@ -29,6 +29,7 @@ from streamrec.storage.evaluation_log import write_snapshot
 from streamrec.storage.store import AppendResult, EventStore
 from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
+from streamrec.streams.decoder import DecodeProcess
 from streamrec.streams.events import Contract, decode_batch
 from streamrec.streams.ownership import Ownership
 from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
@@ -142,6 +143,7 @@ class BatchProcessor:
         self.latest = latest  # delivered lists per user, for GET /recommendations (none: not kept)
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
+        self.decoder: DecodeProcess | None = None  # the worker sets one (settings.decode_process)
         self._cache_totals = (0, 0)  # the store's evictions and sequence reads already counted
 
     def _on_delivery(self, err, msg) -> None:
@@ -166,7 +168,10 @@ class BatchProcessor:
         t0 = time.time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
-        batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
+        if self.decoder is not None:  # in the child process: the worker's GIL is for the other stages
+            batch = self.decoder.decode(raw.values, raw.keys, raw.timestamps, raw.partitions, raw.offsets)
+        else:
+            batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
         self.dead_letter_all(raw, batch)
         m.stage_duration.labels("decode").observe(time.time() - t0)
         return batch

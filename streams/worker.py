@@ -41,6 +41,7 @@ from streamrec.storage.evaluation_log import export_evaluation
 from streamrec.storage.export import export_new_events
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings, kafka_config
+from streamrec.streams.decoder import DecodeProcess
 from streamrec.streams.events import Contract
 from streamrec.streams.faust_bulk import BulkApp, RecordBuffer
 from streamrec.streams.health import (
@@ -176,7 +177,10 @@ class Worker:
         metrics.store_events.set(store.n_events)
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
-        return BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
+        processor = BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
+        if s.decode_process:
+            processor.decoder = DecodeProcess(processor.contract)
+        return processor
 
     async def ingest(self) -> None:
         """Micro-batches in order through three stage threads: decode n+2 | store n+1 | publish n."""

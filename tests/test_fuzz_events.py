@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from streamrec.model.recommender import PopularityRecommender
 from streamrec.storage.store import EventStore
 from streamrec.streams.config import Settings
+from streamrec.streams.decoder import DecodeProcess
 from streamrec.streams.events import decode, event_key
 from streamrec.streams.ownership import Ownership
 from streamrec.streams.pipeline import BatchProcessor, RawBatch
@@ -111,6 +112,7 @@ class Harness:
                                         WorkerMetrics(),
                                         Ownership(self.store, broker.bootstrap, self.s.interactions_topic,
                                                   self.s.group_id))
+        self.processor.decoder = DecodeProcess(self.processor.contract)  # as the worker decodes
         self.sent: list[tuple[int, bytes | None]] = []  # (offset, value)
 
     def run(self, batch: list[tuple[bytes | None, bytes | None]]) -> None:
@@ -137,6 +139,7 @@ class Harness:
         self.producer.flush(10)
         self.processor.producer.flush(10)
         self.store.close()
+        self.processor.decoder.close()
         del self.producer, self.processor, self.consumer
         gc.collect()
 

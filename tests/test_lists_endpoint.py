@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import msgspec
+from confluent_kafka import Producer
 
 from streamrec.storage.movielens import load_ratings
 from streamrec.streams.latest_lists import LatestLists
@@ -107,3 +108,21 @@ def test_any_worker_answers_for_any_user(settings, tmp_path):
     finally:
         for w in workers:
             w.stop()
+
+
+def test_warm_reads_the_lists_from_before_it_began_not_the_stream_after(settings):
+    """A worker restarted under load reads back the lists published before it, then stops: it
+    does not follow the lists published meanwhile (stamped after it began) until its timeout."""
+    ensure_topics(settings)
+    topic, now_ms = settings.recommendations_topic, int(time.time() * 1000)
+    p = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for user in (1, 2, 3):  # published before the restart
+        p.produce(topic, value=b'{"user_id": %d}' % user, key=b"%d" % user, timestamp=now_ms - 60_000)
+    for user in (4, 5):  # published after it began (the restarted worker's own lists)
+        p.produce(topic, value=b'{"user_id": %d}' % user, key=b"%d" % user, timestamp=now_ms + 60_000)
+    assert p.flush(10) == 0
+    lists = LatestLists()
+    t0 = time.time()
+    assert lists.warm(settings.bootstrap_servers, topic, idle=30.0) == 3
+    assert time.time() - t0 < 20, "warm waited for the topic to go quiet instead of stopping at the new lists"
+    assert lists.answer(4, "x") is None and len(lists) == 3
