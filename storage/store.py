@@ -137,6 +137,7 @@ class EventStore:
         # not the process, so a restarted worker on the same file is the same owner.
         self.db_id: str = self.con.execute("SELECT db_id FROM meta").fetchone()[0]
         self._pool: SequencePool | None = None
+        self._appender: duckdb.DuckDBPyConnection | None = None  # the connection _insert appends with
         self.sequences_read, self._evicted_before = 0, 0  # (totals over this object's life, for the metrics)
         self._load_indexes()
         self.con.execute(f"SET memory_limit = '{APPEND_MEMORY}'")
@@ -170,6 +171,8 @@ class EventStore:
         return (u << np.uint64(32)) | i
 
     def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
         self.con.close()
 
     # -- writes ------------------------------------------------------------------------------
@@ -214,20 +217,25 @@ class EventStore:
             "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
             "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
         })
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
+        if self._appender is None:  # its own connection: another call's unread result cannot block it
+            self._appender = self.con.cursor()
+        con = self._appender
+        # One statement in autocommit: its own transaction, committed (or rolled back, on any
+        # error) before the call returns. Every DuckDB call lets the GIL go and waits to take it
+        # back from the worker's other threads; BEGIN / INSERT / COMMIT as three calls made the
+        # store stage ~8% slower at ML-20M scale (docs/benchmarks.md#store, "Seventh pass").
+        con.register("batch", table)
         try:
-            con.register("batch", table)
             out = con.execute(f"INSERT INTO events SELECT {COLUMNS}, {bool(owned)} FROM batch"
                               f" RETURNING key, {PAYLOAD_HASH} AS h").fetchnumpy()
-            con.unregister("batch")
-            con.execute("COMMIT")
-        except BaseException as e:
-            try:
-                con.execute("ROLLBACK")
-            except Exception as rollback_error:  # e.g. DuckDB aborted it already (a full disk): the cause stays
-                e.add_note(f"(rollback failed too: {rollback_error})")
+        except BaseException:
+            try:  # an error while its rows were read leaves the statement open: end it (rolled back)
+                con.abort()
+            except Exception:
+                pass
             raise
+        finally:
+            con.unregister("batch")
         return np.asarray(out["key"], np.uint64), np.asarray(out["h"], np.uint64)
 
     def conflicting_rows(self, batch: EventBatch, new_mask: np.ndarray) -> np.ndarray:
