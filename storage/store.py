@@ -41,6 +41,7 @@ sorted runs of 8-byte codes; a user's sequence is reloaded from the log after a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -171,9 +172,8 @@ class EventStore:
         return (u << np.uint64(32)) | i
 
     def close(self) -> None:
-        if self._appender is not None:
-            self._appender.close()
-        self.con.close()
+        for con in filter(None, (self._appender, self.con)):
+            con.close()
 
     # -- writes ------------------------------------------------------------------------------
     def append(self, batch: EventBatch, owned: bool = True) -> AppendResult:
@@ -217,22 +217,18 @@ class EventStore:
             "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
             "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
         })
-        if self._appender is None:  # its own connection: another call's unread result cannot block it
-            self._appender = self.con.cursor()
-        con = self._appender
+        con = self._appender = self._appender or self.con.cursor()  # (another call's unread result can't block it)
         # One statement in autocommit: its own transaction, committed (or rolled back, on any
         # error) before the call returns. Every DuckDB call lets the GIL go and waits to take it
         # back from the worker's other threads; BEGIN / INSERT / COMMIT as three calls made the
-        # store stage ~8% slower at ML-20M scale (docs/benchmarks.md#store, "Seventh pass").
+        # worker ~13% slower over 6M ML-20M-shaped events (docs/benchmarks.md#store, "Seventh pass").
         con.register("batch", table)
         try:
             out = con.execute(f"INSERT INTO events SELECT {COLUMNS}, {bool(owned)} FROM batch"
                               f" RETURNING key, {PAYLOAD_HASH} AS h").fetchnumpy()
         except BaseException:
-            try:  # an error while its rows were read leaves the statement open: end it (rolled back)
-                con.abort()
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):  # an error while reading its rows leaves it open: end it
+                con.abort()  # (rolled back)
             raise
         finally:
             con.unregister("batch")

@@ -161,8 +161,9 @@ class BatchProcessor:
         """Stage 1 (pure Python): validate, and dead-letter what is invalid.
 
         The worker runs the three stages in three threads, so decoding batch n+2, storing n+1
-        and publishing n overlap (DuckDB, NumPy and librdkafka release the GIL). Dead letters
-        are delivered by the ``publish`` of this batch.
+        and publishing n overlap (DuckDB, NumPy and librdkafka release the GIL); with a
+        ``decoder`` (streams/decoder.py) the decoding itself runs in a child process, and this
+        thread only waits for it. Dead letters are delivered by the ``publish`` of this batch.
         """
         m = self.metrics
         t0 = time.time()
