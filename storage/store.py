@@ -138,7 +138,7 @@ class EventStore:
         # not the process, so a restarted worker on the same file is the same owner.
         self.db_id: str = self.con.execute("SELECT db_id FROM meta").fetchone()[0]
         self._pool: SequencePool | None = None
-        self._appender: duckdb.DuckDBPyConnection | None = None  # the connection _insert appends with
+        self._appender = self.con.cursor()  # _insert's own connection: no other call's unread result blocks it
         self.sequences_read, self._evicted_before = 0, 0  # (totals over this object's life, for the metrics)
         self._load_indexes()
         self.con.execute(f"SET memory_limit = '{APPEND_MEMORY}'")
@@ -172,8 +172,8 @@ class EventStore:
         return (u << np.uint64(32)) | i
 
     def close(self) -> None:
-        for con in filter(None, (self._appender, self.con)):
-            con.close()
+        self._appender.close()
+        self.con.close()
 
     # -- writes ------------------------------------------------------------------------------
     def append(self, batch: EventBatch, owned: bool = True) -> AppendResult:
@@ -217,7 +217,7 @@ class EventStore:
             "kafka_partition": np.asarray(batch.partition, np.int32)[rows],
             "kafka_offset": np.asarray(batch.offset, np.int64)[rows],
         })
-        con = self._appender = self._appender or self.con.cursor()  # (another call's unread result can't block it)
+        con = self._appender
         # One statement in autocommit: its own transaction, committed (or rolled back, on any
         # error) before the call returns. Every DuckDB call lets the GIL go and waits to take it
         # back from the worker's other threads; BEGIN / INSERT / COMMIT as three calls made the
