@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import pickle
 import signal
 import struct
@@ -164,4 +165,8 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker handles Ctrl-C; its exit closes our stdin
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    # The answers get the pipe to themselves: anything printed to stdout (a library's notice) goes to
+    # stderr, the worker's log, instead of into the byte stream the worker is decoding.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    _serve(sys.stdin.buffer, answers)
