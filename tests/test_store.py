@@ -206,6 +206,19 @@ def test_seen_items_from_the_store_rank_like_plain_lists(store):
             == pop.recommend(sub, [plain[j] for j in sub], 10).items.tolist())
 
 
+def test_seen_items_are_those_stored_when_asked_even_if_read_after_later_batches(store):
+    """The worker's publish thread reads a batch's seen items while the store thread appends the
+    next batches: they must be the items stored when ``seen`` was called, also once the pairs'
+    runs have merged and new items (new codes) have come since."""
+    store.append(batch([(1, 10, 0), (1, 11, 1), (2, 10, 2)]))
+    before = store.seen([1, 2, 3])
+    for j in range(1, 40):  # each batch a run of new pairs: merges as the runs grow
+        store.append(batch([(1, 100 + j, 10 * j), (2, 200 + j, 10 * j + 1), (3, 300 + j, 10 * j + 2)], 3 * j))
+    assert [sorted(s.tolist()) for s in before] == [[10, 11], [10], []]
+    now = store.seen([1])
+    assert sorted(now[0].tolist()) == [10, 11] + list(range(101, 140))
+
+
 def test_sequences_stay_right_with_a_cache_smaller_than_the_users(tmp_path):
     """Two users' sequences in memory for six users: the others are evicted and reloaded from the
     log when they come back, late events included; every sequence always equals the log's."""
