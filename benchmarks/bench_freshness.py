@@ -45,7 +45,7 @@ from streamrec.storage.movielens import load_ratings  # noqa: E402
 from streamrec.streams.broker import EmbeddedBroker  # noqa: E402
 from streamrec.streams.config import Settings  # noqa: E402
 from streamrec.streams.events import Event, encode  # noqa: E402
-from streamrec.streams.pipeline import Recommendation  # noqa: E402
+from streamrec.streams.list_encoder import Recommendation  # noqa: E402
 from streamrec.streams.processes import WorkerProcess  # noqa: E402
 from streamrec.streams.replay import make_producer  # noqa: E402
 from streamrec.streams.topics import ensure_topics  # noqa: E402

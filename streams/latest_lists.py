@@ -27,7 +27,7 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.streams.config import Settings, kafka_config
-from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.topics import create_topics
 
 log = logging.getLogger(__name__)

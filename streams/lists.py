@@ -7,16 +7,13 @@ keeps the latest list per user and, if asked, every list (for grading them after
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.streams.config import kafka_config
-
-if TYPE_CHECKING:
-    from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.list_encoder import Recommendation
 
 
 class ListFollower(threading.Thread):
@@ -36,8 +33,6 @@ class ListFollower(threading.Thread):
         # assign(), not subscribe(): no group join to wait for, every partition from the start.
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        from streamrec.streams.pipeline import Recommendation  # here: the CLI registry imports this module
-
         self.topic = topic
         self.decoder = msgspec.json.Decoder(Recommendation)
         self.latest: dict[int, Recommendation] = {}

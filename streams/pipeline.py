@@ -12,7 +12,6 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
 from streamrec.streams.decoder import DecodeProcess
 from streamrec.streams.events import Contract, decode_batch
+from streamrec.streams.list_encoder import ListColumns, ListEncodeProcess, encode_lists
 from streamrec.streams.ownership import Ownership
 from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 
@@ -91,25 +91,6 @@ def without_revoked(chunks: list[tuple[TP, list]], raw: RawBatch, decoded: Event
     return kept, raw, decoded.without_inputs(keep)
 
 
-class Recommendation(msgspec.Struct):
-    """A published top-K list (JSON on the recommendations topic, keyed by user id)."""
-
-    user_id: int
-    items: list[int]
-    scores: list[float]
-    model: str
-    model_version: str
-    event_time: int  # ms: event time of the newest event that triggered this list
-    source_timestamp: int  # ms: Kafka timestamp of that event's message
-    source_partition: int  # Kafka partition and offset of that event's message: the list
-    source_offset: int  # reflects every event of the user up to and including it
-    published_at: int  # ms: wall time of publication
-    # Where the time between source_timestamp and published_at went (ms, wall time): the worker
-    # received the micro-batch holding that event / had it durable in DuckDB. 0: not given.
-    received_at: int = 0
-    stored_at: int = 0
-
-
 @dataclass
 class Stored:
     """What stage 2 hands to stage 3: the append result, and per user to score (sorted), the
@@ -144,6 +125,7 @@ class BatchProcessor:
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
         self.decoder: DecodeProcess | None = None  # the worker sets one (settings.decode_process)
+        self.encoder: ListEncodeProcess | None = None  # the worker sets one (settings.encode_process)
         self._cache_totals = (0, 0)  # the store's evictions and sequence reads already counted
 
     def _on_delivery(self, err, msg) -> None:
@@ -309,22 +291,11 @@ class BatchProcessor:
         m.stage_latency.labels("scored").observe(t_scored - raw.received_at)
         m.users_scored.inc(len(stored.users))
         user_list = stored.users.tolist()
-        trigger_time, trigger_ts = stored.trigger_time, stored.trigger_ts
-        trigger_part, trigger_off = stored.trigger_partition, stored.trigger_offset
-
-        now_ms = int(time.time() * 1000)
-        received_ms, stored_ms = int(raw.received_at * 1000), int(stored.stored_at * 1000)
-        items, scores = recs.items.tolist(), recs.scores.tolist()
-        n_valid = (recs.items >= 0).sum(axis=1)
-        if (n_valid < recs.items.shape[1]).any():  # short lists (few items known yet): no -1 padding
-            items = list(map(list.__getitem__, items, map(slice, n_valid.tolist())))
-            scores = list(map(list.__getitem__, scores, map(slice, n_valid.tolist())))
-        # The lists built and encoded in C-level passes (a Python loop over ~1,000 users a batch
-        # cost ~5 us each, with the GIL held); one produce call per list remains.
-        rows = map(Recommendation, user_list, items, scores, recs.models, recs.versions, trigger_time.tolist(),
-                   trigger_ts.tolist(), trigger_part.tolist(), trigger_off.tolist(), repeat(now_ms),
-                   repeat(received_ms), repeat(stored_ms))
-        values = list(map(self._encode, rows))
+        columns = ListColumns(stored.users, recs.items, recs.scores, recs.models, recs.versions, stored.trigger_time,
+                              stored.trigger_ts, stored.trigger_partition, stored.trigger_offset,
+                              int(time.time() * 1000), int(raw.received_at * 1000), int(stored.stored_at * 1000))
+        # (in the encoder's child process, the publish thread only waits: the GIL is the other stages')
+        values = self.encoder.encode(columns) if self.encoder is not None else encode_lists(columns)
         keys = stored.users.astype("S20").tolist()  # the user ids as decimal text
         produce, topic, on_delivery = self.producer.produce, s.recommendations_topic, self._on_delivery
         for value, key in zip(values, keys):

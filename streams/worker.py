@@ -61,6 +61,7 @@ from streamrec.streams.latest_lists import (
     ensure_workers_topic,
     web_address,
 )
+from streamrec.streams.list_encoder import ListEncodeProcess
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership, owners_topic
 from streamrec.streams.pipeline import BatchProcessor, RawBatch, to_raw_batch, without_revoked
@@ -162,7 +163,6 @@ class Worker:
             torch.set_num_threads(s.torch_threads)
         store = EventStore(s.db, seq_len=s.seq_len, max_users=s.sequence_users)
         recommender = self.models.first_model(store)
-        metrics.store_events.set(store.n_events)
         # Lists and dead letters wait out a broker outage as long as the worker does (librdkafka's
         # default of 300 s would drop them just as a five-minute outage ends).
         hold_ms = min(int((s.broker_outage_limit + 60) * 1000), 2**31 - 1)
@@ -178,8 +178,8 @@ class Worker:
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
         processor = BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
-        if s.decode_process:
-            processor.decoder = DecodeProcess(processor.contract)
+        processor.decoder = DecodeProcess(processor.contract) if s.decode_process else None  # (child processes)
+        processor.encoder = ListEncodeProcess() if s.encode_process else None
         return processor
 
     async def ingest(self) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 
 from streamrec.storage.movielens import load_ratings
 from streamrec.streams.closed_loop import closed_loop_replay, user_bursts
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.lists import ListFollower
-from streamrec.streams.pipeline import Recommendation
 from tests.conftest import read_topic, start_worker, wait_stored
 
 DATA = Path(__file__).parent / "data" / "ratings.csv"

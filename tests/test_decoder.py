@@ -76,9 +76,9 @@ def test_the_child_ends_with_its_parent_even_one_killed():
     raise AssertionError(f"the decoder process {child} outlived its killed parent")
 
 
-def test_ctrl_c_stops_the_worker_and_its_decoder_without_a_traceback(settings, tmp_path):
+def test_ctrl_c_stops_the_worker_and_its_child_processes_without_a_traceback(settings, tmp_path):
     """A terminal's Ctrl-C reaches the whole process group: the worker stops as before, and its
-    decoder (which ignores SIGINT) ends with it, silently."""
+    decoder and list encoder (which ignore SIGINT) end with it, silently."""
     from streamrec.storage.movielens import load_ratings
     from streamrec.streams.replay import replay
     from tests.conftest import start_worker, wait_stored
@@ -88,18 +88,19 @@ def test_ctrl_c_stops_the_worker_and_its_decoder_without_a_traceback(settings, t
     replay(load_ratings(Path(__file__).parent / "data" / "ratings.csv").slice(0, 500), settings.bootstrap_servers,
            settings.interactions_topic, progress=False)
     wait_stored(w, 500)  # (decoded by the child)
-    children = subprocess.run(["pgrep", "-P", str(w.proc.pid), "-f", "streamrec.streams.decoder"],
+    children = subprocess.run(["pgrep", "-P", str(w.proc.pid), "-f", "streamrec.streams.(decoder|list_encoder)"],
                               capture_output=True, text=True).stdout.split()
-    assert len(children) == 1, children
+    assert len(children) == 2, children  # the decoder and the list encoder
     os.killpg(w.proc.pid, signal.SIGINT)  # (the worker runs in a session of its own, as in a terminal)
     w.proc.wait(60)
     log = Path(w.log).read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
-    deadline = time.time() + 10
-    while time.time() < deadline and Path(f"/proc/{children[0]}").exists():
-        with open(f"/proc/{children[0]}/stat") as f:
-            if f.read().rpartition(")")[2].split()[0] == "Z":
-                break
-        time.sleep(0.1)
-    else:
-        assert not Path(f"/proc/{children[0]}").exists(), "the decoder outlived its worker"
+    for child in children:
+        deadline = time.time() + 10
+        while time.time() < deadline and Path(f"/proc/{child}").exists():
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    break
+            time.sleep(0.1)
+        else:
+            assert not Path(f"/proc/{child}").exists(), f"child {child} outlived its worker"

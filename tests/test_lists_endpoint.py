@@ -15,8 +15,8 @@ from confluent_kafka import Producer
 
 from streamrec.storage.movielens import load_ratings
 from streamrec.streams.latest_lists import LatestLists
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.lists import fetch_list
-from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import metric_sum
 from streamrec.streams.replay import replay
 from streamrec.streams.topics import ensure_topics

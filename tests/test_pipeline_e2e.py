@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamrec.storage.movielens import load_ratings
-from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.processes import metric_sum
 from streamrec.streams.replay import make_producer, replay
 from streamrec.streams.topics import ensure_topics

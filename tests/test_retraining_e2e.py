@@ -18,8 +18,8 @@ from streamrec.model.registry import CorruptCheckpointError, Registry
 from streamrec.model.retrain import RetrainConfig, retrain
 from streamrec.storage.movielens import Ratings, load_ratings
 from streamrec.streams.cli import main as streamrec
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.model_updates import announce
-from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.replay import replay
 from tests.conftest import read_topic, start_worker, wait_metrics
 

@@ -20,8 +20,8 @@ from streamrec.model.registry import Registry
 from streamrec.model.retrain import RetrainConfig, retrain
 from streamrec.storage.movielens import Ratings, load_ratings
 from streamrec.streams.cli import build_parser
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.model_updates import ModelUpdate
-from streamrec.streams.pipeline import Recommendation
 from streamrec.streams.processes import parse_metrics
 from streamrec.streams.prometheus import RetrainMetrics
 from streamrec.streams.replay import replay

@@ -13,7 +13,7 @@ import pytest
 
 from streamrec.storage.movielens import Ratings, load_ratings
 from streamrec.streams.cli import main as streamrec
-from streamrec.streams.pipeline import Recommendation
+from streamrec.streams.list_encoder import Recommendation
 from streamrec.streams.processes import metric_sum
 from streamrec.streams.replay import replay
 from tests.conftest import read_topic, start_worker, wait_stored
