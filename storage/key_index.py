@@ -60,15 +60,6 @@ class SortedRuns:
     def runs(self) -> int:
         return len(self._keys)
 
-    def frozen(self) -> "SortedRuns":
-        """The set as it is now, for another thread to read while this one changes: its runs
-        are shared, which is safe because a run is never changed in place (``add`` appends new
-        runs, a merge makes a new one)."""
-        view = SortedRuns()
-        view._keys, view._dirs = list(self._keys), list(self._dirs)
-        view._vals = None if self._vals is None else list(self._vals)
-        return view
-
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, value) per key; value is 0 where not found or where the set keeps no values."""
         keys = np.asarray(keys, np.uint64)

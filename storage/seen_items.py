@@ -10,19 +10,11 @@ in O(seen + k) per user (``model/recommender.py``).
 ``SeenItems`` is still a sequence of per-user arrays of external ids for everything else
 (a transformer's seen-item mask, tests): ``seen[j]`` builds user j's array when asked.
 
-The store hands them out *unread* (``SeenItems.later``): the gather runs on first use, in the
-worker's publish thread, off the store thread that is the worker's critical path (2.8 ms a batch
-at 19M events stored, growing with the users' histories); the store's runs it reads are never
-changed in place, so the next batch's append cannot change them meanwhile.
-
 >>> seen = SeenItems.of([np.array([30, 10]), np.array([], np.int64), np.array([10])])
 >>> len(seen), seen[0].tolist(), seen[1].tolist(), [s.tolist() for s in seen.take([2, 0])]
 (3, [30, 10], [], [[10], [30, 10]])
 >>> seen.code_of(np.array([10, 20, 30])).tolist()   # 20: no user in the batch has seen it
 [0, -1, 1]
->>> lazy = SeenItems.later(lambda: (np.array([1, 0]), np.array([0, 1, 2])), seen.ids, seen.code_of)
->>> [s.tolist() for s in lazy]
-[[30], [10]]
 """
 
 from __future__ import annotations
@@ -41,31 +33,7 @@ class SeenItems(Sequence):
 
     def __init__(self, codes: np.ndarray, start: np.ndarray, ids: np.ndarray,
                  code_of: Callable[[np.ndarray], np.ndarray]):
-        self._codes, self._start, self.ids, self.code_of = codes, start, ids, code_of
-        self._load: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
-
-    @classmethod
-    def later(cls, load: Callable[[], tuple[np.ndarray, np.ndarray]], ids: np.ndarray,
-              code_of: Callable[[np.ndarray], np.ndarray]) -> "SeenItems":
-        """Seen items whose (codes, start) ``load()`` gives when first needed (once)."""
-        seen = cls(None, None, ids, code_of)
-        seen._load = load
-        return seen
-
-    def _loaded(self) -> None:
-        if self._load is not None:
-            self._codes, self._start = self._load()
-            self._load = None
-
-    @property
-    def codes(self) -> np.ndarray:
-        self._loaded()
-        return self._codes
-
-    @property
-    def start(self) -> np.ndarray:
-        self._loaded()
-        return self._start
+        self.codes, self.start, self.ids, self.code_of = codes, start, ids, code_of
 
     @classmethod
     def of(cls, seen: Sequence[np.ndarray]) -> "SeenItems":

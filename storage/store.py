@@ -331,17 +331,14 @@ class EventStore:
 
     def seen(self, users: Sequence[int]) -> SeenItems:
         """Every item each user has interacted with (unique, in no particular order), as item codes
-        of this store; ``seen[j]`` is user j's array of item ids. Gathered when first used (in the
-        worker: by the publish thread), as they are now (frozen runs, a snapshot of the codes)."""
+        of this store; ``seen[j]`` is user j's array of item ids."""
         codes = self._users.lookup(np.asarray(users, np.int64))
         lo = np.where(codes >= 0, codes, 0).astype(np.uint64) << np.uint64(32)
         hi = np.where(codes >= 0, lo + np.uint64(1 << 32), lo)  # unknown user: an empty range
-        pairs = self._seen.frozen()
-
-        def load() -> tuple[np.ndarray, np.ndarray]:
-            flat, total = pairs.ranges(lo, hi)
-            return (flat & LOW32).astype(np.int64), np.append(0, np.cumsum(total))
-        return SeenItems.later(load, self._items.ids, self._items.snapshot_lookup())
+        flat, total = self._seen.ranges(lo, hi)
+        # A snapshot of the item codes: the next batch's append may code new items meanwhile.
+        return SeenItems((flat & LOW32).astype(np.int64), np.append(0, np.cumsum(total)), self._items.ids,
+                         self._items.snapshot_lookup())
 
     def count(self) -> int:
         """Events this database owns (copies of other databases' events excluded)."""
