@@ -1,9 +1,9 @@
 """Work off the worker's GIL: a long-lived child process answering one request at a time.
 
 The worker's three stage threads share one GIL; at ML-20M scale it used ~1.1 of two cores while
-its Python held the GIL most of the time (docs/benchmarks.md#store). Pure per-record and per-list
-Python (decoding events, encoding lists) runs instead in child processes beside it, over pipes:
-what crosses them is small (bytes joined into one buffer with their lengths, NumPy arrays).
+its Python held the GIL most of the time (docs/benchmarks.md#store). Pure per-record
+Python (decoding events: streams/decoder.py) runs instead in a child process beside it, over
+pipes: what crosses them is small (bytes joined into one buffer with their lengths, NumPy arrays).
 
 A child is ``python -m <module>`` (``multiprocessing``'s spawn would re-import the worker's
 ``__main__``) whose ``__main__`` calls :func:`serve` with its handler; they talk length-prefixed

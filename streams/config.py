@@ -175,8 +175,6 @@ class Settings(EnvSettings):
                                "a fifth of its time)", min=1)
     decode_process: bool = _f(True, "decode micro-batches in a child process, off the worker's GIL (false: in a "
                                     "thread of the worker)")
-    encode_process: bool = _f(True, "encode published lists in a child process, off the worker's GIL (false: in "
-                                    "the publish thread)")
     eval_snapshot_seconds: float = _f(5.0, "seconds between online-evaluation snapshots (gauges, DuckDB)", min=0.1)
     registry: str = _f("", "model registry directory: serve its champion, follow promotions")
     model_updates_topic: str = _f("model-updates", "topic of model promotions, rollbacks and shadow announcements")

@@ -1,10 +1,7 @@
-"""Published lists as JSON: the message format, and its encoding in a child process.
+"""Published lists as JSON: the message format, and a micro-batch's lists encoded at once.
 
-Building and encoding ~1,000 lists a micro-batch (Python lists of items and scores, a struct per
-list, msgspec) held the worker's GIL ~4 ms a batch at ML-20M scale, as much as everything else
-its publish stage does in Python; in a child process (``python -m streamrec.streams.list_encoder``,
-see streams/child.py) it runs beside the worker. The batch's columns cross the pipe as NumPy
-arrays, the encoded lists come back as one buffer and their lengths.
+(Encoding in a child process, as decoding is, was measured: the publish thread's CPU fell ~3 ms a
+batch, the worker's rate on two cores did not measurably rise; docs/benchmarks.md#store.)
 
 >>> columns = ListColumns(np.array([7]), np.array([[3, 5, -1]]), np.array([[2.0, 1.0, 0.0]], np.float32),
 ...                       ["popularity"], ["0"], np.array([1000]), np.array([1001]), np.array([0]), np.array([42]),
@@ -12,8 +9,6 @@ arrays, the encoded lists come back as one buffer and their lengths.
 >>> values = encode_lists(columns)
 >>> msgspec.json.decode(values[0], type=Recommendation).items
 [3, 5]
->>> ListEncodeProcess().encode(columns) == values
-True
 """
 
 from __future__ import annotations
@@ -23,8 +18,6 @@ from typing import NamedTuple
 
 import msgspec
 import numpy as np
-
-from streamrec.streams.child import ChildProcess, pack, serve, unpack
 
 
 class Recommendation(msgspec.Struct):
@@ -78,21 +71,3 @@ def encode_lists(c: ListColumns) -> list[bytes]:
                c.trigger_ts.tolist(), c.trigger_partition.tolist(), c.trigger_offset.tolist(),
                repeat(c.published_at), repeat(c.received_at), repeat(c.stored_at))
     return list(map(_encode, rows))
-
-
-class ListEncodeProcess(ChildProcess):
-    """:func:`encode_lists` in a child process."""
-
-    def __init__(self):
-        super().__init__("streamrec.streams.list_encoder")
-
-    def encode(self, columns: ListColumns) -> list[bytes]:
-        return unpack(*self.ask(tuple(columns)))
-
-
-def _encode_packed(_setup, request) -> tuple[bytes, np.ndarray]:
-    return pack(encode_lists(ListColumns(*request)))
-
-
-if __name__ == "__main__":
-    serve(_encode_packed)

@@ -30,7 +30,7 @@ from streamrec.streams.config import Settings
 from streamrec.streams.dead_letters import conflicts, dead_letter
 from streamrec.streams.decoder import DecodeProcess
 from streamrec.streams.events import Contract, decode_batch
-from streamrec.streams.list_encoder import ListColumns, ListEncodeProcess, encode_lists
+from streamrec.streams.list_encoder import ListColumns, encode_lists
 from streamrec.streams.ownership import Ownership
 from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
 
@@ -125,7 +125,6 @@ class BatchProcessor:
         self._sent: list[tuple[int, bytes]] = []  # this batch's lists, for ``latest`` once delivered
         self.contract = Contract(int(settings.max_event_skew * 1000), settings.allow_null_keys)
         self.decoder: DecodeProcess | None = None  # the worker sets one (settings.decode_process)
-        self.encoder: ListEncodeProcess | None = None  # the worker sets one (settings.encode_process)
         self._cache_totals = (0, 0)  # the store's evictions and sequence reads already counted
 
     def _on_delivery(self, err, msg) -> None:
@@ -294,8 +293,7 @@ class BatchProcessor:
         columns = ListColumns(stored.users, recs.items, recs.scores, recs.models, recs.versions, stored.trigger_time,
                               stored.trigger_ts, stored.trigger_partition, stored.trigger_offset,
                               int(time.time() * 1000), int(raw.received_at * 1000), int(stored.stored_at * 1000))
-        # (in the encoder's child process, the publish thread only waits: the GIL is the other stages')
-        values = self.encoder.encode(columns) if self.encoder is not None else encode_lists(columns)
+        values = encode_lists(columns)
         keys = stored.users.astype("S20").tolist()  # the user ids as decimal text
         produce, topic, on_delivery = self.producer.produce, s.recommendations_topic, self._on_delivery
         for value, key in zip(values, keys):

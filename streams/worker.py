@@ -61,7 +61,6 @@ from streamrec.streams.latest_lists import (
     ensure_workers_topic,
     web_address,
 )
-from streamrec.streams.list_encoder import ListEncodeProcess
 from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership, owners_topic
 from streamrec.streams.pipeline import BatchProcessor, RawBatch, to_raw_batch, without_revoked
@@ -178,8 +177,7 @@ class Worker:
         log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
                  s.db, store.db_id, store.n_events, recommender.name, recommender.version)
         processor = BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
-        processor.decoder = DecodeProcess(processor.contract) if s.decode_process else None  # (child processes)
-        processor.encoder = ListEncodeProcess() if s.encode_process else None
+        processor.decoder = DecodeProcess(processor.contract) if s.decode_process else None  # (a child process)
         return processor
 
     async def ingest(self) -> None:

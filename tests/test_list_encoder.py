@@ -1,15 +1,12 @@
-"""Lists encoded in the encoder's child process (streams/list_encoder.py): the same bytes as in
-the publish thread, the format readers decode, and a killed child replaced."""
+"""A micro-batch's lists encoded at once (streams/list_encoder.py): what readers decode is each
+row's list, without its padding, with its trigger and timings."""
 
 from __future__ import annotations
-
-import os
-import signal
 
 import msgspec
 import numpy as np
 
-from streamrec.streams.list_encoder import ListColumns, ListEncodeProcess, Recommendation, encode_lists
+from streamrec.streams.list_encoder import ListColumns, Recommendation, encode_lists
 
 
 def columns(rng, n: int, k: int) -> ListColumns:
@@ -23,31 +20,17 @@ def columns(rng, n: int, k: int) -> ListColumns:
                        rng.integers(0, 2**40, n), 1_700_000_000_123, 1_700_000_000_001, 1_700_000_000_050)
 
 
-def test_the_child_encodes_every_batch_as_the_thread_does_and_readers_decode_it():
+def test_readers_decode_each_row_s_list_without_its_padding():
     rng = np.random.default_rng(11)
-    p = ListEncodeProcess()
-    try:
-        for n, k in ((0, 20), (1, 1), (7, 3), (300, 20)):
-            c = columns(rng, n, k)
-            here = encode_lists(c)
-            assert p.encode(c) == here and len(here) == n
-            for j, value in enumerate(here):
-                rec = msgspec.json.decode(value, type=Recommendation)
-                keep = c.items[j] >= 0
-                assert rec.user_id == c.users[j] and rec.items == c.items[j][keep].tolist()
-                assert rec.scores == c.scores[j][keep].tolist() and rec.model == c.models[j]
-                assert (rec.source_partition, rec.source_offset, rec.stored_at) == (
-                    c.trigger_partition[j], c.trigger_offset[j], 1_700_000_000_050)
-    finally:
-        p.close()
-
-
-def test_a_killed_encoder_is_replaced_and_the_batch_encoded_again():
-    p = ListEncodeProcess()
-    c = columns(np.random.default_rng(2), 5, 4)
-    first = p._child.pid
-    os.kill(first, signal.SIGKILL)
-    p._child.wait(10)
-    assert p.encode(c) == encode_lists(c) and p.restarts == 1 and p._child.pid != first
-    p.close()
-    assert p._child.poll() is not None
+    for n, k in ((0, 20), (1, 1), (7, 3), (300, 20)):
+        c = columns(rng, n, k)
+        values = encode_lists(c)
+        assert len(values) == n
+        for j, value in enumerate(values):
+            rec = msgspec.json.decode(value, type=Recommendation)
+            keep = c.items[j] >= 0
+            assert rec.user_id == c.users[j] and rec.items == c.items[j][keep].tolist()
+            assert rec.scores == c.scores[j][keep].tolist() and rec.model == c.models[j]
+            assert rec.model_version == c.versions[j] and rec.event_time == c.trigger_time[j]
+            assert (rec.source_partition, rec.source_offset, rec.published_at, rec.stored_at) == (
+                c.trigger_partition[j], c.trigger_offset[j], 1_700_000_000_123, 1_700_000_000_050)
