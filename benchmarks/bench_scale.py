@@ -9,7 +9,8 @@ One run, one embedded broker:
 3. one ``streamrec worker`` (popularity) consumes it from the start while an outside consumer
    reads the ``recommendations`` topic; every million events stored the bench prints and writes:
    the worker's rate over that million, its store-stage ms per micro-batch (from
-   ``streamrec_stage_duration_seconds{stage="store"}``), its RSS and the DuckDB file size.
+   ``streamrec_stage_duration_seconds{stage="store"}``) and the CPU of each stage's thread beside
+   its wall time (``streamrec_stage_cpu_seconds_total``), its RSS and the DuckDB file size.
 
 ``--store-only`` skips Kafka and the worker: batches go straight into an ``EventStore`` (with the
 conflict check and the model inputs the store stage reads), to time the store alone.
@@ -54,7 +55,8 @@ from streamrec.streams.replay import make_producer  # noqa: E402
 from streamrec.streams.topics import ensure_topics  # noqa: E402
 
 FIELDS = ["events_stored", "seconds", "rate_ev_s", "store_ms_per_batch", "store_ms_max", "rss_mb", "duckdb_mb",
-          "decode_ms", "score_ms", "publish_ms", "lists_per_batch"]
+          "decode_ms", "score_ms", "publish_ms", "lists_per_batch", "store_cpu_ms", "decode_cpu_ms", "score_cpu_ms",
+          "publish_cpu_ms"]
 STAGES = ("store", "decode", "score", "publish")  # the worker's streamrec_stage_duration_seconds labels
 
 
@@ -161,7 +163,8 @@ class ListCounter(threading.Thread):
 def stage_totals(m: dict) -> np.ndarray:
     """(sum of seconds, count) of each stage in STAGES, from the worker's histogram."""
     return np.array([[m.get(f'streamrec_stage_duration_seconds_{x}{{stage="{st}"}}', 0.0) for x in ("sum", "count")]
-                     for st in STAGES] + [[m.get("streamrec_users_scored_total", 0.0), 0.0]])
+                     for st in STAGES] + [[m.get("streamrec_users_scored_total", 0.0), 0.0]]
+                    + [[m.get(f'streamrec_stage_cpu_seconds_total{{stage="{st}"}}', 0.0), 0.0] for st in STAGES])
 
 
 def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
@@ -179,7 +182,10 @@ def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
             ms = {st: 1000 * d[k, 0] / d[k, 1] if d[k, 1] else float("nan") for k, st in enumerate(STAGES)}
             # Users scored (one list each) per batch: the per-user work, which follows the workload's
             # shape (users per batch, their history lengths), not the size of the log.
-            ms["lists_per_batch"] = d[-1, 0] / d[0, 1] if d[0, 1] else float("nan")
+            ms["lists_per_batch"] = d[len(STAGES), 0] / d[0, 1] if d[0, 1] else float("nan")
+            # The stages' threads' CPU a batch beside their wall time: the rest is waiting (GIL, a core, I/O).
+            for k, st in enumerate(STAGES):
+                ms[f"{st}_cpu"] = 1000 * d[len(STAGES) + 1 + k, 0] / d[k, 1] if d[k, 1] else float("nan")
             rows.append(_row(stored, now - mark[1], (stored - mark[0]) / (now - mark[1]), [ms.pop("store") / 1000],
                              rss_mb(w.proc.pid), db_mb(Path(w.db)), worst=False, stages=ms))
             mark = (stored, now, stage_totals(m))

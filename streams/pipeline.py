@@ -147,7 +147,7 @@ class BatchProcessor:
         thread only waits for it. Dead letters are delivered by the ``publish`` of this batch.
         """
         m = self.metrics
-        t0 = time.time()
+        t0, c0 = time.time(), time.thread_time()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
         if self.decoder is not None:  # in the child process: the worker's GIL is for the other stages
@@ -156,6 +156,7 @@ class BatchProcessor:
             batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
         self.dead_letter_all(raw, batch)
         m.stage_duration.labels("decode").observe(time.time() - t0)
+        m.stage_cpu.labels("decode").inc(time.thread_time() - c0)  # (in the worker: the decoder child's excluded)
         return batch
 
     def dead_letter_all(self, raw: RawBatch, batch: EventBatch, count: bool = True) -> None:
@@ -185,10 +186,11 @@ class BatchProcessor:
         m = self.metrics
         t0 = time.time()
         self._claim(raw)  # partitions new since the last rebalance: claim, recover
-        t0 = time.time()
+        t0, c0 = time.time(), time.thread_time()
         idx = batch.index
         result = self.store.append(batch)
         t_stored = time.time()
+        m.stage_cpu.labels("store").inc(time.thread_time() - c0)
         for j, reason in conflicts(self.store, batch, result.new_mask):
             self._dead_letter(raw, int(idx[j]), reason)
             result.new_mask[j] = False  # (already False: a conflict is never stored)
@@ -255,13 +257,14 @@ class BatchProcessor:
                 self._score_shadow(shadow, stored)
         if time.time() >= self._next_snapshot:
             self.snapshot_evaluation()
-        t_scored = time.time()
+        t_scored, c0 = time.time(), time.thread_time()
         self._flush()  # DLQ records and lists delivered before the caller commits offsets
         if self.latest is not None:
             self.latest.put_many(self._sent)
         self._sent = []
         t_done = time.time()
         m.stage_duration.labels("publish").observe(t_done - t_scored)
+        m.stage_cpu.labels("publish").inc(time.thread_time() - c0)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
         observe_many(m.freshness, np.maximum(t_done - stored.trigger_ts / 1000.0, 0.0))
 
@@ -282,9 +285,10 @@ class BatchProcessor:
     def _score_and_publish(self, stored: "Stored", raw: RawBatch) -> Recommendations:
         """Score the batch's users once and queue one list per user."""
         m, s = self.metrics, self.settings
-        t0 = time.time()
+        t0, c0 = time.time(), time.thread_time()
         recs = self.recommender.recommend(stored.sequences, stored.seen, s.top_k)
         t_scored = time.time()
+        m.stage_cpu.labels("score").inc(time.thread_time() - c0)
         m.inference_seconds.observe(t_scored - t0)
         m.stage_duration.labels("score").observe(t_scored - t0)
         m.stage_latency.labels("scored").observe(t_scored - raw.received_at)

@@ -140,6 +140,10 @@ class WorkerMetrics:
             "streamrec_stage_duration_seconds", "Time spent in each stage of a micro-batch",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        # Beside a stage's wall time, its thread's CPU: the difference is time spent waiting for the
+        # GIL, for a free core or for I/O (on two cores, a quarter of the store stage's; docs/benchmarks.md).
+        self.stage_cpu = Counter("streamrec_stage_cpu_seconds", "CPU time of the thread running each stage",
+                                 ["stage"], registry=r)
         self.freshness = Histogram(
             "streamrec_freshness_seconds",
             "From the triggering event's Kafka timestamp to its user's list being published",

@@ -195,6 +195,17 @@ def test_prometheus_stores_the_worker_counters(run):
         assert targets[sc["job_name"]]["scrapeUrl"].endswith(sc.get("metrics_path", "/metrics"))
 
 
+def test_each_stage_s_cpu_is_counted_and_is_at_most_its_wall_time(run):
+    """The stage CPU counter measures the stage's own thread over the span its duration times: it
+    is positive for every stage that ran, and no more than that stage's wall time."""
+    m = run["metrics"]
+    for stage in ("decode", "store", "score", "publish"):
+        cpu = m[f'streamrec_stage_cpu_seconds_total{{stage="{stage}"}}']
+        wall = m[f'streamrec_stage_duration_seconds_sum{{stage="{stage}"}}']
+        batches = m[f'streamrec_stage_duration_seconds_count{{stage="{stage}"}}']
+        assert batches > 0 and 0 < cpu <= wall + 0.001 * batches, (stage, cpu, wall, batches)
+
+
 def test_prometheus_stores_the_retrain_job_metrics(run):
     prom = run["prom"]
     assert _prom_value(prom, f'streamrec_retrain_runs_total{{job="{RETRAIN_JOB}",outcome="promoted"}}', 1.0) == 1.0
