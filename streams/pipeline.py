@@ -32,7 +32,7 @@ from streamrec.streams.decoder import DecodeProcess
 from streamrec.streams.events import Contract, decode_batch
 from streamrec.streams.list_encoder import ListColumns, encode_lists
 from streamrec.streams.ownership import Ownership
-from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class
+from streamrec.streams.prometheus import WorkerMetrics, observe_many, reject_class, stage_start
 
 if TYPE_CHECKING:
     from faust.types import TP
@@ -147,7 +147,7 @@ class BatchProcessor:
         thread only waits for it. Dead letters are delivered by the ``publish`` of this batch.
         """
         m = self.metrics
-        t0, c0 = time.time(), time.thread_time()
+        started = stage_start()
         m.consumed.inc(len(raw))
         m.batch_size.observe(len(raw))
         if self.decoder is not None:  # in the child process: the worker's GIL is for the other stages
@@ -155,8 +155,7 @@ class BatchProcessor:
         else:
             batch = decode_batch(raw.values, raw.keys, raw.timestamps, self.contract, raw.partitions, raw.offsets)
         self.dead_letter_all(raw, batch)
-        m.stage_duration.labels("decode").observe(time.time() - t0)
-        m.stage_cpu.labels("decode").inc(time.thread_time() - c0)  # (in the worker: the decoder child's excluded)
+        m.stage_done("decode", started)  # (its CPU: this thread's; the decoder child's is not counted)
         return batch
 
     def dead_letter_all(self, raw: RawBatch, batch: EventBatch, count: bool = True) -> None:
@@ -184,13 +183,11 @@ class BatchProcessor:
         its users taken from the store's memory, so stage 3 of this batch can run while stage 2
         of the next one changes that memory."""
         m = self.metrics
-        t0 = time.time()
         self._claim(raw)  # partitions new since the last rebalance: claim, recover
-        t0, c0 = time.time(), time.thread_time()
+        started = stage_start()
         idx = batch.index
         result = self.store.append(batch)
-        t_stored = time.time()
-        m.stage_cpu.labels("store").inc(time.thread_time() - c0)
+        t_stored = m.stage_done("store", started)
         for j, reason in conflicts(self.store, batch, result.new_mask):
             self._dead_letter(raw, int(idx[j]), reason)
             result.new_mask[j] = False  # (already False: a conflict is never stored)
@@ -199,7 +196,6 @@ class BatchProcessor:
         m.store_events.set(self.store.n_events)
         self._export_cache()
         m.duplicates.inc(len(batch) - result.n_new - batch.conflicts)
-        m.stage_duration.labels("store").observe(t_stored - t0)
         m.stage_latency.labels("stored").observe(t_stored - raw.received_at)
         # Every user with a valid event in the batch gets a list, triggered by their newest event
         # (max event time, then offset). Users whose events were all redeliveries too: after a
@@ -257,14 +253,12 @@ class BatchProcessor:
                 self._score_shadow(shadow, stored)
         if time.time() >= self._next_snapshot:
             self.snapshot_evaluation()
-        t_scored, c0 = time.time(), time.thread_time()
+        started = stage_start()
         self._flush()  # DLQ records and lists delivered before the caller commits offsets
         if self.latest is not None:
             self.latest.put_many(self._sent)
         self._sent = []
-        t_done = time.time()
-        m.stage_duration.labels("publish").observe(t_done - t_scored)
-        m.stage_cpu.labels("publish").inc(time.thread_time() - c0)
+        t_done = m.stage_done("publish", started)
         m.stage_latency.labels("published").observe(t_done - raw.received_at)
         observe_many(m.freshness, np.maximum(t_done - stored.trigger_ts / 1000.0, 0.0))
 
@@ -285,12 +279,10 @@ class BatchProcessor:
     def _score_and_publish(self, stored: "Stored", raw: RawBatch) -> Recommendations:
         """Score the batch's users once and queue one list per user."""
         m, s = self.metrics, self.settings
-        t0, c0 = time.time(), time.thread_time()
+        started = stage_start()
         recs = self.recommender.recommend(stored.sequences, stored.seen, s.top_k)
-        t_scored = time.time()
-        m.stage_cpu.labels("score").inc(time.thread_time() - c0)
-        m.inference_seconds.observe(t_scored - t0)
-        m.stage_duration.labels("score").observe(t_scored - t0)
+        t_scored = m.stage_done("score", started)
+        m.inference_seconds.observe(t_scored - started[0])
         m.stage_latency.labels("scored").observe(t_scored - raw.received_at)
         m.users_scored.inc(len(stored.users))
         user_list = stored.users.tolist()

@@ -6,6 +6,8 @@ Names follow Prometheus conventions: ``streamrec_`` prefix, ``_total`` for count
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from prometheus_client import (
     GC_COLLECTOR,
@@ -51,6 +53,11 @@ def process_registry() -> CollectorRegistry:
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         r.register(collector)
     return r
+
+
+def stage_start() -> tuple[float, float]:
+    """Where a stage starts, for :meth:`WorkerMetrics.stage_done`: (wall time, this thread's CPU time)."""
+    return time.time(), time.thread_time()
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
@@ -117,6 +124,14 @@ class WorkerMetrics:
         self._reliability(r)
         self._scale_out(r)
         self._lists(r)
+
+    def stage_done(self, stage: str, started: tuple[float, float]) -> float:
+        """A stage's wall time and its thread's CPU since ``started`` (:func:`stage_start`), over
+        the same span; returns the wall time now."""
+        now = time.time()
+        self.stage_duration.labels(stage).observe(now - started[0])
+        self.stage_cpu.labels(stage).inc(time.thread_time() - started[1])
+        return now
 
     def _ingest(self, r: CollectorRegistry) -> None:
         """Messages, events and the stages of a micro-batch."""
