@@ -104,6 +104,18 @@ def standalone(rec: TransformerRecommender, user: np.ndarray, item: np.ndarray, 
     return len(seqs) / (time.perf_counter() - t0)
 
 
+def stage_ms(m: dict) -> str:
+    """Each pipeline stage's mean wall time and its thread's CPU a micro-batch, from the metrics."""
+    out = []
+    for st in ("decode", "store", "score", "publish"):
+        label = '{stage="' + st + '"}'
+        n = max(m.get("streamrec_stage_duration_seconds_count" + label, 0), 1)
+        wall, cpu = (m.get(name + label, 0) for name in ("streamrec_stage_duration_seconds_sum",
+                                                          "streamrec_stage_cpu_seconds_total"))
+        out.append(f"{st} {1000 * wall / n:.1f}/{1000 * cpu / n:.1f}")
+    return ", ".join(out)
+
+
 def copy_store(src: Path, dst: Path) -> int:
     """Copy a worker database (and its WAL); returns the events it owns."""
     import shutil
@@ -130,6 +142,8 @@ def main() -> None:
     ap.add_argument("--ratings", type=Path, help="a ratings file instead of a generated stream")
     ap.add_argument("--db", type=Path, help="a worker database holding --ratings already (copied)")
     ap.add_argument("--tail", type=int, default=200_000, help="with --db: the last events served again")
+    ap.add_argument("--device", default="auto",
+                    help="the standalone run's device: auto (CUDA if available, as the worker picks), cpu, cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.pop("OMP_NUM_THREADS", None)
@@ -159,8 +173,8 @@ def main() -> None:
     calls = m.get("streamrec_inference_seconds_count", 0)
     model_s = m.get("streamrec_inference_seconds_sum", 0)
     batch = max(1, round(metric_sum(m, "streamrec_users_scored_total") / max(calls, 1)))
-    rec = TransformerRecommender(Checkpoint(model, vocab, {"version": "bench"}), device="cpu")
-    alone = standalone(rec, r.user, r.item, batch, 3000, args.max_len, 20)
+    rec = TransformerRecommender(Checkpoint(model, vocab, {"version": "bench"}), device=args.device)
+    alone = standalone(rec, r.user, r.item, batch, max(3000, 8 * batch), args.max_len, 20)
     worker_rate = scored / seconds
     served = f" stored, {args.tail:,} served" if args.db else ""
     print(f"{len(r):,} events{served}, {len(vocab):,} items, SASRec d={args.d_model} L={args.max_len}; worker settings "
@@ -168,7 +182,8 @@ def main() -> None:
     print(f"worker: {events / seconds:,.0f} events/s, {scored:,.0f} users scored by SASRec in {seconds:.1f}s = "
           f"{worker_rate:,.0f} users/s; {calls:.0f} model calls of {batch} users on average, "
           f"model time {model_s:.1f}s ({scored / max(model_s, 1e-9):,.0f} users/s of model time)")
-    print(f"standalone, same model, batches of {batch}: {alone:,.0f} users/s; worker/standalone = "
+    print(f"worker stages, ms a batch (wall/CPU of the stage's thread): {stage_ms(m)}")
+    print(f"standalone on {rec.device}, same model, batches of {batch}: {alone:,.0f} users/s; worker/standalone = "
           f"{worker_rate / alone:.2f}")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; load "
           f"{os.getloadavg()[0]:.1f}; standalone torch threads {args.threads}, worker OMP_NUM_THREADS "

@@ -17,7 +17,8 @@
 >>> lists.models, lists.items[1].tolist()
 (['sasrec', 'popularity'], [50, 60])
 
-Per call: external ids are mapped to indices (unknown items dropped), users are grouped into
+Per call: external ids are mapped to indices (unknown items dropped) for all users' items at once,
+not user by user (on a GPU the per-user NumPy calls cost more than the model), users are grouped into
 batches of similar length, each batch is trimmed to its longest history, the last layer and the
 output projection run for the scored position only, under ``torch.inference_mode``. Seen items are
 set to -inf before ``torch.topk``, so they can never be returned; slots that only seen items could
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from streamrec.model.checkpoint import Checkpoint, load_checkpoint
-from streamrec.model.data import length_sorted_batches, pad_left
+from streamrec.model.data import length_sorted_batches
 from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.model.train import resolve_device
 
@@ -53,34 +54,61 @@ class TransformerRecommender(Recommender):
         self.model, self.vocab, self.card = ck.model.to(self.device).eval(), ck.vocab, ck.card
         self.name, self.version = self.model.cfg.kind, ck.version
         self.min_known, self.batch_size = min_known, batch_size
+        if self.device.type == "cuda" and len(self.vocab):  # the first CUDA call sets up cuBLAS and
+            # loads kernels (seconds): paid here, where the model loads, not by the first micro-batch
+            self.recommend([self.vocab.ids[:1]], [self.vocab.ids[:0]], 1)
 
     def can_score(self, sequence: np.ndarray) -> bool:
         """True when at least ``min_known`` items of the sequence are in the model's vocabulary."""
-        return int((self.vocab.encode(sequence) > 0).sum()) >= self.min_known
+        return bool(self.can_score_all([sequence])[0])
 
-    def _history(self, sequence: np.ndarray) -> np.ndarray:
-        idx = self.vocab.encode(sequence)
-        return idx[idx > 0][-self.model.history_len :]
+    def can_score_all(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """``can_score`` of each sequence, in one pass over all their items."""
+        idx, row = self._encoded(sequences)
+        return np.bincount(row[idx > 0], minlength=len(sequences)) >= self.min_known
+
+    def _encoded(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(model index of every item, 0 if unknown; which array it came from), all arrays at once:
+        per-user NumPy calls cost more than the model on a GPU (about 30 us a user)."""
+        lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+        flat = np.concatenate(arrays) if lengths.sum() else np.zeros(0, np.int64)
+        return self.vocab.encode(flat), np.repeat(np.arange(len(arrays)), lengths)
+
+    def _histories(self, sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The last ``history_len`` known items of each sequence as (index, row, place from the end
+        (0 = newest), length of each row's history)."""
+        idx, row = self._encoded(sequences)
+        idx, row = idx[idx > 0], row[idx > 0]
+        counts = np.bincount(row, minlength=len(sequences))
+        ends = np.cumsum(counts)
+        from_end = ends[row] - 1 - np.arange(len(row))  # rows are contiguous and in order
+        keep = from_end < self.model.history_len
+        return idx[keep], row[keep], from_end[keep], np.minimum(counts, self.model.history_len)
 
     @torch.inference_mode()
     def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
         n = len(sequences)
         items = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
-        hists = [self._history(np.asarray(s)) for s in sequences]
+        h_idx, h_row, h_from_end, lengths = self._histories(sequences)
+        s_idx, s_row = self._encoded(seen)
+        s_idx, s_row = s_idx[s_idx > 0] - 1, s_row[s_idx > 0]
         kk = min(k, self.model.cfg.n_items)
-        for b in length_sorted_batches(np.array([len(h) for h in hists]), self.batch_size):
-            x = pad_left([hists[i] for i in b], max(1, max(len(hists[i]) for i in b)))
+        place = np.full(n, -1, np.int64)  # a user's row in the batch being scored
+        for b in length_sorted_batches(lengths, self.batch_size):
+            place[b] = np.arange(len(b))
+            width = max(1, int(lengths[b].max()))
+            x = np.zeros((len(b), width), np.int64)  # left-padded histories
+            m = place[h_row] >= 0
+            x[place[h_row[m]], width - 1 - h_from_end[m]] = h_idx[m]
             s = self.model.score(torch.from_numpy(x).to(self.device))
-            seen_idx = [self.vocab.encode(seen[i]) for i in b]
-            rows = np.repeat(np.arange(len(b)), [len(v) for v in seen_idx])
-            cols = np.concatenate(seen_idx) if len(rows) else np.zeros(0, np.int64)
-            known = cols > 0
-            r, c = torch.from_numpy(rows[known]), torch.from_numpy(cols[known] - 1)
-            s[r.to(self.device), c.to(self.device)] = float("-inf")
+            m = place[s_row] >= 0
+            r, c = torch.from_numpy(place[s_row[m]]), torch.from_numpy(s_idx[m])
+            s[r.to(self.device), c.to(self.device)] = float("-inf")  # seen items are never recommended
             top_s, top_i = torch.topk(s, kk, dim=1)
             top_s, top_i = top_s.cpu().numpy(), top_i.cpu().numpy()
             ext = self.vocab.decode(top_i + 1)
             ext[~np.isfinite(top_s)] = -1  # only seen items were left: no recommendation
             items[b, :kk], scores[b, :kk] = ext, top_s
+            place[b] = -1
         return Recommendations(items, scores, [self.name] * n, [self.version] * n)

@@ -158,7 +158,8 @@ def _top_unseen(rank_of_code, start, codes, n_ranked, k):
 class FallbackRecommender(Recommender):
     """Use ``primary`` for users with at least ``min_history`` known events, ``fallback`` otherwise.
 
-    ``primary.can_score(sequence)`` (if defined) says whether it knows enough of a sequence.
+    ``primary.can_score(sequence)`` (if defined) says whether it knows enough of a sequence;
+    ``primary.can_score_all(sequences)``, if defined, says it for many at once.
     """
 
     def __init__(self, primary: Recommender, fallback: Recommender, min_history: int = 1):
@@ -170,8 +171,11 @@ class FallbackRecommender(Recommender):
         self.fallback.observe(items, users)
 
     def recommend(self, sequences: Sequence[np.ndarray], seen: Sequence[np.ndarray], k: int) -> Recommendations:
-        can = getattr(self.primary, "can_score", lambda s: True)
-        use = np.array([len(s) >= self.min_history and can(s) for s in sequences], dtype=bool)
+        use = np.fromiter((len(s) >= self.min_history for s in sequences), bool, len(sequences))
+        if hasattr(self.primary, "can_score_all"):  # one pass over all users' items
+            use &= self.primary.can_score_all(sequences)
+        elif hasattr(self.primary, "can_score"):
+            use &= np.fromiter((bool(self.primary.can_score(s)) for s in sequences), bool, len(sequences))
         n = len(sequences)
         out = Recommendations(
             np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), [""] * n, [""] * n

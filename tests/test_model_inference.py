@@ -130,3 +130,45 @@ def test_worker_fallback_to_popularity(rec):
                        [np.array([5, 10]), np.array([999]), np.array([], np.int64)], k=2)
     assert out.models == [rec.name, "popularity", "popularity"]
     assert out.items[1].tolist() == [60, 55] and out.versions[0] == rec.version
+
+
+def test_each_list_is_what_the_model_gives_that_user_alone(rec):
+    """The batched path (all users' items encoded at once, histories placed into one padded array)
+    against scoring each user by hand: the newest known items, left-padded, seen items masked."""
+    rng = np.random.default_rng(3)
+    pool = np.concatenate([IDS, [1, 2, 999]])
+    seqs = [rng.choice(pool, size=n) for n in rng.integers(0, 25, 30)]  # longer than history_len too
+    seqs[0] = np.array([1, 999])  # nothing known
+    seen = [np.union1d(s, rng.choice(IDS, 3)) for s in seqs]
+    out = rec.recommend(seqs, seen, 4)
+    for i, (s, sn) in enumerate(zip(seqs, seen)):
+        h = rec.vocab.encode(s)
+        h = h[h > 0][-rec.model.history_len:]
+        with torch.inference_mode():
+            x = torch.from_numpy(h.reshape(1, -1) if len(h) else np.zeros((1, 1), np.int64))
+            scores = rec.model.score(x)[0]
+            masked = rec.vocab.encode(sn)
+            scores[masked[masked > 0] - 1] = float("-inf")
+            top = torch.topk(scores, 4)
+        want = np.where(np.isfinite(top.values.numpy()), rec.vocab.decode(top.indices.numpy() + 1), -1)
+        assert out.items[i].tolist() == want.tolist(), i
+        np.testing.assert_allclose(out.scores[i], top.values.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_can_score_all_is_can_score_of_each(rec):
+    seqs = [np.array([5, 20]), np.array([999]), np.array([], np.int64), np.array([1, 2, 60])]
+    assert rec.can_score_all(seqs).tolist() == [rec.can_score(s) for s in seqs] == [True, False, False, True]
+
+
+@settings(max_examples=80, deadline=None)
+@given(ids=st.sets(st.integers(-5, 3_000_000), max_size=40),
+       items=st.lists(st.integers(-10, 3_000_001), max_size=30))
+def test_vocab_lookup_table_and_binary_search_agree(ids, items):
+    """Small non-negative ids go through a direct table, others through searchsorted: the same map."""
+    vocab = ItemVocab.from_ids(sorted(ids))
+    items = np.array(items + sorted(ids)[:5], dtype=np.int64)
+    want = {e: j + 1 for j, e in enumerate(sorted(ids))}
+    assert vocab.encode(items).tolist() == [want.get(x, 0) for x in items.tolist()]
+    small = ItemVocab.from_ids([x for x in ids if 0 <= x < 1000])
+    assert small.encode(items).tolist() == [small.smap.get(x, 0) for x in items.tolist()]
+    assert (small._table is not None) == (len(small) > 0)
