@@ -37,6 +37,7 @@ from streamrec.model.checkpoint import Checkpoint, load_checkpoint
 from streamrec.model.data import length_sorted_batches
 from streamrec.model.recommender import Recommendations, Recommender
 from streamrec.model.train import resolve_device
+from streamrec.storage.seen_items import SeenItems
 
 
 class TransformerRecommender(Recommender):
@@ -70,8 +71,11 @@ class TransformerRecommender(Recommender):
     def _encoded(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(model index of every item, 0 if unknown; which array it came from), all arrays at once:
         per-user NumPy calls cost more than the model on a GPU (about 30 us a user)."""
-        lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
-        flat = np.concatenate(arrays) if lengths.sum() else np.zeros(0, np.int64)
+        if isinstance(arrays, SeenItems):  # the store's seen items are one flat array already
+            flat, lengths = arrays.ids[arrays.codes], np.diff(arrays.start)
+        else:
+            lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+            flat = np.concatenate(arrays) if lengths.sum() else np.zeros(0, np.int64)
         return self.vocab.encode(flat), np.repeat(np.arange(len(arrays)), lengths)
 
     def _histories(self, sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from streamrec.model.inference import TransformerRecommender
 from streamrec.model.recommender import FallbackRecommender, PopularityRecommender
 from streamrec.model.transformer import build_model
 from streamrec.model.vocab import ItemVocab
+from streamrec.storage.seen_items import SeenItems
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
 
@@ -141,6 +142,8 @@ def test_each_list_is_what_the_model_gives_that_user_alone(rec):
     seqs[0] = np.array([1, 999])  # nothing known
     seen = [np.union1d(s, rng.choice(IDS, 3)) for s in seqs]
     out = rec.recommend(seqs, seen, 4)
+    coded = rec.recommend(seqs, SeenItems.of(seen), 4)  # the store's flat form of the same seen items
+    assert np.array_equal(out.items, coded.items) and np.array_equal(out.scores, coded.scores)
     for i, (s, sn) in enumerate(zip(seqs, seen)):
         h = rec.vocab.encode(s)
         h = h[h > 0][-rec.model.history_len:]
