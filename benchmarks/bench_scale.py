@@ -168,30 +168,39 @@ def stage_totals(m: dict) -> np.ndarray:
 
 
 def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
-    """Poll the worker's metrics until it has stored ``n`` events; a row per ``every`` stored."""
-    rows, mark = [], None
+    """Poll the worker's metrics until it has stored ``n`` events; a row per ``every`` stored (a last
+    stretch of less than half of ``every`` joins the row before it rather than being a row of its own)."""
+    rows, marks = [], []
     while True:
         if w.died():
             raise RuntimeError(w.failure())
         m, now = w.metrics(), time.perf_counter()
         stored = int(m.get("streamrec_store_events", 0))
-        if mark is None and stored > 0:
-            mark = (stored, now, stage_totals(m))
-        if mark is not None and (stored // every > mark[0] // every or stored >= n):
-            d = stage_totals(m) - mark[2]
-            ms = {st: 1000 * d[k, 0] / d[k, 1] if d[k, 1] else float("nan") for k, st in enumerate(STAGES)}
-            # Users scored (one list each) per batch: the per-user work, which follows the workload's
-            # shape (users per batch, their history lengths), not the size of the log.
-            ms["lists_per_batch"] = d[len(STAGES), 0] / d[0, 1] if d[0, 1] else float("nan")
-            # The stages' threads' CPU a batch beside their wall time: the rest is waiting (GIL, a core, I/O).
-            for k, st in enumerate(STAGES):
-                ms[f"{st}_cpu"] = 1000 * d[len(STAGES) + 1 + k, 0] / d[k, 1] if d[k, 1] else float("nan")
-            rows.append(_row(stored, now - mark[1], (stored - mark[0]) / (now - mark[1]), [ms.pop("store") / 1000],
-                             rss_mb(w.proc.pid), db_mb(Path(w.db)), worst=False, stages=ms))
-            mark = (stored, now, stage_totals(m))
+        if not marks and stored > 0:
+            marks.append((stored, now, stage_totals(m)))
+        if marks and (stored // every > marks[-1][0] // every or stored >= n):
+            if stored >= n and rows and stored - marks[-1][0] < every // 2:
+                rows.pop()
+                marks.pop()
+            rows.append(_window_row(w, marks[-1], stored, now, stage_totals(m)))
+            marks.append((stored, now, stage_totals(m)))
         if stored >= n:
             return rows
         time.sleep(0.25)
+
+
+def _window_row(w: WorkerProcess, mark: tuple, stored: int, now: float, totals: np.ndarray) -> dict:
+    """The row of the stretch from ``mark`` (events stored, time, stage totals) to now."""
+    d = totals - mark[2]
+    ms = {st: 1000 * d[k, 0] / d[k, 1] if d[k, 1] else float("nan") for k, st in enumerate(STAGES)}
+    # Users scored (one list each) per batch: the per-user work, which follows the workload's
+    # shape (users per batch, their history lengths), not the size of the log.
+    ms["lists_per_batch"] = d[len(STAGES), 0] / d[0, 1] if d[0, 1] else float("nan")
+    # The stages' threads' CPU a batch beside their wall time: the rest is waiting (GIL, a core, I/O).
+    for k, st in enumerate(STAGES):
+        ms[f"{st}_cpu"] = 1000 * d[len(STAGES) + 1 + k, 0] / d[k, 1] if d[k, 1] else float("nan")
+    return _row(stored, now - mark[1], (stored - mark[0]) / (now - mark[1]), [ms.pop("store") / 1000],
+                rss_mb(w.proc.pid), db_mb(Path(w.db)), worst=False, stages=ms)
 
 
 def through_worker(events, tmp: Path, batch_size: int, every: int) -> tuple[list[dict], dict]:
