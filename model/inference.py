@@ -98,21 +98,27 @@ class TransformerRecommender(Recommender):
         s_idx, s_row = self._encoded(seen)
         s_idx, s_row = s_idx[s_idx > 0] - 1, s_row[s_idx > 0]
         kk = min(k, self.model.cfg.n_items)
-        place = np.full(n, -1, np.int64)  # a user's row in the batch being scored
-        for b in length_sorted_batches(lengths, self.batch_size):
-            place[b] = np.arange(len(b))
+        batches = length_sorted_batches(lengths, self.batch_size)
+        batch_of, place = np.zeros(n, np.int64), np.zeros(n, np.int64)  # each user's batch, and row in it
+        for j, b in enumerate(batches):
+            batch_of[b], place[b] = j, np.arange(len(b))
+        h_parts, s_parts = _split_by(batch_of[h_row], len(batches)), _split_by(batch_of[s_row], len(batches))
+        for b, h, sn in zip(batches, h_parts, s_parts):
             width = max(1, int(lengths[b].max()))
             x = np.zeros((len(b), width), np.int64)  # left-padded histories
-            m = place[h_row] >= 0
-            x[place[h_row[m]], width - 1 - h_from_end[m]] = h_idx[m]
+            x[place[h_row[h]], width - 1 - h_from_end[h]] = h_idx[h]
             s = self.model.score(torch.from_numpy(x).to(self.device))
-            m = place[s_row] >= 0
-            r, c = torch.from_numpy(place[s_row[m]]), torch.from_numpy(s_idx[m])
+            r, c = torch.from_numpy(place[s_row[sn]]), torch.from_numpy(s_idx[sn])
             s[r.to(self.device), c.to(self.device)] = float("-inf")  # seen items are never recommended
             top_s, top_i = torch.topk(s, kk, dim=1)
             top_s, top_i = top_s.cpu().numpy(), top_i.cpu().numpy()
             ext = self.vocab.decode(top_i + 1)
             ext[~np.isfinite(top_s)] = -1  # only seen items were left: no recommendation
             items[b, :kk], scores[b, :kk] = ext, top_s
-            place[b] = -1
         return Recommendations(items, scores, [self.name] * n, [self.version] * n)
+
+
+def _split_by(group: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Positions of ``group``'s entries, split by group 0..n_groups-1 (one sort, not a pass per group)."""
+    order = np.argsort(group, kind="stable")
+    return np.split(order, np.searchsorted(group[order], np.arange(1, n_groups)))
