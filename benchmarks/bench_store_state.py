@@ -117,7 +117,10 @@ def main() -> None:
     print(f"{args.batches} batches of {size:,}: {np.mean(users_per_batch):,.0f} users and "
           f"{np.mean(seen_per_batch):,.0f} seen items a batch; ms per batch:")
     for k, v in steps.items():
-        print(f"  {k:8s} mean {1000 * np.mean(v):6.1f}  p90 {1000 * np.percentile(v, 90):6.1f}")
+        print(f"  {k:8s} mean {1000 * np.mean(v):6.1f}  p90 {1000 * np.percentile(v, 90):6.1f}"
+              f"  max {1000 * max(v):6.1f}")
+    stalls = sorted(1000 * x for x in steps["append"] if x > 0.1)  # (a checkpoint stalls the append that triggers it)
+    print(f"  appends over 100 ms (checkpoints): {len(stalls)}, {', '.join(f'{x:.0f}' for x in stalls)} ms")
     print("  inside append: " + ", ".join(f"{k} {1000 * v / args.batches:.1f}" for k, v in acc.items()))
     print(f"RSS {rss_mb():,.0f} MB (with the ratings file in memory); {platform.node()}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
