@@ -87,7 +87,9 @@ def main() -> None:
     store = store_module.EventStore(work)
     store._load(store._users.ids.copy())  # every user's sequence in memory, as in a running worker
     print(f"{n:,} events stored; opened with every sequence in {time.perf_counter() - t:.1f}s", flush=True)
-    store.append(batch(len(r.user) - 1, len(r.user), shift=1))  # (a new event: the WAL is not empty)
+    # A new event, so that the WAL is not empty: of a user never seen (one of the timed batches' users,
+    # given an event newer than all of theirs, would make their events late and reloaded from the log).
+    store.append(rating_batch(np.array([r.user.max() + 1]), r.item[-1:], t_ms[-1:], r.rating[-1:], 0, 1))
     store.con.execute("CHECKPOINT")
     pop = PopularityRecommender()
     pop.observe(r.item[max(first - 50_000, 0):first])
