@@ -13,8 +13,9 @@ over every row, which per batch would cost more than the batch at a million rows
 reloads an evicted user from the log when it comes back. Free rows are kept on a list.
 A batch with more users than the cap gets rows past it; the next new user brings the pool back.
 Events arrive in order per user (one partition per user, in offset order); an event older than
-the user's newest one in memory is *late*: the caller reloads that user from the log, which
-orders by time (``EventStore._load``), instead of keeping every event's time here.
+the user's newest one in memory is *late*: the caller puts that user back in time order from the
+log's rows at or after the late time (``storage/late_events.py``), instead of keeping every event's
+time here.
 
 >>> p = SequencePool(seq_len=3)
 >>> late = p.append(np.array([0, 0, 1]), np.array([5, 6, 7], np.int32), np.array([10, 11, 10]),

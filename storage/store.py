@@ -54,6 +54,7 @@ import pyarrow as pa
 
 from streamrec.storage.batch import EventBatch
 from streamrec.storage.key_index import Codes, SortedRuns
+from streamrec.storage.late_events import splice_late
 from streamrec.storage.seen_items import SeenItems
 from streamrec.storage.sequence_pool import SequencePool, split
 
@@ -281,8 +282,11 @@ class EventStore:
         codes = self._users.lookup(user[by_user])  # (users and items coded by _pairs before this)
         items = self._items.lookup(np.asarray(batch.item, np.int64)[rows][by_user])
         late = self._pool.append(codes, items, time[by_user], offset[by_user])
-        if len(late):  # rare: an event older than its user's newest, placed in time order by the log
-            self._load(self._users.ids[late], again=True)
+        if len(late):  # an event older than its user's newest: placed by the log's recent rows
+            whole = splice_late(self.con, self._pool, late, codes, time[by_user], self._users.ids, self._items.lookup)
+            self.sequences_read += len(late) - len(whole)
+            if len(whole):
+                self._load(self._users.ids[whole], again=True)
         return np.unique(user)
 
     def _load(self, users: np.ndarray, again: bool = False) -> None:

@@ -233,3 +233,32 @@ def test_sequences_stay_right_with_a_cache_smaller_than_the_users(tmp_path):
     in_memory, evicted, read = s.sequence_cache()
     assert evicted == s._pool.evicted > 5 and in_memory == (s._pool.user_of >= 0).sum()
     assert read >= evicted  # every evicted user came back (sequence() reads all six) and was read from the log
+
+
+@pytest.mark.parametrize("seed,times", [(11, 1000), (12, 1000), (13, 4)])  # 4: ties in time everywhere
+def test_late_users_are_spliced_from_the_recent_log_and_match_it(tmp_path, monkeypatch, seed, times):
+    """A late event's user is put back from the log's rows at or after the late time joined to the older
+    part memory holds (storage/late_events.py), not reloaded whole; after every batch each sequence
+    equals the log's view."""
+    import streamrec.storage.store as store_module
+
+    calls = {"late": 0, "whole": 0}
+    splice = store_module.splice_late
+
+    def counting(con, pool, late, *args):
+        whole = splice(con, pool, late, *args)
+        calls["late"] += len(late)
+        calls["whole"] += len(whole)
+        return whole
+
+    monkeypatch.setattr(store_module, "splice_late", counting)
+    s = EventStore(tmp_path / "late.duckdb", seq_len=4)
+    rng, off = np.random.default_rng(seed), 0
+    for _ in range(40):
+        n = int(rng.integers(1, 9))
+        rows = [(int(rng.integers(0, 6)), int(rng.integers(0, 50)), int(rng.integers(0, times))) for _ in range(n)]
+        s.append(batch(rows, start_offset=off))
+        off += n
+        for u, items in seq_view(s).items():
+            assert s.sequence(u).tolist() == items
+    assert calls["late"] > 20 and calls["whole"] == 0  # memory always held what the splice needed
