@@ -52,22 +52,20 @@ def _splice(pool: SequencePool, codes: np.ndarray, user_ids: np.ndarray, added: 
     q_user = np.asarray(rows["user_id"], np.int64)
     q_items = item_code(np.asarray(rows["item_id"], np.int64))
     q_time, q_offset = np.asarray(rows["event_time"], np.int64), np.asarray(rows["kafka_offset"], np.int64)
-    order = np.argsort(user_ids, kind="stable")  # the query's rows come grouped by user_id, ascending
-    bounds = np.searchsorted(q_user, user_ids[order], side="left"), np.searchsorted(q_user, user_ids[order], "right")
-    memory = pool.rows(codes[order])
+    # Late users come in ascending user id (the batch was sorted by user), as the query's rows do.
+    bounds = np.searchsorted(q_user, user_ids, side="left"), np.searchsorted(q_user, user_ids, side="right")
     users, items, times, offsets, whole = [], [], [], [], []
-    for j, (lo, hi, held) in enumerate(zip(*bounds, memory)):
-        code, seq_len = codes[order[j]], pool.seq_len
-        before = (hi - lo) - int(added[order[j]])  # events at or after the late time that memory already has
-        if before > len(held) and len(held) < seq_len:
+    for code, lo, hi, held, n_added in zip(codes, *bounds, pool.rows(codes), added):
+        before = (hi - lo) - int(n_added)  # events at or after the late time that memory already has
+        if before > len(held) and len(held) < pool.seq_len:
             whole.append(code)
             continue
         older = held[:max(len(held) - before, 0)]
-        new_items = np.concatenate([older, q_items[lo:hi]])[-seq_len:]
+        new_items = np.concatenate([older, q_items[lo:hi]])[-pool.seq_len:]
         n_old = max(len(new_items) - (hi - lo), 0)  # (the older part keeps placeholder times: only
         users.append(np.full(len(new_items), code))  # the newest event's time and offset are kept)
         items.append(new_items)
-        times.append(np.concatenate([np.full(n_old, q_time[lo] if hi > lo else 0), q_time[lo:hi]])[-len(new_items):])
+        times.append(np.concatenate([np.full(n_old, q_time[lo]), q_time[lo:hi]])[-len(new_items):])
         offsets.append(np.concatenate([np.zeros(n_old, np.int64), q_offset[lo:hi]])[-len(new_items):])
     if users:
         pool.load(np.concatenate(users), np.concatenate(items), np.concatenate(times), np.concatenate(offsets))

@@ -273,17 +273,18 @@ class EventStore:
         self.con.execute("INSERT INTO recovered VALUES (?, ?, ?)", [partition, lo, hi])
 
     def _update_sequences(self, rows: np.ndarray, batch: EventBatch) -> np.ndarray:
-        """Each user's last ``seq_len`` items in memory, with the batch's ``rows`` merged in (one
-        compiled pass, storage/sequence_pool.py); users with a late event are reloaded from the log."""
+        """Each user's last ``seq_len`` items in memory, with the batch's ``rows`` merged in (one compiled
+        pass, storage/sequence_pool.py; a user with a late event: storage/late_events.py)."""
         user = np.asarray(batch.user, np.int64)[rows]
         time = np.asarray(batch.event_time, np.int64)[rows]
         offset = np.asarray(batch.offset, np.int64)[rows]
         by_user = np.lexsort((offset, time, user))
+        time, offset = time[by_user], offset[by_user]
         codes = self._users.lookup(user[by_user])  # (users and items coded by _pairs before this)
         items = self._items.lookup(np.asarray(batch.item, np.int64)[rows][by_user])
-        late = self._pool.append(codes, items, time[by_user], offset[by_user])
+        late = self._pool.append(codes, items, time, offset)
         if len(late):  # an event older than its user's newest: placed by the log's recent rows
-            whole = splice_late(self.con, self._pool, late, codes, time[by_user], self._users.ids, self._items.lookup)
+            whole = splice_late(self.con, self._pool, late, codes, time, self._users.ids, self._items.lookup)
             self.sequences_read += len(late) - len(whole)
             if len(whole):
                 self._load(self._users.ids[whole], again=True)
