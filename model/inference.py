@@ -72,7 +72,7 @@ class TransformerRecommender(Recommender):
         """(model index of every item, 0 if unknown; which array it came from), all arrays at once:
         per-user NumPy calls cost more than the model on a GPU (about 30 us a user)."""
         if isinstance(arrays, SeenItems):  # the store's seen items are one flat array already
-            flat, lengths = arrays.ids[arrays.codes], np.diff(arrays.start)
+            flat, lengths = arrays.flat()
         else:
             lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
             flat = np.concatenate(arrays) if lengths.sum() else np.zeros(0, np.int64)

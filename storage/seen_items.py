@@ -15,6 +15,8 @@ in O(seen + k) per user (``model/recommender.py``).
 (3, [30, 10], [], [[10], [30, 10]])
 >>> seen.code_of(np.array([10, 20, 30])).tolist()   # 20: no user in the batch has seen it
 [0, -1, 1]
+>>> [a.tolist() for a in seen.flat()]
+[[30, 10, 10], [2, 0, 1]]
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class SeenItems(Sequence):
             raise IndexError(j)
         j = j % len(self)
         return self.ids[self.codes[self.start[j]:self.start[j + 1]]]
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every user's items as one array of external ids, user after user, and each user's count."""
+        return self.ids[self.codes], np.diff(self.start)
 
     def take(self, rows: Sequence[int] | np.ndarray) -> "SeenItems":
         """The users ``rows``, in that order, as a SeenItems over the same codes."""
