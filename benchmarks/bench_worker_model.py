@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto",
                     help="the standalone run's device: auto (CUDA if available, as the worker picks), cpu, cuda")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # (before the worker's run, not after)
+        sys.exit(f"bench_worker_model: --device {args.device}, but torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
     os.environ.pop("OMP_NUM_THREADS", None)
     if args.worker_omp:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 from pathlib import Path
 
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("raw", type=Path, help="a py-spy profile written with --format raw --threads --native --idle")
     args = ap.parse_args(argv)
+    if not args.raw.is_file():
+        sys.exit(f"pyspy_threads: no profile at {args.raw} (py-spy record ... --format raw -o FILE writes one)")
     for thread, counts in shares(args.raw).items():
         total = sum(counts.values())
         print(f"{thread:14s}", ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in counts.most_common()))
