@@ -97,7 +97,6 @@ GROUP BY user_id
 # stored rows (on open) and for new batches, so equal payloads always hash alike in one process.
 PAYLOAD_HASH = "hash(event_id, user_id, item_id, event_time, event_type, rating)"
 COLUMNS = "key, event_id, user_id, item_id, event_time, event_type, rating, kafka_partition, kafka_offset"
-LOW32 = np.uint64(0xFFFFFFFF)
 # DuckDB's memory while the indexes load from the log, and afterwards (appends: ~10% slower
 # inserts than with 256MB, measured at 19M events stored).
 LOAD_MEMORY, APPEND_MEMORY = "256MB", "128MB"
@@ -340,9 +339,9 @@ class EventStore:
         codes = self._users.lookup(np.asarray(users, np.int64))
         lo = np.where(codes >= 0, codes, 0).astype(np.uint64) << np.uint64(32)
         hi = np.where(codes >= 0, lo + np.uint64(1 << 32), lo)  # unknown user: an empty range
-        flat, total = self._seen.ranges(lo, hi)
+        flat, total = self._seen.ranges(lo, hi, low32=True)  # (the pairs' low halves: the item codes)
         # A snapshot of the item codes: the next batch's append may code new items meanwhile.
-        return SeenItems((flat & LOW32).astype(np.int64), np.append(0, np.cumsum(total)), self._items.ids,
+        return SeenItems(flat, np.append(0, np.cumsum(total)), self._items.ids,
                          self._items.snapshot_lookup())
 
     def count(self) -> int:
