@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -62,7 +63,12 @@ def clean_run(broker, ratings, tmp_path_factory):
                  dlq_topic="clean-interactions.dlq", recommendations_topic="clean-recommendations",
                  group_id="clean-worker", db=str(tmp / "w.duckdb"))
     # Fewer users' sequences in memory than the 671 users: evictions and reads back from DuckDB happen.
-    worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, sequence_users=SEQUENCE_USERS)
+    # NUMBA_DEBUG_CACHE: numba logs every kernel it compiles or loads (test_kernels_are_compiled_before_ready).
+    os.environ["NUMBA_DEBUG_CACHE"] = "1"
+    try:
+        worker = start_worker(s, tmp / "worker.log", eval_snapshot_seconds=1.0, sequence_users=SEQUENCE_USERS)
+    finally:
+        del os.environ["NUMBA_DEBUG_CACHE"]
     try:
         worker.wait_ready()
         producer = make_producer(s.bootstrap_servers)
@@ -105,6 +111,18 @@ def test_sequence_cache_is_bounded_and_exported(clean_run, ratings):
     assert 0 < held < users
     # Every user's sequence was in memory once (each got a list): those not held now were evicted.
     assert evicted >= users - held and read > 0
+
+
+def test_kernels_are_compiled_before_ready(clean_run):
+    """Every compiled kernel the worker's batches call was compiled (or loaded from numba's cache)
+    by the warm-up before its first batch (streams/warm_up.py): numba logs none after it."""
+    log = Path(clean_run["log"]).read_text(errors="replace").splitlines()
+    ready = [i for i, line in enumerate(log) if "compiled kernels ready in" in line]
+    assert len(ready) == 1, "the worker logs its warm-up once"
+    before = [line for line in log[:ready[0]] if "[cache]" in line]
+    after = [line for line in log[ready[0]:] if "[cache]" in line]
+    assert before, "numba's cache log is on (else this test could not fail)"
+    assert after == [], after[:5]
 
 
 def test_a_worker_serving_popularity_never_loads_torch(clean_run):
