@@ -104,6 +104,8 @@ def decode(value: bytes | None) -> Event:
         raise InvalidEvent(str(e)) from None
     except msgspec.DecodeError as e:
         reason = str(e).removeprefix("JSON is malformed: ")
+        if "UTF-8" in reason:  # msgspec >= 0.23 says so itself (before: a UnicodeDecodeError, below)
+            raise InvalidEvent(f"malformed JSON: invalid UTF-8 in a string ({reason})") from None
         if b"NaN" in value or b"Infinity" in value:
             reason += " (NaN and Infinity are not JSON numbers; ratings must be finite)"
         raise InvalidEvent(f"malformed JSON: {reason}") from None
