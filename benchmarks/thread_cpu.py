@@ -45,6 +45,17 @@ def thread_names(pid: int, py_spy: str | None) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r'^Thread (\d+) \(\w+\): "([^"]+)"', dump, re.M)}
 
 
+def unnamed(pid: int, names: dict[str, str]) -> bool:
+    """Whether a Python thread (named "python" by the kernel) has no name from py-spy yet."""
+    for tid in set(os.listdir(f"/proc/{pid}/task")) - set(names):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "python":
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def thread_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
     """CPU seconds so far per thread name (threads of one pool summed: ``store_0`` -> ``store``)."""
     out: dict[str, float] = {}
@@ -85,12 +96,13 @@ def main() -> None:
     if not pid or not port:
         sys.exit("thread_cpu: no streamrec worker with a metrics port found (give --pid and --port)")
     out = open(args.out, "a") if args.out else None
-    time.sleep(5)  # (its stage threads start with its first batch)
     names = thread_names(pid, args.py_spy)
     prev, prev_n, prev_t = thread_cpu(pid, names), stored(port), time.time()
     while os.path.exists(f"/proc/{pid}"):
         time.sleep(args.interval)
         try:
+            if args.py_spy and unnamed(pid, names):  # (the stage threads start with the first batches)
+                names = thread_names(pid, args.py_spy)
             cur = thread_cpu(pid, names)
         except OSError:
             break  # (it ended)

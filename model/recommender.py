@@ -110,7 +110,7 @@ class PopularityRecommender(Recommender):
         if self._ranked is None:
             code = np.flatnonzero(self._counts > 0)
             ids, cnt = self._codes.ids[code], self._counts[code]
-            order = np.lexsort((ids, -cnt))
+            order = by_count_then_id(ids, cnt)
             self._ranked = np.stack([ids[order], cnt[order]])
         return self._ranked[0], self._ranked[1].astype(np.float32)
 
@@ -132,6 +132,22 @@ class PopularityRecommender(Recommender):
         ok = ranks >= 0
         items[ok], scores[ok] = ids[ranks[ok]], cnt[ranks[ok]]
         return Recommendations(items, scores, [self.name] * n, [self.version] * n)
+
+
+def by_count_then_id(ids: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """The order of most counted first, ties by smaller id (``ids`` distinct): one sort of one int64
+    key where it fits (``np.lexsort`` of the two keys cost ~3x: ~1 ms a batch at 26k items).
+
+    >>> by_count_then_id(np.array([5, 3, 9, 4]), np.array([2, 7, 2, 1])).tolist()
+    [1, 0, 2, 3]
+    """
+    if len(ids) == 0:
+        return np.zeros(0, np.int64)
+    lo, top = int(ids.min()), int(cnt.max())
+    span = int(ids.max()) - lo + 1
+    if span * (top - min(int(cnt.min()), 0) + 1) < 2**62:  # (the key cannot overflow)
+        return np.argsort((top - cnt) * span + (ids - lo))
+    return np.lexsort((ids, -cnt))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.model.recommender import FallbackRecommender, PopularityRecommender, Recommendations, Recommender
+from streamrec.model.recommender import (
+    FallbackRecommender,
+    PopularityRecommender,
+    Recommendations,
+    Recommender,
+    by_count_then_id,
+)
 from streamrec.storage.movielens import FormatError, load_ratings, load_titles, recbole_ml100k_path
 from streamrec.streams.config import Settings
 
@@ -94,6 +100,16 @@ class Echo(Recommender):
         n = len(sequences)
         items = np.array([[s[-1] + 1000] + [-1] * (k - 1) for s in sequences], np.int64)
         return Recommendations(items, np.zeros((n, k), np.float32), [self.name] * n, [self.version] * n)
+
+
+@pytest.mark.parametrize("id_range", [(0, 5000), (-(2**62), 2**62)])  # one int64 key; ids too far apart for one
+def test_popularity_order_equals_a_two_key_sort(id_range):
+    """Most counted first, ties by smaller id: as ``np.lexsort`` orders them, with many ties."""
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 30, 500):
+        ids = rng.choice(np.arange(*id_range, max((id_range[1] - id_range[0]) // 1000, 1)), n, replace=False)
+        cnt = rng.integers(1, 6, n)
+        assert by_count_then_id(ids, cnt).tolist() == np.lexsort((ids, -cnt)).tolist()
 
 
 def test_fallback_routes_short_histories_to_popularity():
