@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from streamrec.model.recommender import PopularityRecommender
-from streamrec.storage.key_index import Codes
+from streamrec.storage.codes import Codes
 
 
 class Exposure:

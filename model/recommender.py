@@ -21,7 +21,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from streamrec.storage.key_index import Codes, grown
+from streamrec.storage.codes import Codes, grown
 from streamrec.storage.seen_items import SeenItems, take
 
 

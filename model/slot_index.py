@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamrec.storage.key_index import Codes
+from streamrec.storage.codes import Codes
 
 
 class SlotIndex(Codes):

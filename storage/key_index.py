@@ -1,4 +1,4 @@
-"""In-memory sets of 64-bit keys as sorted NumPy runs, and dense codes for 64-bit ids.
+"""In-memory sets of 64-bit keys as sorted NumPy runs (dense codes for ids: ``storage/codes.py``).
 
 The event store keeps two sets here instead of in DuckDB indexes: the event keys it holds (with a
 hash of each event's payload, for conflicts) and the (user, item) pairs each user has seen. A
@@ -23,9 +23,6 @@ keys it may hold (stored ones, ~2-3% of new ones) are searched in the runs (3.0 
 >>> found, vals = s.lookup(np.array([10, 15, 20, 30], np.uint64))
 >>> found.tolist(), vals[found].tolist(), len(s)
 ([True, False, True, True], [1, 2, 3], 3)
->>> c = Codes()
->>> c.encode(np.array([7, 2**62, 7])).tolist(), c.lookup(np.array([2**62, 5])).tolist(), c.ids[[1, 0]].tolist()
-([0, 1, 0], [1, -1], [4611686018427387904, 7])
 """
 
 from __future__ import annotations
@@ -34,7 +31,14 @@ import numba
 import numpy as np
 
 from streamrec.storage.bloom import Bloom
+from streamrec.storage.codes import lower_bound
 
+# The kernels here hold the GIL (no ``nogil``): the store thread calls ~30 of them a micro-batch,
+# each for microseconds, and a thread that lets the GIL go queues for it again behind the worker's
+# other threads, for up to the 5 ms switch interval each time (it was the store stage's longest
+# wait; docs/benchmarks.md#store, "Tenth pass"). A merge, a directory or a filter over a million
+# keys or more lets the other threads run meanwhile (the ``*_free`` entry points, ``BIG``).
+BIG = 1 << 20
 RATIO = 4  # a run is merged into the previous one while that one is less than RATIO times larger
 DIRECTORY_MIN = 1 << 16  # runs at least this long get a directory (see the module's docstring)
 PER_SLICE = 16  # keys per directory slice, on average
@@ -116,7 +120,7 @@ class SortedRuns:
         merged = np.empty(len(a) + len(b), np.uint64)
         vb, va = (self._vals.pop(), self._vals.pop()) if self._vals is not None else (_NO_VALUES, _NO_VALUES)
         merged_vals = np.empty(len(merged) if self._vals is not None else 0, np.uint64)
-        _merge(a, b, va, vb, merged, merged_vals)
+        (_merge_free if len(merged) >= BIG else _merge)(a, b, va, vb, merged, merged_vals)
         self._keys.append(merged)
         self._dirs.append(Directory.of(merged))
         if self._vals is not None:
@@ -165,11 +169,12 @@ class Directory:
         low, span = run[0], int(run[-1] - run[0])
         shift = max(span.bit_length() - bits, 0)
         n_slices = (span >> shift) + 1
-        starts = _slice_starts(run, np.uint64(low), np.uint64(shift), n_slices)
+        slice_starts = _slice_starts_free if len(run) >= BIG else _slice_starts
+        starts = slice_starts(run, np.uint64(low), np.uint64(shift), n_slices)
         return cls(starts, np.uint64(low), np.uint64(shift))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _slice_starts(run, low, shift, n_slices):
     """starts[s] = the first index of sorted ``run`` whose key is in slice s or a later one (i.e.
     ``searchsorted(run, low + (s << shift))``), starts[n_slices] = len(run): one pass over the run
@@ -187,7 +192,7 @@ def _slice_starts(run, low, shift, n_slices):
     return starts
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _merge(a, b, va, vb, out, out_vals):
     """out = sorted union of the sorted, disjoint runs ``a`` and ``b``; out_vals their values
     alongside (when ``out_vals`` is not empty). 20M keys with values: ~0.13 s (np.insert: 0.3-0.7 s)."""
@@ -208,6 +213,18 @@ def _merge(a, b, va, vb, out, out_vals):
 
 
 @numba.njit(cache=True, nogil=True)
+def _merge_free(a, b, va, vb, out, out_vals):
+    """:func:`_merge` with the GIL let go."""
+    _merge(a, b, va, vb, out, out_vals)
+
+
+@numba.njit(cache=True, nogil=True)
+def _slice_starts_free(run, low, shift, n_slices):
+    """:func:`_slice_starts` with the GIL let go."""
+    return _slice_starts(run, low, shift, n_slices)
+
+
+@numba.njit(cache=True)
 def _first_at_least(run, starts, low, shift, k, lo):
     """np.searchsorted(run, k) knowing it is >= lo: within k's directory slice if there is a
     directory, else a binary search of run[lo:]."""
@@ -220,22 +237,10 @@ def _first_at_least(run, starts, low, shift, k, lo):
         if s > len(starts) - 2:
             return m
         lo, hi = max(lo, starts[s]), starts[s + 1]
-    return _lower_bound(run, k, lo, hi)
+    return lower_bound(run, k, lo, hi)
 
 
-@numba.njit(cache=True, nogil=True)
-def _lower_bound(a, x, lo, hi):
-    """The first index in [lo, hi) of sorted ``a`` whose value is >= x (hi if none)."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _probe(run, run_vals, starts, low, shift, keys, found, vals):
     """For sorted ``keys``: found[j] |= keys[j] in run, and vals[j] = its value (if ``run_vals``);
     each key is searched from where the previous one was found on."""
@@ -248,7 +253,7 @@ def _probe(run, run_vals, starts, low, shift, keys, found, vals):
                 vals[j] = run_vals[lo]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _bounds(run, starts, low, shift, lo_keys, hi_keys, first, count):
     """For intervals [lo_keys[j], hi_keys[j]) sorted by lo: first[j] = where the run's keys in it
     start, count[j] = how many there are."""
@@ -259,7 +264,7 @@ def _bounds(run, starts, low, shift, lo_keys, hi_keys, first, count):
         count[j] = _first_at_least(run, starts, low, shift, hi_keys[j], a) - a
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _copy_slices(src, starts, counts, out, dest):
     """out[dest[j]:dest[j] + counts[j]] = src[starts[j]:starts[j] + counts[j]] for every j: a loop
     of slice copies (NumPy's repeat/arange index arrays cost 5-10x more per element)."""
@@ -269,132 +274,13 @@ def _copy_slices(src, starts, counts, out, dest):
             out[d + k] = src[a + k]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _copy_low32(src, starts, counts, out, dest):
     """:func:`_copy_slices` of the keys' low 32 bits into an int32 ``out``."""
     for j in range(len(starts)):
         a, d = starts[j], dest[j]
         for k in range(counts[j]):
             out[d + k] = np.int32(src[a + k] & np.uint64(0xFFFFFFFF))
-
-
-DENSE_MAX = 1 << 22  # ids below this are coded through a direct table (int32, at most 16 MB); larger ones by search
-
-
-@numba.njit(cache=True, nogil=True)
-def _code_lookup(dense, sorted_ids, code, ids, limit, out):
-    """out[j] = the code of ids[j], or -1 if it has none or its code is >= limit: through the
-    direct table where ids[j] is in its range, else by binary search of the sorted ids."""
-    n, m = len(dense), len(sorted_ids)
-    for j in range(len(ids)):
-        x = ids[j]
-        c = -1
-        if 0 <= x < n:
-            c = dense[x]
-        elif m:
-            lo = _lower_bound(sorted_ids, x, 0, m)
-            if lo < m and sorted_ids[lo] == x:
-                c = code[lo]
-        out[j] = c if c < limit else -1
-
-
-class Codes:
-    """Dense codes 0, 1, 2, ... for int64 ids, in order of first sight.
-
-    A batch is coded by one compiled pass: ids in [0, ``DENSE_MAX``) through a direct table (an
-    int32 code per id up to the largest such id seen, grown by doubling), larger or negative ids
-    by binary search of those ids kept sorted. (One NumPy ``searchsorted`` of 5,000 unsorted
-    ids cost ~0.4 ms, and the store and the popularity ranker coded ~8 such batches per
-    micro-batch: 3-8 ms of the worker's GIL at 1-19M events stored.)
-    """
-
-    def __init__(self):
-        self._sorted = np.empty(0, np.int64)  # known ids outside [0, DENSE_MAX), sorted
-        self._code = np.empty(0, np.int64)  # code of each sorted id
-        self._dense = np.empty(0, np.int32)  # code of id x at [x] for small ids, -1: none
-        self._ids = np.empty(0, np.int64)  # id of each code (grown by doubling)
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def ids(self) -> np.ndarray:
-        """The id of each code."""
-        return self._ids[: self._n]
-
-    def lookup(self, ids: np.ndarray) -> np.ndarray:
-        """Codes of ``ids``, -1 for unknown ones."""
-        return self._lookup(self._dense, self._sorted, self._code, ids, self._n)
-
-    @staticmethod
-    def _lookup(dense, sorted_ids, code, ids, limit) -> np.ndarray:
-        ids = np.ascontiguousarray(ids, np.int64)
-        out = np.empty(len(ids), np.int64)
-        _code_lookup(dense, sorted_ids, code, ids, limit, out)
-        return out
-
-    def snapshot_lookup(self):
-        """:meth:`lookup` of the codes as they are now, for another thread to use: codes given
-        later (always larger than every code now) read as unknown."""
-        dense, sorted_ids, code, n = self._dense, self._sorted, self._code, self._n
-        return lambda ids: self._lookup(dense, sorted_ids, code, ids, n)
-
-    def encode(self, ids: np.ndarray) -> np.ndarray:
-        """Codes of ``ids``, giving new ids the next codes."""
-        ids = np.asarray(ids, np.int64)
-        codes = self.lookup(ids)
-        missing = codes < 0
-        if missing.any():
-            new, first = np.unique(ids[missing], return_index=True)
-            new_codes = self._n + np.argsort(np.argsort(first))  # in order of first sight
-            # Only ids the direct table does not cover are kept sorted: inserting every new user
-            # into a sorted copy of all ids cost O(users) a batch (0.65 ms at 19M events stored).
-            big = (new < 0) | (new >= DENSE_MAX)
-            if big.any():
-                pos = np.searchsorted(self._sorted, new[big])
-                self._sorted = np.insert(self._sorted, pos, new[big])
-                self._code = np.insert(self._code, pos, new_codes[big])
-            if self._n + len(new) > len(self._ids):
-                self._ids = grown(self._ids, self._n + len(new))
-            self._ids[new_codes] = new
-            self._add_dense(new, new_codes)
-            self._n += len(new)  # last: a snapshot taken meanwhile still reads the new codes as unknown
-            codes = self.lookup(ids)
-        return codes
-
-    def _add_dense(self, new: np.ndarray, new_codes: np.ndarray) -> None:
-        """New (sorted) ids below DENSE_MAX into the direct table; it grows by doubling to cover them.
-
-        Growing makes a new array (a snapshot keeps the old one); otherwise only entries that were
-        -1 are written, which a snapshot reads as unknown anyway (their codes are past its limit)."""
-        inside = (new >= 0) & (new < DENSE_MAX)
-        small = new[inside]
-        if len(small) == 0:
-            return
-        top = int(small[-1]) + 1
-        if top > len(self._dense):
-            size = min(max(1 << (top - 1).bit_length(), 1024), DENSE_MAX)
-            dense = np.full(size, -1, np.int32)
-            ids = self._ids[: self._n + len(new)]  # (the new ids included)
-            known = np.flatnonzero((ids >= 0) & (ids < size))
-            dense[ids[known]] = known
-            self._dense = dense
-        else:
-            self._dense[small] = new_codes[inside]
-
-
-def grown(a: np.ndarray, size: int, fill=0) -> np.ndarray:
-    """``a`` copied into a longer array (at least ``size``; doubling, so that growing one entry at a
-    time costs O(1) amortised), the new entries ``fill``."""
-    return resized(a, max(2 * len(a), size, 1024), fill)
-
-
-def resized(a: np.ndarray, rows: int, fill=0) -> np.ndarray:
-    """``a`` (of any dimensions) copied into exactly ``rows`` rows (at least its own), the new rows ``fill``."""
-    out = np.full((rows,) + a.shape[1:], fill, a.dtype)
-    out[: len(a)] = a
-    return out
 
 
 _NO_DIRECTORY = Directory(np.zeros(0, np.int64), np.uint64(0), np.uint64(0))  # (a run without one)

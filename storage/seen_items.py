@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from streamrec.storage.key_index import Codes
+from streamrec.storage.codes import Codes
 
 
 class SeenItems(Sequence):

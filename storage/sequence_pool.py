@@ -33,7 +33,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from streamrec.storage.key_index import resized
+from streamrec.storage.codes import resized
 
 EVICT_SHARE = 64  # at the cap, evict at least max_users // EVICT_SHARE rows at once
 
@@ -161,9 +161,10 @@ def split(flat: np.ndarray, n: np.ndarray) -> list[np.ndarray]:
     return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _append(pool, length, newest, rows, items, times, offsets, late):
-    """Per run of one row in ``rows``: shift the row left and append the run's items (its last
+    """(Holds the GIL: per batch, microseconds; see storage/key_index.py.)
+    Per run of one row in ``rows``: shift the row left and append the run's items (its last
     ``seq_len`` of them); a run whose first event is older than the row's newest is marked late."""
     cap = pool.shape[1]
     a, n = 0, len(rows)
@@ -189,7 +190,7 @@ def _append(pool, length, newest, rows, items, times, offsets, late):
         a = b
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _gather(pool, rows, n, out):
     k = 0
     for j in range(len(rows)):

@@ -53,7 +53,8 @@ import numpy as np
 import pyarrow as pa
 
 from streamrec.storage.batch import EventBatch
-from streamrec.storage.key_index import Codes, SortedRuns
+from streamrec.storage.codes import Codes
+from streamrec.storage.key_index import SortedRuns
 from streamrec.storage.late_events import splice_late
 from streamrec.storage.seen_items import SeenItems
 from streamrec.storage.sequence_pool import SequencePool, split

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from streamrec.storage.key_index import Codes, SortedRuns
+from streamrec.storage.codes import Codes
+from streamrec.storage.key_index import SortedRuns
 
 
 def test_sorted_runs_agree_with_a_dict_through_many_merges():
@@ -57,9 +58,9 @@ def test_codes_through_the_direct_table_and_the_search_agree_with_a_dict(monkeyp
     """Small ids (direct table, grown by doubling), ids past its cap and negative ids (binary
     search) get the codes a dict gives; a snapshot taken before new ids were coded reads them as
     unknown, also where the table was written in place."""
-    from streamrec.storage import key_index
+    from streamrec.storage import codes
 
-    monkeypatch.setattr(key_index, "DENSE_MAX", 5000)  # small, so the stream crosses it
+    monkeypatch.setattr(codes, "DENSE_MAX", 5000)  # small, so the stream crosses it
     rng = np.random.default_rng(7)
     c, truth, snaps = Codes(), {}, []
     for step in range(60):
