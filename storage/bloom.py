@@ -51,8 +51,7 @@ class Bloom:
         return self.n + more > self.capacity
 
     def add(self, keys: np.ndarray) -> None:
-        # (per batch: with the GIL held, see storage/key_index.py; a whole run: without)
-        (_add_free if len(keys) >= 1 << 20 else _add)(self.words, self.shift, np.ascontiguousarray(keys, np.uint64))
+        _add(self.words, self.shift, np.ascontiguousarray(keys, np.uint64))
         self.n += len(keys)
 
     def might_contain(self, keys: np.ndarray) -> np.ndarray:
@@ -79,7 +78,7 @@ def _bits(h):
             | (one << ((h >> np.uint64(18)) & m)))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _add(words, shift, keys):
     for j in range(len(keys)):
         h = _mix(keys[j])
@@ -87,12 +86,6 @@ def _add(words, shift, keys):
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_free(words, shift, keys):
-    """:func:`_add` with the GIL let go (a filter rebuilt from millions of keys)."""
-    _add(words, shift, keys)
-
-
-@numba.njit(cache=True)
 def _test(words, shift, keys, out):
     for j in range(len(keys)):
         h = _mix(keys[j])

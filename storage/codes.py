@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def lower_bound(a, x, lo, hi):
     """The first index in [lo, hi) of sorted ``a`` whose value is >= x (hi if none)."""
     while lo < hi:
@@ -26,10 +26,9 @@ def lower_bound(a, x, lo, hi):
 DENSE_MAX = 1 << 22  # ids below this are coded through a direct table (int32, at most 16 MB); larger ones by search
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _code_lookup(dense, sorted_ids, code, ids, limit, out):
-    """(Holds the GIL: per batch, microseconds; see storage/key_index.py.)
-    out[j] = the code of ids[j], or -1 if it has none or its code is >= limit: through the
+    """out[j] = the code of ids[j], or -1 if it has none or its code is >= limit: through the
     direct table where ids[j] is in its range, else by binary search of the sorted ids."""
     n, m = len(dense), len(sorted_ids)
     for j in range(len(ids)):

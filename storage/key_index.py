@@ -33,12 +33,6 @@ import numpy as np
 from streamrec.storage.bloom import Bloom
 from streamrec.storage.codes import lower_bound
 
-# The kernels here hold the GIL (no ``nogil``): the store thread calls ~30 of them a micro-batch,
-# each for microseconds, and a thread that lets the GIL go queues for it again behind the worker's
-# other threads, for up to the 5 ms switch interval each time (it was the store stage's longest
-# wait; docs/benchmarks.md#store, "Tenth pass"). A merge, a directory or a filter over a million
-# keys or more lets the other threads run meanwhile (the ``*_free`` entry points, ``BIG``).
-BIG = 1 << 20
 RATIO = 4  # a run is merged into the previous one while that one is less than RATIO times larger
 DIRECTORY_MIN = 1 << 16  # runs at least this long get a directory (see the module's docstring)
 PER_SLICE = 16  # keys per directory slice, on average
@@ -120,7 +114,7 @@ class SortedRuns:
         merged = np.empty(len(a) + len(b), np.uint64)
         vb, va = (self._vals.pop(), self._vals.pop()) if self._vals is not None else (_NO_VALUES, _NO_VALUES)
         merged_vals = np.empty(len(merged) if self._vals is not None else 0, np.uint64)
-        (_merge_free if len(merged) >= BIG else _merge)(a, b, va, vb, merged, merged_vals)
+        _merge(a, b, va, vb, merged, merged_vals)
         self._keys.append(merged)
         self._dirs.append(Directory.of(merged))
         if self._vals is not None:
@@ -169,12 +163,11 @@ class Directory:
         low, span = run[0], int(run[-1] - run[0])
         shift = max(span.bit_length() - bits, 0)
         n_slices = (span >> shift) + 1
-        slice_starts = _slice_starts_free if len(run) >= BIG else _slice_starts
-        starts = slice_starts(run, np.uint64(low), np.uint64(shift), n_slices)
+        starts = _slice_starts(run, np.uint64(low), np.uint64(shift), n_slices)
         return cls(starts, np.uint64(low), np.uint64(shift))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _slice_starts(run, low, shift, n_slices):
     """starts[s] = the first index of sorted ``run`` whose key is in slice s or a later one (i.e.
     ``searchsorted(run, low + (s << shift))``), starts[n_slices] = len(run): one pass over the run
@@ -192,7 +185,7 @@ def _slice_starts(run, low, shift, n_slices):
     return starts
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _merge(a, b, va, vb, out, out_vals):
     """out = sorted union of the sorted, disjoint runs ``a`` and ``b``; out_vals their values
     alongside (when ``out_vals`` is not empty). 20M keys with values: ~0.13 s (np.insert: 0.3-0.7 s)."""
@@ -213,18 +206,6 @@ def _merge(a, b, va, vb, out, out_vals):
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_free(a, b, va, vb, out, out_vals):
-    """:func:`_merge` with the GIL let go."""
-    _merge(a, b, va, vb, out, out_vals)
-
-
-@numba.njit(cache=True, nogil=True)
-def _slice_starts_free(run, low, shift, n_slices):
-    """:func:`_slice_starts` with the GIL let go."""
-    return _slice_starts(run, low, shift, n_slices)
-
-
-@numba.njit(cache=True)
 def _first_at_least(run, starts, low, shift, k, lo):
     """np.searchsorted(run, k) knowing it is >= lo: within k's directory slice if there is a
     directory, else a binary search of run[lo:]."""
@@ -240,7 +221,7 @@ def _first_at_least(run, starts, low, shift, k, lo):
     return lower_bound(run, k, lo, hi)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _probe(run, run_vals, starts, low, shift, keys, found, vals):
     """For sorted ``keys``: found[j] |= keys[j] in run, and vals[j] = its value (if ``run_vals``);
     each key is searched from where the previous one was found on."""
@@ -253,7 +234,7 @@ def _probe(run, run_vals, starts, low, shift, keys, found, vals):
                 vals[j] = run_vals[lo]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _bounds(run, starts, low, shift, lo_keys, hi_keys, first, count):
     """For intervals [lo_keys[j], hi_keys[j]) sorted by lo: first[j] = where the run's keys in it
     start, count[j] = how many there are."""
@@ -264,7 +245,7 @@ def _bounds(run, starts, low, shift, lo_keys, hi_keys, first, count):
         count[j] = _first_at_least(run, starts, low, shift, hi_keys[j], a) - a
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _copy_slices(src, starts, counts, out, dest):
     """out[dest[j]:dest[j] + counts[j]] = src[starts[j]:starts[j] + counts[j]] for every j: a loop
     of slice copies (NumPy's repeat/arange index arrays cost 5-10x more per element)."""
@@ -274,7 +255,7 @@ def _copy_slices(src, starts, counts, out, dest):
             out[d + k] = src[a + k]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _copy_low32(src, starts, counts, out, dest):
     """:func:`_copy_slices` of the keys' low 32 bits into an int32 ``out``."""
     for j in range(len(starts)):

@@ -161,10 +161,9 @@ def split(flat: np.ndarray, n: np.ndarray) -> list[np.ndarray]:
     return [flat[e - k:e] for e, k in zip(ends, n.tolist())]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _append(pool, length, newest, rows, items, times, offsets, late):
-    """(Holds the GIL: per batch, microseconds; see storage/key_index.py.)
-    Per run of one row in ``rows``: shift the row left and append the run's items (its last
+    """Per run of one row in ``rows``: shift the row left and append the run's items (its last
     ``seq_len`` of them); a run whose first event is older than the row's newest is marked late."""
     cap = pool.shape[1]
     a, n = 0, len(rows)
@@ -190,7 +189,7 @@ def _append(pool, length, newest, rows, items, times, offsets, late):
         a = b
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _gather(pool, rows, n, out):
     k = 0
     for j in range(len(rows)):

@@ -24,7 +24,7 @@ import numpy as np
 from streamrec.model.exposure import Exposure
 from streamrec.model.online import OnlineEvaluator
 from streamrec.model.recommender import PopularityRecommender
-from streamrec.storage.key_index import BIG, DIRECTORY_MIN, Directory, SortedRuns
+from streamrec.storage.key_index import DIRECTORY_MIN, Directory
 from streamrec.storage.store import EventStore
 from streamrec.streams.events import Event, decode_batch, encode
 from streamrec.streams.list_encoder import ListColumns, encode_lists
@@ -58,9 +58,6 @@ def compile_kernels() -> float:
         finally:
             store.close()
     Directory.of(np.arange(DIRECTORY_MIN, dtype=np.uint64))  # (a run long enough for a directory)
-    # Runs of a million keys or more: their merges, directories and filters let the GIL go (other kernels)
-    big = SortedRuns(np.arange(BIG, dtype=np.uint64) * np.uint64(2), is_sorted=True)
-    big.add(np.arange(BIG // 4 + 1, dtype=np.uint64) * np.uint64(2) + np.uint64(1))
     return time.perf_counter() - t0
 
 
