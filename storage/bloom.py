@@ -10,7 +10,8 @@ are searched in the runs.
 The filter is "register-blocked": a key sets ``K`` bits of one 64-bit word, chosen by a mixed
 hash of the key (keys of the seen-pair set are (user, item) codes, far from random). It keeps at
 least ``MIN_BITS`` bits per key: when the keys outgrow it, ``SortedRuns`` builds a larger one (a
-power of two of words, 32 MB for 20M keys) from all its keys (a compiled pass, ~0.1 s at 20M keys).
+power of two of words, 32 MB for 20M keys) from all its keys (a compiled pass: 0.35 s for 20.6M
+keys, allocation included).
 
 >>> b = Bloom(capacity=1000)
 >>> b.add(np.arange(0, 2000, 2, dtype=np.uint64))

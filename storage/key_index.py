@@ -53,9 +53,7 @@ class SortedRuns:
             self._dirs.append(Directory.of(self._keys[-1]))
             if self._vals is not None:
                 self._vals.append(np.ascontiguousarray(np.asarray(values)[order], np.uint64))
-        self._bloom = Bloom(len(self) * 13 // 10)  # (room to grow by 30% before it is rebuilt)
-        for run in self._keys:
-            self._bloom.add(run)
+        self._refilter(len(self))
 
     def __len__(self) -> int:
         return sum(len(k) for k in self._keys)
@@ -92,10 +90,8 @@ class SortedRuns:
         """Add keys that are not in the set yet and distinct (the caller checked with lookup)."""
         if len(keys) == 0:
             return
-        if self._bloom.full(len(keys)):  # a larger filter (words: a power of two), from every key
-            self._bloom = Bloom((len(self) + len(keys)) * 13 // 10)
-            for run in self._keys:
-                self._bloom.add(run)
+        if self._bloom.full(len(keys)):
+            self._refilter(len(self) + len(keys))
         self._bloom.add(keys)
         order = np.argsort(keys)
         self._keys.append(np.asarray(keys, np.uint64)[order])
@@ -104,6 +100,12 @@ class SortedRuns:
             self._vals.append(np.asarray(values, np.uint64)[order])
         while len(self._keys) > 1 and len(self._keys[-2]) < RATIO * len(self._keys[-1]):
             self._merge_last_two()
+
+    def _refilter(self, n: int) -> None:
+        """A new Bloom filter for ``n`` keys (room to grow by 30% before the next), holding every key."""
+        self._bloom = Bloom(n * 13 // 10)
+        for run in self._keys:
+            self._bloom.add(run)
 
     def _merge_last_two(self) -> None:
         b, a = self._keys.pop(), self._keys.pop()
