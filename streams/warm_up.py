@@ -29,11 +29,22 @@ from streamrec.storage.store import EventStore
 from streamrec.streams.events import Event, decode_batch, encode
 from streamrec.streams.list_encoder import ListColumns, encode_lists
 
-log = logging.getLogger(__name__)
-
 T0 = 1_700_000_000_000  # ms (2023)
 # user, item, event time (ms): user 7's last event is older than its first, so it is "late"
 EVENTS = [(7, 10, T0 + 5_000), (7, 11, T0 + 9_000), (8, 12, T0 + 6_000), (8, 10, T0 + 7_000), (7, 13, T0 + 1_000)]
+
+
+log = logging.getLogger(__name__)
+
+
+def warm_up() -> None:
+    """:func:`compile_kernels`, logged; a failure (e.g. no room in the temporary directory) is a
+    warning, not the worker's end: the kernels then compile in the first batches, as before."""
+    try:
+        log.info("compiled kernels ready in %.1fs (before the first batch, not in it)", compile_kernels())
+    except Exception as e:
+        log.warning("kernels not compiled ahead (the first batches will compile them): %s: %s",
+                    type(e).__name__, str(e)[:300])
 
 
 def compile_kernels() -> float:

@@ -65,7 +65,7 @@ from streamrec.streams.model_switch import ModelSwitch
 from streamrec.streams.ownership import Ownership, owners_topic
 from streamrec.streams.pipeline import BatchProcessor, RawBatch, to_raw_batch, without_revoked
 from streamrec.streams.prometheus import WorkerMetrics
-from streamrec.streams.warm_up import compile_kernels
+from streamrec.streams.warm_up import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Worker:
             # torch's default (one thread per core) made SASRec 2.5x slower in the worker than alone:
             # its threads and the stage threads took the same two cores (docs/benchmarks.md).
             torch.set_num_threads(s.torch_threads)
-        log.info("compiled kernels ready in %.1fs (before the first batch, not in it)", compile_kernels())
+        warm_up()  # the compiled kernels, before the first batch (streams/warm_up.py)
         store = EventStore(s.db, seq_len=s.seq_len, max_users=s.sequence_users)
         recommender = self.models.first_model(store)
         # Lists and dead letters wait out a broker outage as long as the worker does (librdkafka's
