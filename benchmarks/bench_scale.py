@@ -10,7 +10,10 @@ One run, one embedded broker:
    reads the ``recommendations`` topic; every million events stored the bench prints and writes:
    the worker's rate over that million, its store-stage ms per micro-batch (from
    ``streamrec_stage_duration_seconds{stage="store"}``) and the CPU of each stage's thread beside
-   its wall time (``streamrec_stage_cpu_seconds_total``), its RSS and the DuckDB file size.
+   its wall time (``streamrec_stage_cpu_seconds_total``), its RSS and the DuckDB file size, and the
+   cores in use over that million: the whole machine's, the worker process's, its children's (the
+   decoder) and the broker's (from ``/proc``), which tell a worker short of cores from one that
+   cannot use the cores it has.
 
 ``--store-only`` skips Kafka and the worker: batches go straight into an ``EventStore`` (with the
 conflict check and the model inputs the store stage reads), to time the store alone.
@@ -56,7 +59,7 @@ from streamrec.streams.topics import ensure_topics  # noqa: E402
 
 FIELDS = ["events_stored", "seconds", "rate_ev_s", "store_ms_per_batch", "store_ms_max", "rss_mb", "duckdb_mb",
           "decode_ms", "score_ms", "publish_ms", "lists_per_batch", "store_cpu_ms", "decode_cpu_ms", "score_cpu_ms",
-          "publish_cpu_ms"]
+          "publish_cpu_ms", "machine_cores", "worker_cores", "worker_children_cores", "broker_cores"]
 STAGES = ("store", "decode", "score", "publish")  # the worker's streamrec_stage_duration_seconds labels
 
 
@@ -70,6 +73,33 @@ def load_events(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     r = load_ratings(path)
     n = len(r.user) if args.ratings else min(args.events, len(r.user))
     return r.user[:n], r.item[:n], r.timestamp[:n] * 1000, r.rating[:n]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux; 0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux: each thread's ``children`` file)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def cpu_use(worker: int, broker: int) -> np.ndarray:
+    """Cumulative core-seconds: the machine's busy time, the worker, its children, the broker."""
+    jiffies = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    return np.array([busy, cpu_seconds(worker), sum(map(cpu_seconds, children(worker))), cpu_seconds(broker)])
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -121,7 +151,9 @@ def _row(stored, seconds, rate, batch_seconds, rss, duck, worst: bool = True, st
            "store_ms_per_batch": round(1000 * float(np.mean(batch_seconds)), 1) if len(batch_seconds) else "",
            "store_ms_max": round(1000 * float(np.max(batch_seconds)), 1) if len(batch_seconds) and worst else "",
            "rss_mb": round(rss), "duckdb_mb": round(duck)}
-    row.update({k if k.startswith("lists") else f"{k}_ms": round(v, 1) for k, v in (stages or {}).items()})
+    row.update({k if k.startswith("lists") else f"{k}_ms": round(v, 1) for k, v in (stages or {}).items()
+                if not k.endswith("_cores")})
+    row.update({k: round(v, 2) for k, v in (stages or {}).items() if k.endswith("_cores")})
     print("  ".join(f"{k} {v}" for k, v in row.items() if v != ""), flush=True)
     return row
 
@@ -167,7 +199,7 @@ def stage_totals(m: dict) -> np.ndarray:
                     + [[m.get(f'streamrec_stage_cpu_seconds_total{{stage="{st}"}}', 0.0), 0.0] for st in STAGES])
 
 
-def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
+def watch_worker(w: WorkerProcess, n: int, every: int, broker_pid: int) -> list[dict]:
     """Poll the worker's metrics until it has stored ``n`` events; a row per ``every`` stored (a last
     stretch of less than half of ``every`` joins the row before it rather than being a row of its own)."""
     rows, marks = [], []
@@ -176,21 +208,23 @@ def watch_worker(w: WorkerProcess, n: int, every: int) -> list[dict]:
             raise RuntimeError(w.failure())
         m, now = w.metrics(), time.perf_counter()
         stored = int(m.get("streamrec_store_events", 0))
+        mark = (stored, now, stage_totals(m), cpu_use(w.proc.pid, broker_pid))
         if not marks and stored > 0:
-            marks.append((stored, now, stage_totals(m)))
+            marks.append(mark)
         if marks and (stored // every > marks[-1][0] // every or stored >= n):
             if stored >= n and rows and stored - marks[-1][0] < every // 2:
                 rows.pop()
                 marks.pop()
-            rows.append(_window_row(w, marks[-1], stored, now, stage_totals(m)))
-            marks.append((stored, now, stage_totals(m)))
+            rows.append(_window_row(w, marks[-1], mark))
+            marks.append(mark)
         if stored >= n:
             return rows
         time.sleep(0.25)
 
 
-def _window_row(w: WorkerProcess, mark: tuple, stored: int, now: float, totals: np.ndarray) -> dict:
-    """The row of the stretch from ``mark`` (events stored, time, stage totals) to now."""
+def _window_row(w: WorkerProcess, mark: tuple, now_mark: tuple) -> dict:
+    """The row of the stretch from ``mark`` to ``now_mark`` (events stored, time, stage totals, CPU use)."""
+    stored, now, totals, cpu = now_mark
     d = totals - mark[2]
     ms = {st: 1000 * d[k, 0] / d[k, 1] if d[k, 1] else float("nan") for k, st in enumerate(STAGES)}
     # Users scored (one list each) per batch: the per-user work, which follows the workload's
@@ -199,6 +233,8 @@ def _window_row(w: WorkerProcess, mark: tuple, stored: int, now: float, totals: 
     # The stages' threads' CPU a batch beside their wall time: the rest is waiting (GIL, a core, I/O).
     for k, st in enumerate(STAGES):
         ms[f"{st}_cpu"] = 1000 * d[len(STAGES) + 1 + k, 0] / d[k, 1] if d[k, 1] else float("nan")
+    cores = (cpu - mark[3]) / (now - mark[1])
+    ms.update(zip(("machine_cores", "worker_cores", "worker_children_cores", "broker_cores"), cores))
     return _row(stored, now - mark[1], (stored - mark[0]) / (now - mark[1]), [ms.pop("store") / 1000],
                 rss_mb(w.proc.pid), db_mb(Path(w.db)), worst=False, stages=ms)
 
@@ -224,7 +260,7 @@ def through_worker(events, tmp: Path, batch_size: int, every: int) -> tuple[list
         try:
             w.wait_ready()
             t = time.perf_counter()
-            rows = watch_worker(w, n, every)
+            rows = watch_worker(w, n, every, broker.proc.pid)
             info["worker_s"] = time.perf_counter() - t
             info["broker_rss_mb"] = rss_mb(broker.proc.pid)
         finally:

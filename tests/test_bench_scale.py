@@ -33,3 +33,27 @@ def test_bench_stages_prints_the_cpu_of_each_stage(capsys, monkeypatch):
     for _, decode, store, publish, store_wall, lists in rows:
         assert float(decode) > 0 and float(store) > 0 and float(publish) > 0 and float(lists) >= 1
     sys.modules.pop("bench_stages", None)
+
+
+def test_cpu_use_counts_the_machine_a_process_and_its_children(monkeypatch):
+    """bench_scale's cores-in-use columns: a busy child shows as the parent's child and as itself
+    (the broker's column), and the machine's busy time grows with it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import os
+    import subprocess
+    import time
+
+    import bench_scale
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
+    try:
+        assert child.pid in bench_scale.children(os.getpid())
+        before = bench_scale.cpu_use(os.getpid(), child.pid)
+        time.sleep(1.5)
+        busy, _, kids, alone = bench_scale.cpu_use(os.getpid(), child.pid) - before
+        assert kids > 0.1 and alone > 0.1 and busy >= alone - 0.05
+    finally:
+        child.kill()
+        child.wait()
+    assert bench_scale.cpu_seconds(child.pid) == 0.0  # gone: nothing, not an error
+    sys.modules.pop("bench_scale", None)
