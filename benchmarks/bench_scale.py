@@ -213,6 +213,7 @@ def watch_worker(w: WorkerProcess, n: int, every: int, broker_pid: int) -> list[
             marks.append(mark)
         if marks and (stored // every > marks[-1][0] // every or stored >= n):
             if stored >= n and rows and stored - marks[-1][0] < every // 2:
+                print(f"(the last {stored - marks[-1][0]:,} events join the row before, printed again:)")
                 rows.pop()
                 marks.pop()
             rows.append(_window_row(w, marks[-1], mark))
