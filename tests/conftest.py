@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -93,3 +97,20 @@ def wait_metrics(worker: WorkerProcess, ok, what: str, timeout: float = 180.0) -
 
 def wait_stored(worker: WorkerProcess, n: int, timeout: float = 180.0) -> dict:
     return wait_metrics(worker, lambda m: m.get("streamrec_store_events", 0) >= n, f"{n} events stored", timeout)
+
+
+@contextlib.contextmanager
+def tiny_disk(parent: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``parent/disk`` (a full disk on demand); skips the test where
+    it cannot be mounted (not root, or no CAP_SYS_ADMIN). Unmounted (lazily) on the way out."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs (a full disk on demand)")
+    disk = parent / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -18,7 +18,7 @@ from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.events import Event, encode
 from streamrec.streams.processes import metric_sum
-from tests.conftest import read_topic, start_worker, wait_metrics, wait_stored
+from tests.conftest import read_topic, start_worker, tiny_disk, wait_metrics, wait_stored
 
 pytestmark = pytest.mark.slow
 T0 = 1_500_000_000_000  # 2017, ms
@@ -88,15 +88,9 @@ def test_poison_pills_are_dead_letters_and_valid_neighbours_are_stored(settings,
 def test_full_disk_turns_ready_503_then_a_restart_stores_everything_once(settings, tmp_path):
     """(d) a store that fails: /ready answers 503 within seconds, the worker exits with "No space
     left on device" first; with space back, a restart stores every event once."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tiny tmpfs (a full disk on demand)")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
-    s = Settings(**{**settings.__dict__, "db": str(disk / "w.duckdb")})
-    log = tmp_path / "worker.log"
-    try:
+    with tiny_disk(tmp_path, "24m") as disk:
+        s = Settings(**{**settings.__dict__, "db": str(disk / "w.duckdb")})
+        log = tmp_path / "worker.log"
         worker = start_worker(s, log, stage_retries=3, stage_backoff=0.5)
         worker.wait_ready()
         first = events(2000)
@@ -123,8 +117,6 @@ def test_full_disk_turns_ready_503_then_a_restart_stores_everything_once(setting
         wait_stored(worker, len(first) + len(rest), timeout=90)
         worker.stop()
         assert stored_offsets(s.db) == list(range(len(first) + len(rest)))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.fixture

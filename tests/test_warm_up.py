@@ -1,30 +1,19 @@
 """The worker's warm-up of its compiled kernels: a failure there is a warning, never the worker's end."""
 
 import logging
-import os
-import subprocess
 import tempfile
 
-import pytest
-
 from streamrec.streams.warm_up import warm_up
+from tests.conftest import tiny_disk
 
 
 def test_warm_up_without_room_warns_in_one_line_and_returns(tmp_path, monkeypatch, caplog):
     """A temporary directory with room for a name but not for DuckDB's file (a full /tmp): the
     worker logs why and goes on (it used to crash at start with a traceback)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tiny tmpfs (a full disk on demand)")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
-    try:
+    with tiny_disk(tmp_path, "4k") as disk:
         monkeypatch.setattr(tempfile, "tempdir", str(disk))
         with caplog.at_level(logging.INFO, logger="streamrec.streams.warm_up"):
             warm_up()
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
     lines = [r.getMessage() for r in caplog.records if r.name == "streamrec.streams.warm_up"]
     assert len(lines) == 1 and "kernels not compiled ahead" in lines[0], lines
     assert "No space left on device" in lines[0] and "\n" not in lines[0]
