@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import raw_consume  # noqa: E402
 from gen_ml20m import write_ratings  # noqa: E402
+from thread_cpu import stat_cpu  # noqa: E402
 
 from streamrec.storage.batch import EventBatch  # noqa: E402
 from streamrec.storage.movielens import load_ratings  # noqa: E402
@@ -75,15 +76,6 @@ def load_events(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return r.user[:n], r.item[:n], r.timestamp[:n] * 1000, r.rating[:n]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux; 0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (Linux: each thread's ``children`` file)."""
     kids = []
@@ -99,7 +91,8 @@ def cpu_use(worker: int, broker: int) -> np.ndarray:
     """Cumulative core-seconds: the machine's busy time, the worker, its children, the broker."""
     jiffies = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-    return np.array([busy, cpu_seconds(worker), sum(map(cpu_seconds, children(worker))), cpu_seconds(broker)])
+    processes = ([worker], children(worker), [broker])
+    return np.array([busy] + [sum(stat_cpu(f"/proc/{pid}/stat") for pid in pids) for pids in processes])
 
 
 def rss_mb(pid: int | str = "self") -> float:

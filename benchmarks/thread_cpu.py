@@ -62,12 +62,20 @@ def thread_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name = names.get(tid) or Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # (a thread that ended)
         key = re.sub(r"_\d+$", "", name)
-        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        out[key] = out.get(key, 0.0) + stat_cpu(f"/proc/{pid}/task/{tid}/stat")
     return out
+
+
+def stat_cpu(path: str) -> float:
+    """User + system CPU seconds in a ``/proc`` stat file (a process's or a thread's); 0 if it is gone."""
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def stored(port: str | None) -> float | None:
