@@ -24,7 +24,7 @@ import threading
 import time
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamrec.streams.config import Settings, kafka_config
 from streamrec.streams.list_encoder import Recommendation
@@ -129,8 +129,6 @@ class Peers:
     """The other workers' web addresses, from the ``<group>.workers`` topic (and ours on it)."""
 
     def __init__(self, bootstrap: str, topic: str, url: str):
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-
         self.topic, self.url = topic, url
         self._producer = Producer(kafka_config("producer", bootstrap, {"linger.ms": 0}))
         self._consumer = Consumer(kafka_config("consumer", bootstrap, {"group.id": f"peers-{os.getpid()}",

@@ -87,11 +87,12 @@ def _closed_port() -> int:
 def test_unreachable_broker_is_reported_within_seconds(command, tmp_path):
     args = ([str(DATA / "ratings.csv")] if command == "replay"
             else ["--db", str(tmp_path / "w.duckdb"), "--metrics-port", str(_closed_port())])
-    t0 = time.monotonic()
-    r = streamrec(command, *args, "--bootstrap-servers", f"127.0.0.1:{_closed_port()}", timeout=30)
-    took = time.monotonic() - t0
-    one_line_error(r, 1, "cannot reach Kafka", "Connection refused", "--bootstrap-servers")
-    assert took < 15, took
+    # The connection check gives up after its own 6 s (the message says so); a command that waited on
+    # librdkafka's defaults instead would hang for minutes and fail here on the subprocess's timeout.
+    # (Not a timing assertion on the whole run: interpreter start and imports took 8.7 s idle, 23 s on a
+    # busy 2-core box.)
+    r = streamrec(command, *args, "--bootstrap-servers", f"127.0.0.1:{_closed_port()}", timeout=90)
+    one_line_error(r, 1, "cannot reach Kafka", "within 6s", "Connection refused", "--bootstrap-servers")
 
 
 def test_locked_duckdb_found_before_joining_the_group(broker, settings, tmp_path):

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import start_worker, wait_metrics
@@ -45,7 +46,6 @@ TARGET_LABELS = {"job", "instance", "le", "__name__"}
 
 
 def load_yaml(path: Path):
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
     return yaml.safe_load(path.read_text())
 
 

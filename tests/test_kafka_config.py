@@ -15,7 +15,18 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streamrec.storage.movielens import load_ratings
-from streamrec.streams import demo, lists, model_updates, ownership, replay, shadow_topic, topics, worker
+from streamrec.streams import (
+    demo,
+    health,
+    latest_lists,
+    lists,
+    model_updates,
+    ownership,
+    replay,
+    shadow_topic,
+    topics,
+    worker,
+)
 from streamrec.streams.config import Settings, SettingsError, kafka_config
 from tests.test_cli_errors import DATA
 
@@ -43,7 +54,7 @@ def recorded(monkeypatch) -> list[tuple[str, str, dict]]:
                 super().__init__(conf, **kw)
         return Recorded
 
-    for module in (replay, ownership, model_updates, shadow_topic, demo, lists, topics, worker):
+    for module in (replay, ownership, model_updates, shadow_topic, demo, lists, topics, worker, latest_lists, health):
         for cls in (confluent_kafka.Producer, confluent_kafka.Consumer, AdminClient):
             if getattr(module, cls.__name__, None) is cls:
                 monkeypatch.setattr(module, cls.__name__, recorder(cls, module))
@@ -70,18 +81,24 @@ def test_properties_reach_every_confluent_client(broker, settings, props_file, r
 
     w = worker.Worker(s)  # the faust app; its pipeline's producer, ownership log and recovery reader
     w.open_pipeline().store.con.close()
+    health.BrokerMonitor(kafka_config("admin", s), 10.0, metrics=None)  # the worker's broker watch: admin
+    latest_lists.LatestLists().warm(s.bootstrap_servers, s.recommendations_topic, idle=0.5, timeout=10)  # consumer
+    peers = f"workers-{uuid.uuid4().hex[:6]}"
+    topics.create_topics(s, {peers: (1, {})})
+    latest_lists.Peers(s.bootstrap_servers, peers, "http://127.0.0.1:1")  # producer + consumer
 
     kinds = {(module, cls) for module, cls, _ in recorded}
     assert {("worker", "Producer"), ("topics", "AdminClient"), ("replay", "Producer"), ("ownership", "Producer"),
             ("ownership", "Consumer"),
             ("model_updates", "Producer"), ("model_updates", "Consumer"), ("lists", "Consumer"),
-            ("shadow_topic", "Consumer")} <= kinds, kinds
+            ("shadow_topic", "Consumer"), ("health", "AdminClient"), ("latest_lists", "Consumer"),
+            ("latest_lists", "Producer")} <= kinds, kinds
     for module, cls, conf in recorded:
         assert conf.get("client.id") == CLIENT_ID, (module, cls, conf)
         assert conf.get("socket.keepalive.enable") == "true", (module, cls)
     # What the call site needs for correctness wins over the file: each reader keeps its own group.
     groups = {conf["group.id"] for _, cls, conf in recorded if cls == "Consumer"}
-    assert len(groups) >= 4
+    assert len(groups) >= 6
 
 
 def test_faust_gets_the_mapped_names(props_file, tmp_path):

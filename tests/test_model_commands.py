@@ -2,15 +2,13 @@
 
 import argparse
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
 from streamrec.model.commands import COMMANDS
-from streamrec.storage.movielens import Ratings, load_titles
+from streamrec.storage.movielens import load_titles
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared CI box
 
@@ -86,22 +84,27 @@ def test_train_evaluate_recommend(kind, chain_csv, tmp_path, capsys):
     assert run(args) == 2
 
 
-def test_train_reads_the_event_log_through_storage_store(chain_csv, tmp_path, monkeypatch):
-    calls = []
-    r = Ratings(np.repeat(np.arange(1, 21), 6), np.tile(np.arange(1, 7), 20), np.ones(120, np.float32),
-                np.arange(120))
+def test_train_reads_the_event_log_of_a_worker_database(tmp_path):
+    """``train --db``: the events a worker stored in DuckDB (a real store, closed as a stopped worker's)."""
+    from streamrec.storage.batch import EventBatch
+    from streamrec.storage.store import EventStore
+    from streamrec.streams.events import event_keys
 
-    def read_ratings(path):
-        calls.append(path)
-        return r
-
-    monkeypatch.setitem(sys.modules, "streamrec.storage.store", types.SimpleNamespace(read_ratings=read_ratings))
+    users, items = np.repeat(np.arange(1, 21), 6), np.tile(np.arange(1, 7), 20)
+    times = 1_000_000_000 + 1000 * np.arange(120)  # ms
+    ids = [f"{u}:{i}:{t}:view" for u, i, t in zip(users.tolist(), items.tolist(), times.tolist())]
     db = tmp_path / "events.duckdb"
+    store = EventStore(db)
+    store.append(EventBatch.of(key=event_keys(ids), event_id=ids, user=users, item=items, event_time=times,
+                               event_type=["view"] * 120, offset=np.arange(120)))
+    store.close()
     args, run = parse("train", ["--db", str(db), "--out", str(tmp_path / "m"), "--epochs", "1", "--d-model", "8",
                                 "--max-len", "8", "--no-progress", "--no-test"])
     assert run(args) == 0
-    assert calls == [db]
-    assert json.loads((tmp_path / "m" / "card.json").read_text())["data"]["source"] == f"duckdb:{db}"
+    data = json.loads((tmp_path / "m" / "card.json").read_text())["data"]
+    assert data["source"] == f"duckdb:{db}"
+    assert (data["n_users"], data["n_items"], data["cutoff_time"]) == (20, 6, int(times.max()) // 1000)
+    assert data["n_events"] == 120  # every stored event, none invented, none lost
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])

@@ -109,8 +109,8 @@ def test_start_token_scores_users_with_no_history():
 
 
 def test_refit_trains_on_the_validation_items_too():
-    """The refit model learns each user's validation item: on the chain it predicts the test item
-    from the validation item; the epochs are the validated run's best."""
+    """The refit trains again on the training and validation items together, for the validated run's
+    best number of epochs: the same validation history, a different model (other data, other weights)."""
     seqs, vocab = build_sequences(chain_stream(), min_user_events=5)
     split = leave_one_out(seqs)
     mcfg = ModelConfig(kind="sasrec", n_items=len(vocab), max_len=16, d_model=32, n_heads=2, dropout=0.1)

@@ -43,11 +43,9 @@ def test_ml1m_dat_and_filters(tmp_path):
 
 
 def test_recbole_inter_ml100k():
-    try:
-        path = recbole_ml100k_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    r = load_ratings(path)
+    # RecBole's wheel is part of the test set-up (scripts/setup.sh): without it this fails with
+    # recbole_ml100k_path()'s message rather than skipping, so CI cannot go quietly without ML-100K.
+    r = load_ratings(recbole_ml100k_path())
     assert len(r) == 100_000 and len(np.unique(r.user)) == 943 and len(np.unique(r.item)) == 1682
 
 

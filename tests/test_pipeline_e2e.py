@@ -265,9 +265,17 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
     w1 = start_worker(dataclasses.replace(s, db=dbs[0]), tmp_path / "w1.log", batch_size=1000, partitions=4)
     w1.wait_ready()
 
+    # "Mid-replay" by construction, not by a race with a slow machine: the replay holds before its
+    # 11th slice until W2 has joined and before its 16th until W2 is killed (at most 3 minutes each;
+    # a hold that times out leaves the replay running, and the assertion below says so).
+    joined, killed = threading.Event(), threading.Event()
+    holds = {10: joined, 15: killed}
+
     def produce():  # a timed replay: 20 slices, a second apart
         producer = make_producer(s.bootstrap_servers)
-        for part in np.array_split(np.arange(len(ratings)), 20):
+        for n, part in enumerate(np.array_split(np.arange(len(ratings)), 20)):
+            if n in holds:
+                holds[n].wait(180)
             replay(ratings.slice(int(part[0]), int(part[-1]) + 1), s.bootstrap_servers, s.interactions_topic,
                    progress=False, producer=producer)
             time.sleep(1.0)
@@ -281,10 +289,12 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
         while not (len(w2.wait_ready()["partitions"]) == 2 and len(w1.wait_ready()["partitions"]) == 2):
             assert time.time() < deadline, "the two workers did not split the partitions"
             time.sleep(0.5)
-        joined_during_replay = replaying.is_alive()
+        joined_during_replay = replaying.is_alive() and not joined.is_set()
+        joined.set()
         wait_stored(w2, 15_000)
         w2.kill()
-        killed_during_replay = replaying.is_alive()
+        killed_during_replay = replaying.is_alive() and not killed.is_set()
+        killed.set()
         replaying.join()
         # The survivor claims the killed worker's partitions; then the killed worker's database is
         # opened as a restart would, fencing what it stored past its last commit.
@@ -294,6 +304,8 @@ def test_two_workers_one_killed_mid_replay(broker, settings, ratings, clean_run,
         lists = read_topic(s.bootstrap_servers, s.recommendations_topic,
                            min_count=int(metric_sum(w1.metrics(), "streamrec_lists_published_total")))
     finally:
+        joined.set()
+        killed.set()  # (a failure above must not leave the replay waiting)
         w1.stop()
         w2.kill()
     assert joined_during_replay and killed_during_replay, "the join and the kill were to happen mid-replay"

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from streamrec.streams.broker import free_port
 from streamrec.streams.processes import metric_sum
@@ -125,7 +126,6 @@ def run(broker, tmp_path_factory):
     """Prometheus scraping a worker through a replay of 3,000 ratings (three rounds, so the later
     ones are graded online against lists of the earlier ones)."""
     binary = prometheus_binary()
-    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/prometheus/prometheus.yml")
     from streamrec.storage.movielens import load_ratings
     from streamrec.streams.config import Settings
 

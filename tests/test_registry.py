@@ -144,7 +144,7 @@ def test_corrupt_version_fails_verify_and_is_never_promoted(tmp_path, damage):
         reg.load(v2)
 
 
-def test_garbled_weights_are_caught_by_load_even_without_the_hash(tmp_path):
+def test_truncated_weights_are_caught_by_load_even_without_the_hash(tmp_path):
     """A truncated safetensors file does not load: verify reports it even for a version whose
     registration hash is unknown (index edited by hand)."""
     reg = Registry(tmp_path)

@@ -18,6 +18,7 @@ from streamrec.streams.broker import EmbeddedBroker
 from streamrec.streams.config import Settings
 from streamrec.streams.events import Event, encode
 from streamrec.streams.processes import metric_sum
+from streamrec.streams.seaweedfs import weed_binary
 from tests.conftest import read_topic, start_worker, tiny_disk, wait_metrics, wait_stored
 
 pytestmark = pytest.mark.slow
@@ -167,7 +168,7 @@ def test_broker_paused_longer_than_30s_is_ridden_out(own_broker, settings, tmp_p
 
 def test_persistent_broker_restarted_under_a_running_worker(settings, tmp_path):
     """(c) `--data-dir` broker stopped and started again on its port: the worker carries on, counts exact."""
-    pytest.importorskip("streamrec.streams.seaweedfs").weed_binary()
+    weed_binary()  # (a test dependency: a missing one fails here, naming the pip package)
     broker = EmbeddedBroker(data_dir=tmp_path / "broker").start()
     s = Settings(**{**settings.__dict__, "bootstrap_servers": broker.bootstrap})
     worker = start_worker(s, tmp_path / "worker.log")
