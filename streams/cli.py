@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -26,13 +25,10 @@ from streamrec.model import commands as model_commands
 from streamrec.model import report as model_report
 from streamrec.streams import lists, retrain_job
 from streamrec.streams.config import Settings, SettingsError
+from streamrec.streams.preflight import UserError, check_port_free, check_worker
 
 KAFKA = ["bootstrap_servers", "kafka_config"]
 TOPICS = ["interactions_topic", "dlq_topic", "recommendations_topic", "partitions", "replication_factor"]
-
-
-class UserError(Exception):
-    """A problem the user can fix (the message says how): one line, exit status 1."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,31 +55,6 @@ def _settings(args) -> Settings:
         raise SettingsError("no Kafka address: give --bootstrap-servers (or STREAMREC_BOOTSTRAP_SERVERS, or "
                             "bootstrap.servers in --kafka-config); `streamrec broker` starts a local one")
     return settings
-
-
-def check_db_free(path: str) -> None:
-    """Fail now, before joining the consumer group, if another process holds the DuckDB file."""
-    import duckdb
-
-    try:
-        duckdb.connect(path).close()
-    except duckdb.IOException as e:
-        text = str(e)
-        if "lock" in text:
-            pid = re.search(r"PID (\d+)", text)
-            holder = f"process {pid.group(1)}" if pid else "another process"
-            raise UserError(f"DuckDB file {path} is locked by {holder}: stop it, or give this worker "
-                            "its own file with --db") from e
-        raise UserError(f"cannot open DuckDB file {path}: {text.splitlines()[0]}") from e
-
-
-def check_port_free(host: str, port: int, option: str) -> None:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server will
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
 
 
 def cmd_broker(args) -> int:
@@ -127,15 +98,7 @@ def cmd_broker(args) -> int:
 def cmd_worker(args) -> int:
     from streamrec.streams.topics import ensure_topics
 
-    settings = _settings(args)
-    if settings.checkpoint:
-        from streamrec.model.checkpoint import CARD, WEIGHTS
-
-        if not all((Path(settings.checkpoint) / name).is_file() for name in (CARD, WEIGHTS)):
-            raise UserError(f"{settings.checkpoint} is not a checkpoint (expected {CARD} and {WEIGHTS}): "
-                            "give a directory written by `streamrec train` with --checkpoint or STREAMREC_CHECKPOINT")
-    check_db_free(settings.db)
-    check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port (STREAMREC_METRICS_PORT)")
+    settings = check_worker(_settings(args))  # model, registry, export folder, database, web port
     ensure_topics(settings)  # also: an unreachable broker is reported here, within seconds
 
     from streamrec.streams.worker import run_worker
@@ -191,7 +154,10 @@ def cmd_demo(args) -> int:
     # What can be wrong is found before the broker and workers start.
     for path, option in ((args.ratings, "--ratings"), (args.movies, "--movies")):
         if path and not Path(path).is_file():
-            raise UserError(f"{option} {path}: file not found")
+            why = "a directory, not a file" if Path(path).is_dir() else "file not found"
+            raise UserError(f"{option} {path}: {why}")
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        raise UserError(f"--workdir {args.workdir} is a file: give a folder for the workers' databases and logs")
     if args.metrics_port:
         for w in range(args.workers):
             check_port_free("127.0.0.1", args.metrics_port + w, "--metrics-port (0: free ports)")
@@ -208,6 +174,29 @@ def _nonnegative(kind):
     return parse
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give a port from 0 to 65535 (0: a free one)")
+    return value
+
+
+def _between(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True):
+    """A float option in ``[lo, hi)`` (``lo_open``: ``lo`` excluded; ``hi`` None: no upper end)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if value < lo or (lo_open and value == lo) or (hi is not None and (value > hi or (hi_open and value == hi))):
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number in {left}{lo:g}, "
+                                             f"{'inf' if hi is None else format(hi, 'g')}{right}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+POSITIVE, FRACTION, SHARE = _between(0, lo_open=True), _between(0, 1, lo_open=True), _between(0, 1)
+
+
 def _add_replay_options(p: argparse.ArgumentParser, default_speedup: float | None = 0.0) -> None:
     p.add_argument("--speedup", type=_nonnegative(float), default=default_speedup,
                    help="divide event-time gaps by this factor (0: as fast as possible; default %(default)s)")
@@ -217,7 +206,7 @@ def _add_replay_options(p: argparse.ArgumentParser, default_speedup: float | Non
 
 
 def configure_broker(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=_nonnegative(int), default=0, help="port (default: a free one)")
+    p.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
     p.add_argument("--partitions", type=int, default=1, help="partitions of the topics it creates")
     p.add_argument("--data-dir", default="", help="keep topics, data and committed offsets in this folder across "
                    "restarts (Tansu on a local SeaweedFS); default: memory only")
@@ -243,13 +232,13 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
 def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["sasrec", "bert4rec", "popularity"], default="sasrec",
                    help="what serves the live replay (default %(default)s)")
-    p.add_argument("--train-fraction", type=float, default=0.5,
+    p.add_argument("--train-fraction", type=FRACTION, default=0.5,
                    help="share of the events, by time, replayed as history and trained on (default %(default)s)")
-    p.add_argument("--train-seconds", type=float, default=90.0,
+    p.add_argument("--train-seconds", type=POSITIVE, default=90.0,
                    help="training budget: an epoch starts only if it should end within it (default %(default)s)")
-    p.add_argument("--retrain-at", type=float, default=0.5,
+    p.add_argument("--retrain-at", type=SHARE, default=0.5,
                    help="retrain once this share of the live part was replayed (0: never; default %(default)s)")
-    p.add_argument("--retrain-seconds", type=float, default=30.0,
+    p.add_argument("--retrain-seconds", type=POSITIVE, default=30.0,
                    help="fine-tuning budget of the mid-stream retraining (default %(default)s)")
     p.add_argument("--ratings", default=None, help="ratings file (default: the bundled ml-latest-small)")
     p.add_argument("--movies", default=None, help="movies.csv for titles (default: the bundled one)")
@@ -258,12 +247,12 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                    help="users whose lists are printed as they update")
     p.add_argument("--workers", type=int, choices=range(1, 9), metavar="{1..8}", default=1,
                    help="workers in the consumer group")
-    p.add_argument("--kill-at", type=float, default=0.4,
+    p.add_argument("--kill-at", type=SHARE, default=0.4,
                    help="with several workers: SIGKILL the last one when this fraction of the events was consumed, "
                         "to show the handover (0: never; default %(default)s)")
     Settings.add_arguments(p, only=KAFKA + ["top_k", "checkpoint", "metrics_port", "batch_size", "baseline"])
     _add_replay_options(p, default_speedup=None)
-    p.add_argument("--duration", type=float, default=None,
+    p.add_argument("--duration", type=POSITIVE, default=None,
                    help="without --speedup, replay the live part in about this many seconds "
                         "(default: 120 with a transformer, 20 with popularity)")
     p.add_argument("--closed-loop", action="store_true",
@@ -272,7 +261,14 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                         "slower (the default live part: ~9 minutes instead of 2), ignores --speedup")
     # A free port unless one is asked for (option or environment): a busy default port would
     # otherwise be answered by whoever holds it.
-    p.set_defaults(metrics_port=Settings.from_env().metrics_port if "STREAMREC_METRICS_PORT" in os.environ else 0)
+    p.set_defaults(metrics_port=_env_metrics_port() if "STREAMREC_METRICS_PORT" in os.environ else 0)
+
+
+def _env_metrics_port() -> int:
+    try:
+        return Settings.from_env().metrics_port
+    except SettingsError:  # a bad STREAMREC_* value: --help still answers; running the demo names it
+        return 0
 
 
 # The one registry: name -> (configure the parser, run, one line of help).
@@ -328,6 +324,13 @@ def _exit_status(e: BaseException) -> tuple[int, str]:
         return 1, str(e)
     if isinstance(e, KeyboardInterrupt):
         return 130, "interrupted"
+    if isinstance(e, FileExistsError):  # e.g. a folder to create where a file is
+        return 1, f"{e.filename}: a file is in the way (a folder is expected there)"
+    from confluent_kafka import KafkaException
+
+    if isinstance(e, KafkaException):  # librdkafka refused the client's settings (e.g. a SASL mechanism it lacks)
+        why = e.args[0].str() if e.args and hasattr(e.args[0], "str") else str(e)
+        return 1, f"Kafka client: {why} (check --kafka-config / STREAMREC_KAFKA_CONFIG)"
     return 1, f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback, and please report it)"
 
 
@@ -358,7 +361,6 @@ def database_in_use(e: Exception) -> str | None:
     Read that worker's Parquet exports instead (run it with --export-dir DIR; then e.g. streamrec retrain
     --export-dir DIR, streamrec report --export-dir DIR), or wait until it stops
     """
-    import re
 
     m = re.search(r'Could not set lock on file "([^"]+)".*?(?:\(PID (\d+)\))?$', str(e))
     if m is None:

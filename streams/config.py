@@ -79,7 +79,11 @@ class EnvSettings:
     def add_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                       only: list[str] | None = None) -> None:
         """Add ``--field`` options (default: from the environment) for the named fields."""
-        defaults, hints = cls.from_env(), get_type_hints(cls)
+        try:
+            defaults = cls.from_env()
+        except SettingsError:  # a bad STREAMREC_* value: --help still answers; running the command names it
+            defaults = cls()
+        hints = get_type_hints(cls)
         for f in fields(cls):
             if only is not None and f.name not in only:
                 continue
@@ -183,7 +187,8 @@ class Settings(EnvSettings):
                              "the next owner of a partition)")
     export_every: float = _f(30.0, "seconds between event-log exports", min=0.1)
     metrics_host: str = _f("127.0.0.1", "address of the /metrics endpoint")
-    metrics_port: int = _f(6066, "port of the /metrics endpoint (the demo: 0 picks free ones)", min=0, max=65535)
+    metrics_port: int = _f(6066, "port of the web server: /metrics, /ready, /recommendations (0: a free one, which the "
+                                 "worker logs)", min=0, max=65535)
     session_timeout: float = _f(10.0, "consumer group session timeout, seconds", min=1.0)
     # Reliability (streams/events.py, streams/pipeline.py, the worker): see docs/operations.md.
     max_event_skew: float = _f(86400.0, "seconds an event_time may be ahead of its record's Kafka timestamp", min=0.0)

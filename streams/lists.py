@@ -135,8 +135,12 @@ def run_lists(args) -> int:
     from streamrec.storage.movielens import load_titles
 
     url = args.worker_url or f"http://{args.metrics_host}:{args.metrics_port}"
+    if not url.startswith(("http://", "https://")):
+        print(f"streamrec lists: --worker-url {url!r} is not a web address: give e.g. http://127.0.0.1:6066",
+              file=sys.stderr)
+        return 2
     titles = load_titles(args.movies) if args.movies else None
-    last = None
+    last, waiting = None, False
     try:
         while True:
             try:
@@ -153,6 +157,10 @@ def run_lists(args) -> int:
             elif not args.follow or status != 404:
                 print(f"streamrec lists: {answer.get('error', f'HTTP {status}')}", file=sys.stderr)
                 return 1
+            elif not waiting:  # followed, no list yet: said once, then the first list when it comes
+                print(f"streamrec lists: no list for user {args.user} yet ({answer.get('error', 'HTTP 404')}); "
+                      "waiting for one (Ctrl-C stops)", file=sys.stderr, flush=True)
+                waiting = True
             if not args.follow:
                 return 0
             time.sleep(1.0)

@@ -119,6 +119,7 @@ class Worker:
         self.models = ModelSwitch(settings, self.metrics, self.loader, self.publisher, self.between_batches)
         self.latest = LatestLists()  # each user's latest list, for /recommendations/{user_id}
         self.peers: Peers | None = None  # the group's other workers, who answer for their users
+        self.web = web_address(settings.metrics_host, settings.metrics_port)  # /metrics, /recommendations
         self._register()
 
     def _register(self) -> None:
@@ -176,8 +177,8 @@ class Worker:
                               Contract(int(s.max_event_skew * 1000), s.allow_null_keys), s.export_dir)
         metrics.disowned.inc(ownership.refresh())  # what others took over while we were down
         metrics.store_events.set(store.n_events)
-        log.info("worker store %s (database %s) owns %d events; recommender %s/%s",
-                 s.db, store.db_id, store.n_events, recommender.name, recommender.version)
+        log.info("worker store %s (database %s) owns %d events; recommender %s/%s; web (metrics, lists) %s", s.db,
+                 store.db_id, store.n_events, recommender.name, recommender.version, self.web)
         processor = BatchProcessor(s, store, recommender, producer, metrics, ownership, self.latest)
         processor.decoder = DecodeProcess(processor.contract) if s.decode_process else None  # (a child process)
         return processor
@@ -345,8 +346,7 @@ class Worker:
             self.latest.warm_in_background(s.bootstrap_servers, s.recommendations_topic)  # lists from before we started
             topic = f"{s.group_id}.workers"
             await self._run(self.loader, ensure_workers_topic, s, topic)
-            self.peers = await self._run(self.loader, Peers, s.bootstrap_servers, topic,
-                                         web_address(s.metrics_host, s.metrics_port))
+            self.peers = await self._run(self.loader, Peers, s.bootstrap_servers, topic, self.web)
         await self._run(self.loader, self.peers.announce_and_read)
 
     def assigned_partitions(self) -> set[int]:

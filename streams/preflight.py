@@ -1,0 +1,131 @@
+"""What a command checks before it starts anything: a user's mistake found here is one line
+(:class:`UserError`), not a crash inside faust's worker minutes later with a page of traceback.
+
+>>> check_port_free("127.0.0.1", 0, "--metrics-port")  # port 0: the system picks one, always free
+>>> check_export_dir("")  # no export: nothing to check
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+from streamrec.streams.config import Settings
+
+
+class UserError(Exception):
+    """A problem the user can fix (the message says how): one line, exit status 1."""
+
+
+def check_db_free(path: str) -> None:
+    """Fail now, before joining the consumer group, if another process holds the DuckDB file."""
+    import duckdb
+
+    if Path(path).is_dir():
+        raise UserError(f"--db {path} is a directory: give the worker's DuckDB file (created if missing)")
+    try:
+        duckdb.connect(path).close()
+    except duckdb.IOException as e:
+        text = str(e)
+        if "lock" in text:
+            pid = re.search(r"PID (\d+)", text)
+            holder = f"process {pid.group(1)}" if pid else "another process"
+            raise UserError(f"DuckDB file {path} is locked by {holder}: stop it, or give this worker "
+                            "its own file with --db") from e
+        raise UserError(f"cannot open DuckDB file {path}: {text.splitlines()[0]}") from e
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """The web server can bind ``host:port``: else why not (in use, an unknown host, not this machine's)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--metrics-host {host!r}: no such host ({e.strerror}): give an address of this machine "
+                        "(e.g. 127.0.0.1, or 0.0.0.0 for every interface)") from e
+    family, _, _, _, address = addresses[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server will
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use ({e.strerror}): give another with {option}") from e
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): give another address with "
+                            f"--metrics-host or port with {option}") from e
+
+
+def free_port(host: str) -> int:
+    """A port free on ``host`` now (for ``--metrics-port 0``)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_checkpoint(directory: str, option: str) -> None:
+    """``directory`` holds a checkpoint whose card reads (the weights are read when the worker loads it)."""
+    from streamrec.model.checkpoint import CARD, WEIGHTS
+
+    path = Path(directory)
+    if not all((path / name).is_file() for name in (CARD, WEIGHTS)):
+        raise UserError(f"{directory} is not a checkpoint (expected {CARD} and {WEIGHTS}): give a directory "
+                        f"written by `streamrec train` with {option}")
+    try:
+        card = json.loads((path / CARD).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path / CARD} is unreadable or not valid JSON ({e}): the checkpoint is damaged; "
+                        "train it again or give another with " + option) from e
+    if not isinstance(card, dict) or not isinstance(card.get("config"), dict) or "items" not in card:
+        raise UserError(f"{path / CARD} has no model configuration or items: not a card written by `streamrec train`")
+
+
+def check_registry(root: str) -> None:
+    """A registry the worker can serve from: a directory (it may be new), its champion's card readable."""
+    from streamrec.model.registry import Registry, RegistryError
+
+    if Path(root).exists() and not Path(root).is_dir():
+        raise UserError(f"--registry {root} is a file, not a registry directory")
+    try:
+        reg = Registry(root)
+        champion = reg.champion()
+    except (RegistryError, OSError, ValueError) as e:
+        raise UserError(f"--registry {root}: {e}") from e
+    if champion is not None:
+        check_checkpoint(str(reg.path(champion)), f"--registry (its champion {champion} is damaged; "
+                                                  "`streamrec rollback` reinstates the previous one)")
+
+
+def check_export_dir(path: str) -> None:
+    """``--export-dir``: a directory this process can write (created if missing)."""
+    if not path:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--export-dir {path} is a file: give a directory for the Parquet exports")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--export-dir {path}: cannot create it ({e.strerror})") from e
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"--export-dir {path}: not writable by this user")
+
+
+def check_worker(settings: Settings) -> Settings:
+    """Everything a worker needs that the user gave, checked before it starts; ``--metrics-port 0``
+    becomes a free port (returned settings)."""
+    import dataclasses
+
+    if settings.checkpoint:
+        check_checkpoint(settings.checkpoint, "--checkpoint or STREAMREC_CHECKPOINT")
+    if settings.registry:
+        check_registry(settings.registry)
+    check_export_dir(settings.export_dir)
+    check_db_free(settings.db)
+    if settings.metrics_port == 0:
+        check_port_free(settings.metrics_host, 0, "--metrics-port")  # (the host is checked)
+        settings = dataclasses.replace(settings, metrics_port=free_port(settings.metrics_host))
+    check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port (STREAMREC_METRICS_PORT)")
+    return settings
