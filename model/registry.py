@@ -67,6 +67,10 @@ class ChampionChangedError(RegistryError):
     """``promote(..., expect_champion=)`` found another champion than expected."""
 
 
+class NoRegistryError(RegistryError):
+    """``Registry(root, create=False)``: there is no directory at ``root``."""
+
+
 class CorruptCheckpointError(RegistryError):
     """A version's files are missing, truncated, garbled or do not match what was registered."""
 
@@ -127,8 +131,15 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | Path):
+    """The registry at ``root``: created if missing, unless ``create=False`` (reading it, e.g. listing
+    its versions, must not leave an empty registry behind a mistyped path: ``NoRegistryError``)."""
+
+    def __init__(self, root: str | Path, create: bool = True):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"{self.root} is a file, not a registry directory")
+        if not create and not self.root.is_dir():
+            raise NoRegistryError(f"no registry at {self.root} (no such directory; `streamrec retrain` creates one)")
         self.root.mkdir(parents=True, exist_ok=True)
 
     # --- index ----------------------------------------------------------------------------------
@@ -312,14 +323,23 @@ class Registry:
             self._write(index)
         return version
 
+    @staticmethod
+    def _previous(history: list[str]) -> str:
+        if len(history) < 2:
+            raise RegistryError("nothing to roll back to: no previous champion")
+        return history[-2]
+
+    def rollback_target(self) -> str:
+        """The champion ``rollback`` would reinstate now; ``RegistryError`` if there is none."""
+        return self._previous(self.history())
+
     def rollback(self) -> str:
         """Retire the champion and reinstate the previous one (verified first); returns it."""
         with self._locked():
             index = self._read()
             history = index["history"]
-            if len(history) < 2:
-                raise RegistryError("nothing to roll back to: no previous champion")
-            current, previous = history[-1], history[-2]
+            previous = self._previous(history)
+            current = history[-1]
             self.verify(previous)
             now = _now()
             index["versions"][current].update(status="retired", status_changed=now)

@@ -80,9 +80,9 @@ class EnvSettings:
                       only: list[str] | None = None) -> None:
         """Add ``--field`` options (default: from the environment) for the named fields."""
         try:
-            defaults = cls.from_env()
+            defaults, env_read = cls.from_env(), True
         except SettingsError:  # a bad STREAMREC_* value: --help still answers; running the command names it
-            defaults = cls()
+            defaults, env_read = cls(), False  # (from_args), so no option is required meanwhile
         hints = get_type_hints(cls)
         for f in fields(cls):
             if only is not None and f.name not in only:
@@ -100,7 +100,7 @@ class EnvSettings:
                 shape.update(nargs="?", const=True)  # --flag alone, or --flag false
             elif _kind(hint) is list:
                 shape.update(nargs="+")
-            required = bool(f.metadata.get("required")) and default in ("", None, [])
+            required = env_read and bool(f.metadata.get("required")) and default in ("", None, [])
             parser.add_argument(
                 option_name(f), default=default, required=required,
                 help=f"{f.metadata.get('help', '')} (env {cls.env_name(f)}; default: %(default)r)", **shape)
@@ -127,7 +127,8 @@ def _parser(f: dataclasses.Field, hint, env: str) -> Callable[[str, str], object
     its type. The returned function takes the text and where it came from (named in the error)."""
     custom = f.metadata.get("parse")
     kind = _kind(hint)
-    noun = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(kind.__name__, kind.__name__)
+    noun = f.metadata.get("noun") or {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(
+        kind.__name__, kind.__name__)  # "noun": what a field with its own ``parse`` expects, in words
 
     def convert(raw: str, source: str):
         try:

@@ -31,20 +31,45 @@ def _settings(args: argparse.Namespace) -> tuple[RetrainSettings, Settings]:
     return RetrainSettings.from_args(args), Settings.from_args(args, only=KAFKA)
 
 
-def _registry(job: RetrainSettings):
+def _registry(job: RetrainSettings, create: bool = False):
+    """The job's registry: ``RegistryError`` for a path that is not one (a missing directory is created
+    only for ``retrain``, which registers versions: listing or promoting must not leave one behind a typo)."""
     from streamrec.model.registry import Registry
 
-    return Registry(job.registry)
+    return Registry(job.registry, create=create)
 
 
-def _announce(job: RetrainSettings, kafka: Settings, version: str, action: str) -> None:
+def _reachable(kafka: Settings) -> None:
+    """Fail now (``KafkaUnreachable``, within seconds) if a change of champion could not be announced:
+    before the registry changes, and before a retraining spends minutes on a model."""
+    if kafka.bootstrap_servers:
+        from streamrec.streams.topics import connect
+
+        connect(kafka)
+
+
+def _publish(kafka: Settings, version: str, path: str, action: str, recorded: str, then: str):
+    """Announce; if that fails after the registry changed, one line that says what the registry
+    recorded (``recorded``) and what follows (``then``), not only that Kafka failed."""
+    from streamrec.streams.model_updates import announce
+    from streamrec.streams.topics import KafkaUnreachable
+
+    try:
+        return announce(kafka.bootstrap_servers, kafka.model_updates_topic, version, path, action)
+    except Exception as e:  # the broker lost since the check, or the announcement not delivered
+        why = str(e) if isinstance(e, (KafkaUnreachable, RuntimeError)) else f"{type(e).__name__}: {e}"
+        raise KafkaUnreachable(f"{recorded} but not announced on {kafka.model_updates_topic}: {why}"
+                               + (f". {then}" if then else "")) from e
+
+
+def _announce(registry, kafka: Settings, version: str, action: str) -> None:
     if not kafka.bootstrap_servers:
         print(f"{action} {version} recorded in the registry; no --bootstrap-servers, so not announced "
               "(workers pick the champion up when they start)")
         return
-    from streamrec.streams.model_updates import announce
-
-    announce(kafka.bootstrap_servers, kafka.model_updates_topic, version, str(_registry(job).path(version)), action)
+    _publish(kafka, version, str(registry.path(version)), action, f"{action} {version} recorded in the registry",
+             f"Workers following it will not switch to {version} until `streamrec promote {version}` "
+             "(same --registry and --bootstrap-servers) succeeds, or they restart")
     print(f"announced {action} {version} on {kafka.model_updates_topic}")
 
 
@@ -81,9 +106,9 @@ def run_retrain(args, metrics=None) -> int:
     if job.shadow and not kafka.bootstrap_servers:
         raise SystemExit("retrain --shadow: give --bootstrap-servers (the workers score the candidate and report "
                          f"on {kafka.model_evaluations_topic})")
-    registry = _registry(job)
-    cfg = RetrainConfig(cold=job.cold, margin=job.margin, progress=True, threads=job.threads,
-                        promote=not job.shadow)
+    _reachable(kafka)  # before training: its result could not be announced
+    registry = _registry(job, create=True)
+    cfg = RetrainConfig(cold=job.cold, margin=job.margin, progress=True, threads=job.threads, promote=not job.shadow)
     if job.epochs is not None:
         cfg.train = replace(cfg.train, epochs=job.epochs)
     metrics = metrics or RetrainMetrics()
@@ -146,7 +171,7 @@ def _retrain_once(job: RetrainSettings, kafka: Settings, registry, events, cfg, 
         outcome = "shadow_promoted" if shadow_gate(job, kafka, registry, result.version, metrics) else "shadow_rejected"
     else:
         if result.promoted:
-            _announce(job, kafka, result.version, "promote")
+            _announce(registry, kafka, result.version, "promote")
         outcome = "promoted" if result.promoted else "rejected"
     metrics.runs.labels(outcome).inc()
     metrics.last_success.set_to_current_time()
@@ -157,14 +182,14 @@ def shadow_gate(job: RetrainSettings, kafka: Settings, registry, version: str, m
     """Shadow ``version`` on the workers, wait for the paired comparison with the champion, then
     promote it (True) or reject it (False); either way announced."""
     from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError
-    from streamrec.streams.model_updates import announce
     from streamrec.streams.shadow_topic import wait_for_shadow
 
     champion = registry.champion()
     if champion is None:
         raise SystemExit(f"shadow {version}: there is no champion to compare with (promote it instead)")
-    bootstrap, path, topic = kafka.bootstrap_servers, str(registry.path(version)), kafka.model_updates_topic
-    update = announce(bootstrap, topic, version, path, "shadow")
+    path = str(registry.path(version))
+    update = _publish(kafka, version, path, "shadow", f"{version} is a candidate in the registry",
+                      f"Nothing is shadowed: `streamrec shadow {version}` starts the comparison")
     print(f"shadowing {version} beside champion {champion}: waiting for {job.shadow_events} paired events "
           f"(at most {job.shadow_timeout:.0f}s)", flush=True)
     still_champion = lambda: None if (c := registry.champion()) == champion else f"champion changed to {c} meanwhile"  # noqa: E731
@@ -172,11 +197,14 @@ def shadow_gate(job: RetrainSettings, kafka: Settings, registry, version: str, m
     metrics.shadow_started()
     try:
         decision = wait_for_shadow(
-            bootstrap, kafka.model_evaluations_topic, champion, version, update.announced_at,
+            kafka.bootstrap_servers, kafka.model_evaluations_topic, champion, version, update.announced_at,
             job.shadow_events, job.shadow_timeout, job.shadow_margin, job.shadow_alpha,
             progress=metrics.shadow_progress, still_valid=still_champion)
-    except BaseException:  # interrupted: the workers must not score it forever
-        announce(bootstrap, topic, version, path, "unshadow")
+    except BaseException as e:  # interrupted: the workers must not score it forever
+        try:
+            _publish(kafka, version, path, "unshadow", f"shadow of {version} stopped ({type(e).__name__})", "")
+        except Exception as lost:  # the original error is the one to report
+            log.error("%s", lost)
         raise
     finally:
         metrics.duration.labels("shadow").observe(time.monotonic() - t0)
@@ -188,10 +216,11 @@ def shadow_gate(job: RetrainSettings, kafka: Settings, registry, version: str, m
             reason = f"{reason}; but {e}"
         else:
             print(f"shadow: {version} promoted ({reason})", flush=True)
-            _announce(job, kafka, version, "promote")
+            _announce(registry, kafka, version, "promote")
             return True
     registry.reject(version, f"shadow: {reason}")
-    announce(bootstrap, topic, version, path, "unshadow")
+    _publish(kafka, version, path, "unshadow", f"shadow: {version} rejected in the registry ({reason})",
+             f"Workers keep scoring {version} beside the champion (publishing nothing) until they restart")
     print(f"shadow: {version} rejected ({reason})", flush=True)
     return False
 
@@ -247,8 +276,11 @@ def configure_promote(p: argparse.ArgumentParser) -> None:
 
 def run_promote(args) -> int:
     job, kafka = _settings(args)
-    version = _registry(job).promote(args.version)  # verifies the checkpoint first
-    _announce(job, kafka, version, "promote")
+    registry = _registry(job)
+    registry.get(args.version)  # an unknown version is reported before the broker is tried
+    _reachable(kafka)  # before the change: a champion the workers never hear of is worse than none
+    version = registry.promote(args.version)  # verifies the checkpoint first
+    _announce(registry, kafka, version, "promote")
     return 0
 
 
@@ -257,9 +289,17 @@ def configure_rollback(p: argparse.ArgumentParser) -> None:
 
 
 def run_rollback(args) -> int:
+    from streamrec.model.registry import NoRegistryError, RegistryError
+
     job, kafka = _settings(args)
-    version = _registry(job).rollback()
-    _announce(job, kafka, version, "rollback")
+    try:
+        registry = _registry(job)
+    except NoRegistryError as e:
+        raise RegistryError(f"nothing to roll back: {e}") from e
+    registry.rollback_target()  # nothing to roll back to: said before the broker is tried
+    _reachable(kafka)
+    version = registry.rollback()
+    _announce(registry, kafka, version, "rollback")
     return 0
 
 

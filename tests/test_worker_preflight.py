@@ -73,6 +73,10 @@ def test_a_bad_environment_value_does_not_hide_help():
     assert r.returncode == 0 and r.stdout.startswith("usage: streamrec worker"), r.stderr
     r = streamrec("worker", "--bootstrap-servers", UNREACHABLE, env={"STREAMREC_TOP_K": "abc"})
     one_line_error(r, 2, "STREAMREC_TOP_K='abc'", "whole number")
+    # A command with a required option (retrain's --registry, given by the environment too) names the
+    # bad variable, not "--registry is required".
+    r = streamrec("retrain", env={"STREAMREC_RETRAIN_EVERY": "soon", "STREAMREC_RETRAIN_REGISTRY": "reg"})
+    one_line_error(r, 2, "STREAMREC_RETRAIN_EVERY='soon'")
 
 
 @pytest.mark.parametrize("args, words", [
