@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from streamrec.model.config import ModelConfig
@@ -59,12 +60,41 @@ def save_checkpoint(directory: str | Path, model: SequentialTransformer, vocab: 
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """The checkpoint in ``directory``: ``FileNotFoundError`` if it holds none, ``CorruptCheckpointError``
+    (``model.registry``, one line) if its card or weights are damaged or do not belong together."""
+    from streamrec.model.registry import CorruptCheckpointError  # (registry imports this module)
+
     directory = Path(directory)
     if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint: expected {WEIGHTS} and {CARD}")
-    card = json.loads((directory / CARD).read_text())
-    if card.get("format") != FORMAT:
-        raise ValueError(f"{directory / CARD}: unknown format {card.get('format')!r}")
-    model = build_model(ModelConfig.from_dict(card["config"]))
-    model.load_state_dict(load_file(directory / WEIGHTS, device=str(device)), strict=True)
+    damaged = "the checkpoint is damaged: train it again or give another"
+    card = _read_card(directory / CARD, damaged)
+    try:
+        model = build_model(ModelConfig.from_dict(card["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{directory / CARD} holds no valid model configuration ({e}); {damaged}") from e
+    try:
+        model.load_state_dict(load_file(directory / WEIGHTS, device=str(device)), strict=True)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise CorruptCheckpointError(f"{directory / WEIGHTS} does not load into the model its card describes "
+                                     f"({why}); {damaged}") from e
     return Checkpoint(model.to(device).eval(), ItemVocab(card["items"]), card)
+
+
+def _read_card(path: Path, damaged: str) -> dict:
+    """``card.json`` as a dict with this format, items and a config, else ``CorruptCheckpointError``."""
+    from streamrec.model.registry import CorruptCheckpointError
+
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path} is not valid JSON ({e}); {damaged}") from e
+    if not isinstance(card, dict):
+        raise CorruptCheckpointError(f"{path} holds a JSON {type(card).__name__}, not a card (an object); {damaged}")
+    if card.get("format") != FORMAT:
+        raise CorruptCheckpointError(f"{path}: unknown format {card.get('format')!r} (expected {FORMAT!r}); "
+                                     "not a checkpoint written by `streamrec train`")
+    if not isinstance(card.get("items"), list) or not isinstance(card.get("config"), dict):
+        raise CorruptCheckpointError(f"{path} has no items or model configuration; {damaged}")
+    return card

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamrec.model import command_options as opt
 from streamrec.model.config import ModelConfig, TrainConfig
 
 
@@ -26,18 +27,16 @@ def _add_data_args(p: argparse.ArgumentParser, filter_defaults: bool = True) -> 
                      help="interactions file: ratings.csv (ML-20M/ml-latest), ratings.dat (ML-1M) or a RecBole .inter")
     src.add_argument("--db", type=Path, metavar="PATH", help="the DuckDB event log written by the worker pipeline")
     d = TrainConfig()
-    p.add_argument("--min-rating", type=float, default=d.min_rating if filter_defaults else None,
+    p.add_argument("--min-rating", type=opt.REAL, default=d.min_rating if filter_defaults else None,
                    help="drop interactions rated below this (default: keep all)")
-    p.add_argument("--min-user-events", type=int, default=d.min_user_events if filter_defaults else None,
+    p.add_argument("--min-user-events", type=opt.NONNEGATIVE, default=d.min_user_events if filter_defaults else None,
                    help=f"drop users with fewer events (default: {d.min_user_events}"
                    + ("" if filter_defaults else ", or the checkpoint's training value") + ")")
 
 
 def _load(args):
     if args.db is not None:
-        from streamrec.storage.store import read_ratings  # the event log's reader (storage issue)
-
-        return read_ratings(args.db), f"duckdb:{args.db}"
+        return opt.read_event_log(args.db), f"duckdb:{args.db}"
     from streamrec.storage.movielens import load_ratings
 
     return load_ratings(args.ratings), str(args.ratings)
@@ -88,12 +87,22 @@ def share(text: str) -> float:
     return x
 
 
+# Each option's values (checked when the command line is parsed; 0 is kept where it means "none"/"off").
+_TYPES = {"max_len": opt.COUNT, "d_model": opt.COUNT, "heads": opt.COUNT, "layers": opt.COUNT,
+          "dropout": opt.BELOW_ONE, "mask_prob": opt.PROBABILITY, "last_mask": share, "negatives": opt.NONNEGATIVE,
+          "future": opt.COUNT, "label_smoothing": opt.BELOW_ONE, "knn_k": opt.NONNEGATIVE,
+          "epochs": opt.COUNT, "batch_size": opt.COUNT, "lr": opt.RATE, "weight_decay": opt.WEIGHT,
+          "warmup_steps": opt.NONNEGATIVE, "patience": opt.COUNT, "eval_every": opt.COUNT, "ema": decay,
+          "seed": opt.SEED}
+
+
 def configure_train(p: argparse.ArgumentParser) -> None:
     t = TrainConfig()
     _add_data_args(p)
     p.add_argument("--model", choices=["bert4rec", "sasrec"], default="sasrec", help="architecture (default: sasrec)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="checkpoint directory to write (model.safetensors + card.json)")
+                   help="checkpoint directory to write (model.safetensors + card.json); created if missing, "
+                        "checked before the data is read")
     g = p.add_argument_group("model (defaults: each model's recipe, docs/accuracy.md)")
     helps = {"max_len": "longest input sequence", "d_model": "hidden size", "heads": "attention heads",
              "layers": "transformer blocks", "dropout": "dropout",
@@ -103,11 +112,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
              "future": "SASRec: next items each position learns (1 = the next one only)",
              "label_smoothing": "SASRec: label smoothing of the full softmax",
              "knn_k": "item-kNN prior, neighbours kept per item; 0 = the plain transformer"}
-    for opt, field in _MODEL_OPTS.items():
-        kind = float if isinstance(getattr(ModelConfig(), field), float) else int
-        kind = share if field == "last_mask" else kind
-        g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
-                       help=f"{helps[opt]} (default: {_recipe_default(field, 'model')})")
+    for name, field in _MODEL_OPTS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=_TYPES[name], default=None,
+                       help=f"{helps[name]} (default: {_recipe_default(field, 'model')})")
     g.add_argument("--post-ln", action="store_true", help="post-LN blocks as in the papers (default: pre-LN)")
     g.add_argument("--no-repeat-score", action="store_true",
                    help="no learned score for the items already in the history (default: learned)")
@@ -117,14 +124,14 @@ def configure_train(p: argparse.ArgumentParser) -> None:
              "patience": "early stopping: evaluations without a better validation NDCG@10",
              "eval_every": "epochs between validation runs", "seed": "random seed",
              "ema": "decay a step of the weights' moving average that is validated and kept; 0 = the last weights"}
-    for opt in _TRAIN_OPTS:
-        kind = decay if opt == "ema" else float if isinstance(getattr(t, opt), float) else int
-        g.add_argument("--" + opt.replace("_", "-"), type=kind, default=None,
-                       help=f"{helps[opt]} (default: {_recipe_default(opt, 'train')})")
-    g.add_argument("--max-minutes", type=float, default=None,
+    for name in _TRAIN_OPTS:
+        g.add_argument("--" + name.replace("_", "-"), type=_TYPES[name], default=None,
+                       help=f"{helps[name]} (default: {_recipe_default(name, 'train')})")
+    g.add_argument("--max-minutes", type=opt.RATE, default=None,
                    help="wall-clock budget: an epoch starts only if it should end within it "
                    f"(default: {t.max_seconds / 60:g})")
-    g.add_argument("--device", default=t.device, help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
+    g.add_argument("--device", type=opt.device, default=t.device,
+                   help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ..., mps")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
     g.add_argument("--valid", choices=["leave-one-out", "recent"], default="leave-one-out",
@@ -134,13 +141,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                         "no test set; docs/accuracy.md, 'Recent validation for (b)')")
 
 
-def run_train(args) -> int:
-    from streamrec.model.checkpoint import save_checkpoint
-    from streamrec.model.data import build_sequences, leave_one_out
-    from streamrec.model.evaluate import evaluate_split, model_scorer
-    from streamrec.model.protocols import VALID_QUANTILE, temporal_holdout
-    from streamrec.model.train import train
-
+def _configs(args) -> tuple[TrainConfig, ModelConfig]:
+    """The run's configurations; ValueError for options that contradict each other (e.g. --heads 3 with
+    d_model 64), each option's own range being checked when the command line is parsed."""
     given = {o: getattr(args, o) for o in _TRAIN_OPTS if getattr(args, o) is not None}
     if args.max_minutes is not None:
         given["max_seconds"] = 60 * args.max_minutes
@@ -148,11 +151,26 @@ def run_train(args) -> int:
                                 device=args.device, **given)
     off = {"repeat_bias": False} if args.no_repeat_score else {}
     set_opts = {f: getattr(args, o) for o, f in _MODEL_OPTS.items() if getattr(args, o) is not None}
-    try:  # options that contradict each other (e.g. --heads 3 with d_model 64): said before the data loads
-        mcfg = ModelConfig.defaults(args.model, 0, pre_ln=not args.post_ln, **off, **set_opts)
+    mcfg = ModelConfig.defaults(args.model, 0, pre_ln=not args.post_ln, **off, **set_opts)
+    if mcfg.kind == "bert4rec" and mcfg.max_len < 2:
+        raise ValueError(f"--max-len {mcfg.max_len} is too short for bert4rec: give 2 or more (one position "
+                         "holds the mask token)")
+    return tcfg, mcfg
+
+
+def run_train(args) -> int:
+    from streamrec.model.checkpoint import save_checkpoint
+    from streamrec.model.data import build_sequences, leave_one_out
+    from streamrec.model.evaluate import evaluate_split, model_scorer
+    from streamrec.model.protocols import VALID_QUANTILE, temporal_holdout
+    from streamrec.model.train import train
+
+    try:  # said before the data loads
+        tcfg, mcfg = _configs(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    opt.check_out_dir(args.out)  # not after minutes of training
     ratings, source = _load(args)
     seqs, vocab = build_sequences(ratings, tcfg.min_rating, tcfg.min_user_events)
     recent = args.valid == "recent"
@@ -204,8 +222,9 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part", choices=["test", "valid"], default="test",
                    help="leave-one-out target: newest item (test) or the one before (valid); default test")
     p.add_argument("--no-sampled", action="store_true", help="full ranking only (skip 100-negative sampled metrics)")
-    p.add_argument("--batch-size", type=int, default=256, help="users per scoring batch (default: 256)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda ...")
+    p.add_argument("--batch-size", type=opt.COUNT, default=256, help="users per scoring batch (default: 256)")
+    p.add_argument("--device", type=opt.device, default="auto",
+                   help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ..., mps")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
 
 
@@ -223,6 +242,11 @@ def run_evaluate(args) -> int:
     # The checkpoint's vocabulary: items it has never seen are dropped from histories and targets.
     seqs, vocab = build_sequences(ratings, min_rating, min_events, vocab=ck.vocab)
     split = leave_one_out(seqs)
+    if len(split.users) == 0:  # (as train says; an all-zero table would read as a dreadful model)
+        rating = "no --min-rating" if min_rating is None else f"--min-rating {min_rating:g}"
+        print("error: no user has enough events to evaluate on: each needs 3 or more of the items the checkpoint "
+              f"knows, after {rating} and --min-user-events {min_events}", file=sys.stderr)
+        return 2
     res = evaluate_split({ck.model.cfg.kind: model_scorer(ck.model)}, split, len(vocab), part=args.part,
                          sampled=not args.no_sampled, batch_size=args.batch_size)
     if args.json:
@@ -244,8 +268,9 @@ def configure_recommend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--titles", nargs="+", required=True, metavar="TITLE",
                    help='watched movies in order, oldest first: whole or partial titles ("toy story", '
                    '"fellowship of the ring"); an ambiguous one lists the films it could be')
-    p.add_argument("-k", type=int, default=10, help="how many recommendations (default: 10)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda ...")
+    p.add_argument("-k", type=opt.COUNT, default=10, help="how many recommendations (default: 10)")
+    p.add_argument("--device", type=opt.device, default="auto",
+                   help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ..., mps")
 
 
 def _normal(title: str) -> str:

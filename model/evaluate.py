@@ -92,13 +92,17 @@ def sample_negatives(
         banned = np.union1d(h, [t])
         if n_items - len(banned) < n:
             raise ValueError(f"user {u} has seen too many items to draw {n} negatives")
-        got = np.zeros(0, np.int64)
-        while len(got) < n:
+        got, rounds = np.zeros(0, np.int64), 0
+        while len(got) < n and rounds < 50:
             c = rng.choice(n_items, size=2 * n, p=p) + 1
             c = c[~np.isin(c, banned)]
             c = np.concatenate([got, c])
             _, first = np.unique(c, return_index=True)
-            got = c[np.sort(first)]
+            got, rounds = c[np.sort(first)], rounds + 1
+        if len(got) < n:  # what is left to draw carries almost no weight (a user who saw the popular items):
+            rest = np.setdiff1d(np.arange(1, n_items + 1), np.union1d(banned, got))  # draw from it directly
+            q = None if p is None else p[rest - 1] / p[rest - 1].sum()
+            got = np.concatenate([got, rng.choice(rest, size=n - len(got), replace=False, p=q)])
         out[u] = got[:n]
     return out
 

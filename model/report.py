@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamrec.model.command_options import ranged
+
 PANELS = ("NDCG", "Recall")
 
 
@@ -59,11 +61,16 @@ def _open(db_path: Path | None, export_dir: Path | None):
         con = duckdb.connect()
         con.execute(f"CREATE VIEW evaluation AS SELECT * FROM read_parquet('{snap}')")
         return con, str(snap)
+    if db_path.is_dir():
+        raise IsADirectoryError(f"{db_path} is a directory, not a database: give the worker's DuckDB file with --db")
     if not db_path.is_file():
         raise FileNotFoundError(f"database not found: {db_path}")
     try:
         con = duckdb.connect(str(db_path), read_only=True)
     except duckdb.IOException as e:
+        if "not a valid DuckDB database" in str(e):
+            raise ValueError(f"{db_path} is not a DuckDB database file: give the file a worker wrote with --db, "
+                             "or its --export-dir") from None
         if "lock" not in str(e).lower():
             raise
         holder = re.search(r"\(PID (\d+)\)", str(e))
@@ -77,10 +84,23 @@ def _open(db_path: Path | None, export_dir: Path | None):
     return con, str(db_path)
 
 
+def png_path(out: str | Path) -> Path:
+    """The file ``--out`` names: inside an existing directory, ``report.png``; a name without ``.png``
+    gets it added (what is written is always a PNG, and the message names it).
+
+    >>> str(png_path("myreport")), str(png_path("run/r.PNG")), str(png_path("r.v2")), str(png_path("."))
+    ('myreport.png', 'run/r.PNG', 'r.v2.png', 'report.png')
+    """
+    out = Path(out)
+    if out.is_dir():
+        return out / "report.png"
+    return out if out.suffix.lower() == ".png" else out.with_name(out.name + ".png")
+
+
 def plot_report(db_path: str | Path | None, out_png: str | Path, k: int = 10, window: str = "auto",
                 export_dir: str | Path | None = None) -> Path:
-    """Draw online NDCG@k and Recall@k over event time, one line per model version, to a PNG.
-    From the DuckDB file ``db_path`` or, if given, a worker's ``export_dir``."""
+    """Draw online NDCG@k and Recall@k over event time, one line per model version, to a PNG (at
+    ``png_path(out_png)``, returned). From the DuckDB file ``db_path`` or, if given, a worker's ``export_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +109,7 @@ def plot_report(db_path: str | Path | None, out_png: str | Path, k: int = 10, wi
 
     from streamrec.storage.evaluation_log import read_evaluation
 
-    out_png = Path(out_png)
+    out_png = png_path(out_png)
     con, source = _open(None if db_path is None else Path(db_path), export_dir)
     try:
         data = {m: read_evaluation(con, metric=m, k=k) for m in PANELS}
@@ -122,7 +142,7 @@ def plot_report(db_path: str | Path | None, out_png: str | Path, k: int = 10, wi
     axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(axes[-1].xaxis.get_major_locator()))
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, format="png")
     plt.close(fig)
     return out_png
 
@@ -139,8 +159,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                           "(default: %(default)s)")
     src.add_argument("--export-dir", type=Path, default=None,
                      help="a worker's --export-dir instead: works while the worker runs")
-    p.add_argument("--out", type=Path, default=Path("report.png"), help="PNG to write (default: %(default)s)")
-    p.add_argument("--k", type=int, default=10, help="cut-off of the metrics drawn (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("report.png"),
+                   help="PNG to write; '.png' is added to a name without it, and an existing directory gets "
+                        "report.png inside (default: %(default)s)")
+    p.add_argument("--k", type=ranged(int, 1), default=10, help="cut-off of the metrics drawn (default: %(default)s)")
     p.add_argument("--window", default="auto",
                    help="evaluation window to draw: 'all', 'last_<N>' events, 'last_<T>s' of event time, or "
                         "'auto' for the last-N-events window (default: %(default)s)")
@@ -149,7 +171,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         out = plot_report(args.db, args.out, k=args.k, window=args.window, export_dir=args.export_dir)
-    except (FileNotFoundError, LookupError, ValueError, DatabaseInUse) as e:
+    except (FileNotFoundError, IsADirectoryError, LookupError, ValueError, DatabaseInUse) as e:
         print(f"streamrec report: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

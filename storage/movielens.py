@@ -77,6 +77,8 @@ def load_ratings(path: str | Path, min_rating: float | None = None, ties: str = 
     if ties not in ("hash", "file"):
         raise ValueError(f"ties must be 'hash' or 'file', not {ties!r}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a ratings file: give the ratings.csv or ratings.dat in it")
     if not path.is_file():
         raise FileNotFoundError(f"ratings file not found: {path}")
     with path.open("r", encoding="utf-8", errors="replace") as f:
@@ -108,22 +110,68 @@ def _columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
     return {n: cols[i].to_numpy() for i, n in enumerate(names)}
 
 
+_CSV_FIELDS = [("userId", int), ("movieId", int), ("rating", float), ("timestamp", float)]
+
+
+def _bad_row(path: Path, sep: str, fields: list[tuple[str, type]], skip: int = 0) -> str | None:
+    """Where a file stops parsing, in words ("line 3: movieId 'abc' is not a whole number"): the first
+    line with another number of fields or a field that is not a number; None if every line parses.
+    Only run once a reader has failed, to name the place its own message does not.
+
+    >>> import pathlib, tempfile
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.csv"
+    >>> _ = f.write_text("userId,movieId,rating,timestamp\\n1,2,3.5,4\\n1,x,3,5\\n1,2\\n")
+    >>> _bad_row(f, ",", _CSV_FIELDS, skip=1)
+    "line 3: movieId 'x' is not a whole number"
+    """
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if n <= skip or not line.strip():
+                continue
+            values = line.rstrip("\r\n").split(sep)
+            if len(values) != len(fields):
+                return f"line {n} has {len(values)} fields, not {len(fields)} ({line.strip()[:60]!r})"
+            for (name, kind), v in zip(fields, values):
+                try:
+                    kind(v)
+                except ValueError:
+                    return f"line {n}: {name} {v!r} is not a {'whole number' if kind is int else 'number'}"
+    return None
+
+
+def _malformed(path: Path, why: str | None, reader_says: str, expected: str) -> FormatError:
+    said = " ".join(reader_says.split())[:160]
+    return FormatError(f"{path}: {why or said}; expected {expected} in every line (fix or drop that line)")
+
+
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(skip_rows=1, column_names=["user", "item", "rating", "timestamp"]),
-        convert_options=pacsv.ConvertOptions(
-            column_types={"user": pa.int64(), "item": pa.int64(), "rating": pa.float32(), "timestamp": pa.float64()}
-        ),
-    )
-    return _columns(table, ["user", "item", "rating", "timestamp"])
+    names = ["user", "item", "rating", "timestamp"]
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(skip_rows=1, column_names=names),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"user": pa.int64(), "item": pa.int64(), "rating": pa.float32(), "timestamp": pa.float64()}
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raise _malformed(path, _bad_row(path, ",", _CSV_FIELDS, skip=1), str(e), "userId,movieId,rating,timestamp") \
+            from None
+    if any(table.column(n).null_count for n in names):  # empty fields (or NA, NULL ...) read as missing
+        why = _bad_row(path, ",", _CSV_FIELDS, skip=1) or "a value is missing"
+        raise _malformed(path, why, "", "userId,movieId,rating,timestamp")
+    return _columns(table, names)
 
 
 def _read_dat(path: Path) -> dict[str, np.ndarray]:
     # '::' is a two-character delimiter, which the Arrow reader does not take; the files are
     # small enough (1M lines) for numpy after a single replace.
     text = path.read_bytes().replace(b"::", b"\t")
-    rows = np.loadtxt(text.splitlines(), delimiter="\t", dtype=np.float64, ndmin=2)
+    try:
+        rows = np.loadtxt(text.splitlines(), delimiter="\t", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        fields = [(n, float) for n in ("user", "item", "rating", "timestamp")]
+        raise _malformed(path, _bad_row(path, "::", fields), str(e), "user::item::rating::timestamp") from None
     if rows.shape[1] < 4:
         raise FormatError(f"{path}: expected 4 fields per line, found {rows.shape[1]}")
     return {"user": rows[:, 0], "item": rows[:, 1], "rating": rows[:, 2], "timestamp": rows[:, 3]}
@@ -137,29 +185,48 @@ def _read_inter(path: Path) -> dict[str, np.ndarray]:
         idx = [names.index(n) for n in ("user_id", "item_id", "rating", "timestamp")]
     except ValueError as e:
         raise FormatError(f"{path}: .inter header {header} lacks user_id/item_id/rating/timestamp") from e
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(skip_rows=1, column_names=names),
-        parse_options=pacsv.ParseOptions(delimiter="\t"),
-    )
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(skip_rows=1, column_names=names),
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+        )
+    except pa.ArrowInvalid as e:
+        raise _malformed(path, None, str(e), f"the {len(names)} tab-separated fields of its header") from None
     cols = [table.column(names[i]).to_numpy() for i in idx]
     return dict(zip(["user", "item", "rating", "timestamp"], cols))
 
 
 def load_titles(path: str | Path) -> dict[int, str]:
-    """``movieId -> title`` from a MovieLens ``movies.csv`` (or ML-1M ``movies.dat``)."""
+    """``movieId -> title`` from a MovieLens ``movies.csv`` (or ML-1M ``movies.dat``); ``FormatError``
+    for a file without those columns or with a movieId that is not a whole number."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a movies file: give the movies.csv in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"movies file not found: {path}")
     titles: dict[int, str] = {}
     if path.suffix == ".dat":
-        for line in path.read_text(encoding="latin-1").splitlines():
+        for n, line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
             parts = line.split("::")
             if len(parts) >= 2:
-                titles[int(parts[0])] = parts[1]
+                titles[_movie_id(path, n, parts[0])] = parts[1]
         return titles
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            titles[int(row["movieId"])] = row["title"]
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.DictReader(f)
+        if not {"movieId", "title"} <= set(rows.fieldnames or []):
+            raise FormatError(f"{path}: header {','.join(rows.fieldnames or [])[:80]!r} lacks movieId,title; "
+                              "expected a MovieLens movies.csv (movieId,title,genres)")
+        for row in rows:
+            titles[_movie_id(path, rows.line_num, row["movieId"])] = row["title"]
     return titles
+
+
+def _movie_id(path: Path, line: int, text: str | None) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise FormatError(f"{path}: line {line}: movieId {text!r} is not a whole number") from None
 
 
 def recbole_ml100k_path() -> Path:

@@ -114,3 +114,13 @@ def test_sampled_negatives_exclude_history_and_target():
             assert not set(row.tolist()) & (set(h.tolist()) | {int(t)})
     with pytest.raises(ValueError):
         sample_negatives([np.arange(1, 250)], np.array([250]), 300, n=100)
+
+
+def test_popularity_negatives_for_a_user_who_saw_every_popular_item_end():
+    """What is left to draw has (almost) no popularity: the sampler still returns, with distinct
+    unseen items (it used to loop for ever; `evaluate --min-user-events 1000` on a small sample)."""
+    counts = np.zeros(1001)
+    counts[1:901] = 100  # 900 popular items, 100 never seen in training
+    neg = sample_negatives([np.arange(1, 901)], np.array([950]), 1000, n=50, counts=counts, seed=3)
+    assert neg.shape == (1, 50) and len(set(neg[0].tolist())) == 50
+    assert neg.min() > 900 and 950 not in neg[0]  # only the unseen items, never the target
