@@ -77,23 +77,7 @@ def load_ratings(path: str | Path, min_rating: float | None = None, ties: str = 
     if ties not in ("hash", "file"):
         raise ValueError(f"ties must be 'hash' or 'file', not {ties!r}")
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not a ratings file: give the ratings.csv or ratings.dat in it")
-    if not path.is_file():
-        raise FileNotFoundError(f"ratings file not found: {path}")
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        first = f.readline().strip()
-    if "::" in first:
-        table = _read_dat(path)
-    elif path.suffix == ".inter" or ":token" in first:
-        table = _read_inter(path)
-    elif first.lower().replace(" ", "").startswith("userid,movieid,rating,timestamp"):
-        table = _read_csv(path)
-    else:
-        raise FormatError(
-            f"{path}: unrecognised header {first[:80]!r}; expected 'userId,movieId,rating,timestamp' "
-            "(ML-20M/ml-latest), 'u::i::r::t' lines (ML-1M) or a RecBole .inter header"
-        )
+    table = {"dat": _read_dat, "inter": _read_inter, "csv": _read_csv}[ratings_format(path)](path)
     user = np.asarray(table["user"], dtype=np.int64)
     item = np.asarray(table["item"], dtype=np.int64)
     rating = np.asarray(table["rating"], dtype=np.float32)
@@ -103,6 +87,29 @@ def load_ratings(path: str | Path, min_rating: float | None = None, ties: str = 
     if min_rating is not None:
         out = out.filter(out.rating >= min_rating)
     return out
+
+
+def ratings_format(path: str | Path) -> str:
+    """Which reader a ratings file needs, from its first line: ``dat`` (ML-1M ``u::i::r::t``), ``inter``
+    (RecBole) or ``csv`` (ML-20M / ml-latest); a clear error for a path that is none of them (checked
+    before a long run starts, e.g. by the demo)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a ratings file: give the ratings.csv or ratings.dat in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"ratings file not found: {path}")
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        first = f.readline().strip()
+    if "::" in first:
+        return "dat"
+    if path.suffix == ".inter" or ":token" in first:
+        return "inter"
+    if first.lower().replace(" ", "").startswith("userid,movieid,rating,timestamp"):
+        return "csv"
+    raise FormatError(
+        f"{path}: unrecognised header {first[:80]!r}; expected 'userId,movieId,rating,timestamp' "
+        "(ML-20M/ml-latest), 'u::i::r::t' lines (ML-1M) or a RecBole .inter header"
+    )
 
 
 def _columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:

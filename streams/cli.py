@@ -149,6 +149,7 @@ def _closed_loop(args, settings, ratings):
 
 
 def cmd_demo(args) -> int:
+    from streamrec.storage.movielens import ratings_format
     from streamrec.streams.demo import run_demo
 
     # What can be wrong is found before the broker and workers start.
@@ -156,6 +157,8 @@ def cmd_demo(args) -> int:
         if path and not Path(path).is_file():
             why = "a directory, not a file" if Path(path).is_dir() else "file not found"
             raise UserError(f"{option} {path}: {why}")
+    if args.ratings:
+        ratings_format(args.ratings)  # a file that is no ratings file: said before anything starts
     if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
         raise UserError(f"--workdir {args.workdir} is a file: give a folder for the workers' databases and logs")
     if args.metrics_port:

@@ -93,9 +93,13 @@ def test_option_values_out_of_range(args, words):
     assert "Traceback" not in line
 
 
-def test_demo_workdir_that_is_a_file(tmp_path):
+def test_demo_workdir_that_is_a_file_and_ratings_that_are_not_ratings(tmp_path):
     (tmp_path / "run").write_text("x")
     one_line_error(streamrec("demo", "--workdir", str(tmp_path / "run")), 1, "--workdir", "is a file")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    r = streamrec("demo", "--ratings", str(tmp_path / "other.csv"), "--workdir", str(tmp_path / "demo"))
+    one_line_error(r, 1, "unrecognised header", "userId,movieId,rating,timestamp")
+    assert not (tmp_path / "demo").exists()  # said before the broker and the workers started
 
 
 def test_kafka_client_settings_librdkafka_refuses(tmp_path):
