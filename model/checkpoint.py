@@ -79,6 +79,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         why = " ".join(str(e).split())[:200]
         raise CorruptCheckpointError(f"{directory / WEIGHTS} does not load into the model its card describes "
                                      f"({why}); {damaged}") from e
+    # Bytes flipped inside the tensor data load fine as NaN or inf, and a model of them lists nothing.
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CorruptCheckpointError(f"{directory / WEIGHTS}: non-finite weights in {', '.join(bad[:5])}; {damaged}")
     return Checkpoint(model.to(device).eval(), ItemVocab(card["items"]), card)
 
 

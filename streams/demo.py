@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import logging
+import re
 import shutil
 import sys
 import threading
@@ -41,22 +42,35 @@ DATA = Path(str(resources.files("streamrec.data")))  # bundled ml-latest-small (
 log = logging.getLogger(__name__)
 
 
+# What a demo writes in its --workdir: only these are cleared before the next run there.
+DEMO_FILES = ("broker.log", "report.png", "registry", "worker-*", "export-*")
+
+
 def clear_workdir(work: Path) -> None:
-    """Empty the demo's folder, except DuckDB files another process holds open (a demo still
-    running there): those stay, and the worker that needs one fails with DuckDB's message."""
+    """Remove an earlier demo's files from its folder; a user's other files there stay. A worker
+    database another process holds open means a demo runs there now: one line, and nothing touched."""
     import duckdb
 
+    from streamrec.streams.preflight import UserError
+
     work.mkdir(parents=True, exist_ok=True)
-    for p in work.iterdir():
+    ours = sorted({p for pattern in DEMO_FILES for p in work.glob(pattern)})
+    for p in ours:
         if p.suffix == ".duckdb":
             try:
                 duckdb.connect(str(p)).close()
-            except duckdb.Error:
-                continue  # locked by someone else: theirs, not ours to delete
+            except duckdb.Error as e:
+                held = re.search(r"PID (\d+)", str(e))
+                raise UserError(f"--workdir {work} is in use by a running demo ({p.name} is held by "
+                                f"{'pid ' + held.group(1) if held else 'another process'}): stop it or "
+                                "choose another --workdir") from None
+    for p in ours:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    if ours:
+        print(f"demo: removed the previous demo's files from {work} ({len(ours)} entries)", flush=True)
 
 
 def run_demo(args) -> int:

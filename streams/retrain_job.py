@@ -109,8 +109,8 @@ def run_retrain(args, metrics=None) -> int:
     _reachable(kafka)  # before training: its result could not be announced
     registry = _registry(job, create=True)
     cfg = RetrainConfig(cold=job.cold, margin=job.margin, progress=True, threads=job.threads, promote=not job.shadow)
-    if job.epochs is not None:
-        cfg.train = replace(cfg.train, epochs=job.epochs)
+    if job.epochs is not None:  # both kinds of run: a first (cold) model too, not only a fine-tuning
+        cfg.train, cfg.cold_train = replace(cfg.train, epochs=job.epochs), replace(cfg.cold_train, epochs=job.epochs)
     metrics = metrics or RetrainMetrics()
     server = None
     if job.metrics_port:

@@ -63,7 +63,8 @@ class RetrainSettings(EnvSettings):
     margin: float = field(default=0.005, metadata={
         "help": "offline gate: pass iff candidate NDCG@10 >= champion NDCG@10 - margin"})
     epochs: int | None = field(default=None, metadata={
-        "help": "fine-tuning epochs (None: the job's default)", "min": 1})
+        "help": "training epochs, of a fine-tuning or a first (cold) model (None: the job's defaults, 5 and 30)",
+        "min": 1})
     threads: int = field(default=1, metadata={
         "help": "torch threads (1: leave the other core to the workers)", "min": 1})
     every: tuple[str, float] | None = field(default=None, metadata={

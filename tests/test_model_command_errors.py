@@ -219,6 +219,23 @@ def test_load_checkpoint_raises_corrupt_checkpoint_error(damaged, data):
         load_checkpoint(damaged)
 
 
+def test_weights_that_load_as_nan_are_a_damaged_checkpoint(damaged, data):
+    """Bytes flipped inside the tensor data still load (as NaN): such a model lists nothing, and
+    recommend printed "top 0" with exit 0, the worker published empty lists."""
+    from safetensors.torch import load_file, save_file
+
+    (damaged / CARD).write_text((data / "ck" / CARD).read_text())
+    weights = load_file(damaged / WEIGHTS)
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, damaged / WEIGHTS)
+    with pytest.raises(CorruptCheckpointError, match=f"non-finite weights in {name}"):
+        load_checkpoint(damaged)
+    r = streamrec("recommend", "--checkpoint", str(damaged), "--movies", str(MOVIES), "--titles", "toy story (1995)")
+    fails(r, 1, "non-finite weights", "train it again")
+    assert r.stdout == ""
+
+
 # --- malformed ratings files ----------------------------------------------------------------------
 
 HEADER = "userId,movieId,rating,timestamp\n"

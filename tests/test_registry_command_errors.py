@@ -7,6 +7,7 @@ by a command that only reads or changes an existing registry."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -172,3 +173,14 @@ def test_zero_metrics_port_still_means_off():
     args = build_parser().parse_args(["retrain", "--registry", "r", "--metrics-port", "0", "--shadow-timeout", "10m"])
     job = RetrainSettings.from_args(args)
     assert job.metrics_port == 0 and job.shadow_timeout == 600.0
+
+
+def test_retrain_epochs_bound_a_first_cold_model_too(tmp_path):
+    """`--epochs` used to reach only the warm fine-tuning: a first model ran the cold default (30)."""
+    small = tmp_path / "small.csv"
+    small.write_text("".join((DATA / "ratings.csv").read_text().splitlines(keepends=True)[:4001]))
+    r = streamrec("retrain", "--registry", str(tmp_path / "reg"), "--ratings", str(small), "--epochs", "1",
+                  timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((tmp_path / "reg" / "v1" / "card.json").read_text())
+    assert card["mode"] == "cold" and card["train"]["epochs"] == 1 and len(card["history"]) <= 1, card["history"]

@@ -154,3 +154,40 @@ def test_lists_follow_says_it_is_waiting_for_a_first_list(tmp_path):
     assert p.returncode == 0 and out == "", (p.returncode, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "no list for user 7 yet" in lines[0] and "waiting" in lines[0], err
+
+
+def test_demo_clears_only_its_own_files_from_its_workdir(tmp_path, capsys):
+    from streamrec.streams.demo import clear_workdir
+
+    work = tmp_path / "run"
+    (work / "mydata").mkdir(parents=True)
+    (work / "mydata" / "notes.txt").write_text("keep")
+    (work / "precious.txt").write_text("keep")
+    for name in ("worker-0.log", "broker.log", "report.png", "worker-0.duckdb.wal"):
+        (work / name).write_text("old")
+    for folder in ("registry/v1", "export-0", "worker-0.duckdb.faust"):
+        (work / folder).mkdir(parents=True)
+    clear_workdir(work)
+    assert sorted(p.name for p in work.iterdir()) == ["mydata", "precious.txt"]
+    assert (work / "mydata" / "notes.txt").read_text() == "keep"
+    assert "removed the previous demo's files" in capsys.readouterr().out
+
+
+def test_demo_workdir_in_use_is_said_and_nothing_is_touched(tmp_path):
+    from streamrec.streams.demo import clear_workdir
+    from streamrec.streams.preflight import UserError
+
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "worker-0.log").write_text("the running demo's log")
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(work / "worker-0.duckdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"in use by a running demo .*pid {holder.pid}.*another --workdir"):
+            clear_workdir(work)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (work / "worker-0.log").read_text() == "the running demo's log"
