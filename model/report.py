@@ -20,6 +20,7 @@ can be drawn while the worker runs.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -154,9 +155,9 @@ def _as_datetime(event_time: np.ndarray, time_scale: np.ndarray) -> np.ndarray:
 
 def configure(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--db", type=Path, default=Path("streamrec.duckdb"),
+    src.add_argument("--db", type=Path, default=Path(os.environ.get("STREAMREC_DB") or "streamrec.duckdb"),
                      help="the worker's DuckDB file holding the evaluation table, once the worker stopped "
-                          "(default: %(default)s)")
+                          "(default: STREAMREC_DB, as the worker's, else %(default)s)")
     src.add_argument("--export-dir", type=Path, default=None,
                      help="a worker's --export-dir instead: works while the worker runs")
     p.add_argument("--out", type=Path, default=Path("report.png"),

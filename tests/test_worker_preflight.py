@@ -191,3 +191,18 @@ def test_demo_workdir_in_use_is_said_and_nothing_is_touched(tmp_path):
         holder.kill()
         holder.wait()
     assert (work / "worker-0.log").read_text() == "the running demo's log"
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--start", "999999"], "--start 999,999 is past its 100,004"),
+    (["--min-rating", "6"], "--min-rating 6 keeps none of them"),
+])
+def test_a_replay_with_nothing_to_send_says_why(args, why):
+    """It printed "replayed 0 events" and exit 0 (``--limit 0``, which asks for none, still does)."""
+    r = streamrec("replay", str(DATA / "ratings.csv"), "--bootstrap-servers", UNREACHABLE, *args)
+    one_line_error(r, 1, "nothing to replay", why)
+
+
+def test_report_reads_the_database_the_worker_was_given_by_the_environment(tmp_path):
+    r = streamrec("report", cwd=tmp_path, env={"STREAMREC_DB": str(tmp_path / "live.duckdb")})
+    one_line_error(r, 1, f"database not found: {tmp_path / 'live.duckdb'}")
