@@ -35,7 +35,10 @@ items excluded (``model.evaluate.full_ranks``, ``model.metrics.summarize``); eac
 histories through its own vocabulary, and a target the champion does not know is a miss for it.
 The candidate is promoted iff ``NDCG@10(candidate) >= NDCG@10(champion) - margin`` (absolute) and
 its registered files pass ``Registry.verify``; otherwise it is registered as ``rejected`` with the
-reason and both numbers. The very first candidate (no champion) is promoted without a gate.
+reason and both numbers. The very first candidate (no champion, or none usable) is gated against
+popularity on the same events (item counts of the training sequences, seen items excluded: what a
+worker serves without a model): promoted iff ``NDCG@10(candidate) >= NDCG@10(popularity) - margin``.
+Popularity's number is recorded with every candidate (``metrics["gate"]["popularity_NDCG@10"]``).
 With ``promote=False`` (``streamrec retrain --shadow``) a candidate that passes the gate stays a
 ``candidate`` (its files verified): the paired comparison on live traffic decides (``model.shadow``).
 """
@@ -51,7 +54,7 @@ import torch
 
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Sequences, build_sequences, length_sorted_batches
-from streamrec.model.evaluate import full_ranks, model_scorer
+from streamrec.model.evaluate import full_ranks, item_counts, model_scorer, popularity_scorer
 from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
 from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
@@ -91,6 +94,7 @@ class RetrainConfig:
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads for the job (process-wide); None: leave as is
     promote: bool = True  # False: a candidate that passes the gate stays "candidate" (shadow mode decides)
+    popularity_gate: bool = True  # a first model must not lose to popularity (False: promoted ungated)
     progress: bool = False
 
     def to_dict(self) -> dict:
@@ -238,16 +242,33 @@ def select_training(ev: Ratings, seqs: Sequences, full: list[np.ndarray], body: 
     return [s for s in train_seqs if len(s)]
 
 
+def popularity_metrics(body: list[np.ndarray], full: list[np.ndarray], gate_idx: np.ndarray, n_items: int) -> dict:
+    """Popularity's metrics on the gate (same users, targets and seen-item masking as the models'):
+    items ranked by their count in the training sequences ``body``, what a worker serves without a model."""
+    from streamrec.model.metrics import summarize
+
+    if len(gate_idx) == 0:
+        return {"NDCG@10": 0.0, "users": 0}
+    hist = [full[i][:-1] for i in gate_idx]
+    targets = np.array([full[i][-1] for i in gate_idx], dtype=np.int64)
+    ranks = full_ranks(popularity_scorer(item_counts(body, n_items))(hist), hist, targets).cpu().numpy()
+    return {**{k: float(v) for k, v in summarize(ranks, ks=(10, 20)).items()}, "users": len(targets)}
+
+
 def decide(registry: Registry, version: str, cand: float, ch: float | None, parent: str | None,
-           cfg: RetrainConfig) -> tuple[str, str]:
+           cfg: RetrainConfig, pop: float | None = None) -> tuple[str, str]:
     """Apply the gate to the registered ``version``: (status in the registry afterwards, reason).
 
     Status ``champion`` (promoted), ``candidate`` (passed, ``promote=False``: the shadow
     comparison decides) or ``rejected``.
     """
-    if ch is None:
-        ok, reason = True, (f"first model: promoted without a gate (NDCG@10 {cand:.4f})" if parent is None
-                            else f"champion {parent} unusable: promoted without comparison (NDCG@10 {cand:.4f})")
+    first = "first model" if parent is None else f"champion {parent} unusable"
+    if ch is None and pop is not None and cand < pop - cfg.margin:  # worse than what a worker serves without it
+        ok, reason = False, (f"{first}: NDCG@10 candidate {cand:.4f} < popularity {pop:.4f} - margin {cfg.margin} "
+                             "(popularity keeps serving)")
+    elif ch is None:
+        ok, reason = True, f"{first}: NDCG@10 candidate {cand:.4f} >= popularity " + (
+            f"{pop:.4f} - margin {cfg.margin}" if pop is not None else "(not measured)")
     elif cand >= ch - cfg.margin:
         ok, reason = True, f"NDCG@10 candidate {cand:.4f} >= champion {parent} {ch:.4f} - margin {cfg.margin}"
     else:
@@ -311,12 +332,14 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
 
     cand_m, champ_m = gate_metrics(model, vocab, champ, full, gate_idx)
     cand, ch = cand_m["NDCG@10"], None if champ_m is None else champ_m["NDCG@10"]
+    pop_m = popularity_metrics(body, full, gate_idx, len(vocab))
 
-    version = _register(registry, model, vocab, parent, warm, cutoff, cand_m, champ_m, fit_info, cfg, tcfg,
+    version = _register(registry, model, vocab, parent, warm, cutoff, cand_m, champ_m, pop_m, fit_info, cfg, tcfg,
                         data={"n_events": int(len(ev)), "n_users": int(len(seqs)), "n_items": len(vocab),
                               "new_items": int(len(new_ids)), "since": since, "train_sequences": len(train_seqs),
                               "train_windows": fit_info["train_windows"], "gate_users": int(len(gate_idx))})
-    status, reason = decide(registry, version, cand, ch, parent, cfg)
+    pop = pop_m["NDCG@10"] if cfg.popularity_gate else None
+    status, reason = decide(registry, version, cand, ch, parent, cfg, pop=pop)
     log.info("retrain %s -> %s: %s (%s)", mode, version, {"champion": "promoted"}.get(status, status), reason)
     return RetrainResult(
         version=version, promoted=status == "champion", candidate_ndcg=cand, champion_ndcg=ch, reason=reason,
@@ -327,10 +350,11 @@ def retrain(registry: Registry, events: Ratings, cfg: RetrainConfig | None = Non
 
 
 def _register(registry: Registry, model, vocab, parent, warm: bool, cutoff: int, cand_m: dict,
-              champ_m: dict | None, fit_info: dict, cfg: RetrainConfig, tcfg, data: dict) -> str:
+              champ_m: dict | None, pop_m: dict, fit_info: dict, cfg: RetrainConfig, tcfg, data: dict) -> str:
     """The candidate into the registry with what the gate and the training saw; its version."""
     metrics = {
         "gate": {"NDCG@10": cand_m["NDCG@10"], "champion_NDCG@10": None if champ_m is None else champ_m["NDCG@10"],
+                 "popularity_NDCG@10": pop_m["NDCG@10"],
                  "margin": cfg.margin, "candidate": cand_m, "champion": champ_m,
                  "champion_version": parent if champ_m is not None else None},
         "valid": fit_info["valid"],

@@ -1,6 +1,7 @@
 """Retraining: warm start that grows the vocabulary, fine-tuning that learns new items, the
 offline gate (a worse candidate is rejected), corrupt candidates never promoted."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -211,3 +212,25 @@ def test_recent_window_and_replay_bound_the_fine_tuning_set(reg, stream):
         reg.rollback()
     wide = retrain(reg, events, config(replay_fraction=1.0))
     assert wide.train_sequences == len(np.unique(events.user))  # every user: recent ones + all replayed
+
+
+def test_a_first_model_is_gated_against_popularity(v2_registry, tmp_path):
+    """No champion to compare with: the candidate must not lose to what a worker serves without a
+    model. The cycle-walking v1 beats popularity; an untrained model on popularity-driven clicks does not."""
+    root, r1, _ = v2_registry
+    assert r1.promoted and ">= popularity" in r1.reason, r1.reason
+    gate = Registry(root).get("v1").metrics["gate"]
+    assert gate["NDCG@10"] > gate["popularity_NDCG@10"] + 0.01
+
+    rng = np.random.default_rng(5)
+    weights = 1.0 / np.arange(1, 31) ** 1.2  # Zipf clicks over 30 items, no order to learn
+    rows = [(u, 10 + int(i), 1_000 + 8 * u + k) for u in range(1, 151)
+            for k, i in enumerate(rng.choice(30, size=8, replace=False, p=weights / weights.sum()))]
+    untrained = dataclasses.replace(config(), cold_train=TrainConfig(epochs=1, lr=1e-7, warmup_steps=1, batch_size=32,
+                                                                     patience=1))
+    reg = Registry(tmp_path / "reg")
+    r = retrain(reg, ratings(rows), untrained)
+    assert not r.promoted and r.status == "rejected" and reg.champion() is None
+    assert "< popularity" in r.reason and "popularity keeps serving" in r.reason, r.reason
+    r = retrain(Registry(tmp_path / "reg2"), ratings(rows), dataclasses.replace(untrained, popularity_gate=False))
+    assert r.promoted and "not measured" in r.reason  # the mechanics' tests turn it off

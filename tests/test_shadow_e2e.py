@@ -85,7 +85,7 @@ def test_shadow_promotes_a_better_candidate_and_rejects_a_worse_one(settings, tm
     part0, part1 = ratings.slice(0, 10_000), ratings.slice(10_000, 40_000)
     part2, part3 = ratings.slice(40_000, 55_000), ratings.slice(55_000, 70_000)
     registry = Registry(tmp_path / "registry")
-    v1 = retrain(registry, shuffled_items(part0), RetrainConfig(cold=True, model=TINY,
+    v1 = retrain(registry, shuffled_items(part0), RetrainConfig(cold=True, model=TINY, popularity_gate=False,
                                                                 cold_train=TrainConfig(epochs=2)))
     assert v1.version == "v1" and registry.champion() == "v1"
 
