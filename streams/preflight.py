@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import socket
 from pathlib import Path
 
 from streamrec.streams.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -27,6 +30,8 @@ def check_db_free(path: str) -> None:
 
     if Path(path).is_dir():
         raise UserError(f"--db {path} is a directory: give the worker's DuckDB file (created if missing)")
+    if not Path(path).parent.is_dir():
+        raise UserError(f"--db {path}: the folder {Path(path).parent} does not exist: create it, or give another path")
     try:
         duckdb.connect(path).close()
     except duckdb.IOException as e:
@@ -93,7 +98,9 @@ def check_registry(root: str) -> None:
         champion = reg.champion()
     except (RegistryError, OSError, ValueError) as e:
         raise UserError(f"--registry {root}: {e}") from e
-    if champion is not None:
+    if champion is None:  # (a new deployment: the retraining job promotes a first model later)
+        log.warning("registry %s has no champion yet: serving the baseline until one is promoted", root)
+    else:
         check_checkpoint(str(reg.path(champion)), f"--registry (its champion {champion} is damaged; "
                                                   "`streamrec rollback` reinstates the previous one)")
 

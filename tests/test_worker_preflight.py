@@ -40,6 +40,8 @@ CASES = {
     "unknown metrics host": lambda tmp: (["--metrics-host", "no-such-host.invalid"],
                                          ["--metrics-host", "no such host"]),
     "database is a folder": lambda tmp: (["--db", str(tmp)], ["--db", "is a directory"]),
+    "database in a missing folder": lambda tmp: (["--db", str(tmp / "no" / "w.duckdb")],
+                                                 ["--db", "does not exist", "create it"]),
 }
 
 
@@ -206,3 +208,12 @@ def test_a_replay_with_nothing_to_send_says_why(args, why):
 def test_report_reads_the_database_the_worker_was_given_by_the_environment(tmp_path):
     r = streamrec("report", cwd=tmp_path, env={"STREAMREC_DB": str(tmp_path / "live.duckdb")})
     one_line_error(r, 1, f"database not found: {tmp_path / 'live.duckdb'}")
+
+
+def test_a_registry_without_a_champion_is_said(tmp_path):
+    """An empty registry (a new deployment, before the first promotion): served by the baseline, said."""
+    (tmp_path / "reg").mkdir()
+    r = streamrec("worker", "--bootstrap-servers", UNREACHABLE, "--db", str(tmp_path / "w.duckdb"),
+                  "--registry", str(tmp_path / "reg"), timeout=60)
+    assert f"registry {tmp_path / 'reg'} has no champion yet: serving the baseline" in r.stderr, r.stderr
+    assert r.returncode == 1 and "cannot reach Kafka" in r.stderr.strip().splitlines()[-1]
