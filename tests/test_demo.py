@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -80,19 +81,33 @@ def test_demo_transformer_beside_a_stranger_on_the_default_port(stranger, tmp_pa
 
 
 def test_demo_stops_at_once_when_the_worker_cannot_start(tmp_path):
-    """Its DuckDB file is locked by another process: the worker dies, the demo says why and fails."""
+    """The worker exits at start (its checkpoint's card is damaged): the demo says why and fails."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "card.json").write_text("{")
+    (ck / "model.safetensors").write_bytes(b"")
+    t0 = time.time()
+    r = demo("--workdir", str(tmp_path / "run"), "--model", "popularity", "--checkpoint", str(ck), "--limit", "100",
+             timeout=120)
+    took = time.time() - t0
+    assert r.returncode != 0
+    assert "exited with status" in r.stderr and "card.json" in r.stderr, r.stderr[-3000:]
+    assert took < 60, f"the demo took {took:.0f}s to notice"
+
+
+def test_demo_in_a_workdir_another_demo_uses_stops_before_starting(tmp_path):
+    """Its worker database is held by another process (a demo running there): said, nothing started."""
     work = tmp_path / "run"
     work.mkdir()
-    con = duckdb.connect(str(work / "worker-0.duckdb"))  # held: the worker cannot take the lock
+    (work / "worker-0.log").write_text("the other demo's log")
+    con = duckdb.connect(str(work / "worker-0.duckdb"))  # held: this process is the "other demo"
     try:
-        t0 = time.time()
         r = demo("--workdir", str(work), "--model", "popularity", "--limit", "100", timeout=120)
-        took = time.time() - t0
     finally:
         con.close()
-    assert r.returncode != 0
-    assert "exited with status" in r.stderr and "lock" in r.stderr, r.stderr[-3000:]
-    assert took < 60, f"the demo took {took:.0f}s to notice"
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert f"in use by a running demo (worker-0.duckdb is held by pid {os.getpid()})" in r.stderr
+    assert (work / "worker-0.log").read_text() == "the other demo's log" and not (work / "broker.log").exists()
 
 
 def test_demo_refuses_a_busy_port_it_was_given(stranger, tmp_path):
