@@ -277,9 +277,11 @@ def configure_promote(p: argparse.ArgumentParser) -> None:
 def run_promote(args) -> int:
     job, kafka = _settings(args)
     registry = _registry(job)
-    registry.get(args.version)  # an unknown version is reported before the broker is tried
+    already = registry.get(args.version).status == "champion"  # (an unknown version is reported here)
     _reachable(kafka)  # before the change: a champion the workers never hear of is worse than none
     version = registry.promote(args.version)  # verifies the checkpoint first
+    if already:  # e.g. announcing again after an announcement was lost: the registry is as it was
+        print(f"{version} is the champion already: the registry is unchanged")
     _announce(registry, kafka, version, "promote")
     return 0
 

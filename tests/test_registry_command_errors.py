@@ -107,6 +107,12 @@ def test_promote_to_a_reachable_broker_announces(reg, broker, tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert f"announced promote v2 on {topic}" in r.stdout and reg.champion() == "v2"
     assert len(read_topic(broker.bootstrap, topic, min_count=1)) == 1
+    # Again (e.g. after an announcement was lost): said to be the champion already, announced again.
+    r = streamrec("promote", "--registry", str(reg.root), "v2", "--bootstrap-servers", broker.bootstrap,
+                  "--model-updates-topic", topic, timeout=90)
+    assert r.returncode == 0 and r.stdout.startswith("v2 is the champion already: the registry is unchanged"), r
+    assert f"announced promote v2 on {topic}" in r.stdout and reg.champion() == "v2"
+    assert len(read_topic(broker.bootstrap, topic, min_count=2)) == 2
 
 
 @pytest.mark.parametrize("command", ["models", "promote", "rollback", "shadow"])
