@@ -22,6 +22,7 @@ from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
 
 WEIGHTS, CARD = "model.safetensors", "card.json"
+DAMAGED = "the checkpoint is damaged: train it again or give another"  # (the end of every such error)
 FORMAT = "streamrec-transformer/1"
 
 
@@ -65,40 +66,43 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     from streamrec.model.registry import CorruptCheckpointError  # (registry imports this module)
 
     directory = Path(directory)
-    if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint: expected {WEIGHTS} and {CARD}")
-    damaged = "the checkpoint is damaged: train it again or give another"
-    card = _read_card(directory / CARD, damaged)
+    card = read_card(directory)
     try:
         model = build_model(ModelConfig.from_dict(card["config"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{directory / CARD} holds no valid model configuration ({e}); {damaged}") from e
+        raise CorruptCheckpointError(f"{directory / CARD} holds no valid model configuration ({e}); {DAMAGED}") from e
     try:
         model.load_state_dict(load_file(directory / WEIGHTS, device=str(device)), strict=True)
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         why = " ".join(str(e).split())[:200]
         raise CorruptCheckpointError(f"{directory / WEIGHTS} does not load into the model its card describes "
-                                     f"({why}); {damaged}") from e
+                                     f"({why}); {DAMAGED}") from e
     # Bytes flipped inside the tensor data load fine as NaN or inf, and a model of them lists nothing.
     bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise CorruptCheckpointError(f"{directory / WEIGHTS}: non-finite weights in {', '.join(bad[:5])}; {damaged}")
+        raise CorruptCheckpointError(f"{directory / WEIGHTS}: non-finite weights in {', '.join(bad[:5])}; {DAMAGED}")
     return Checkpoint(model.to(device).eval(), ItemVocab(card["items"]), card)
 
 
-def _read_card(path: Path, damaged: str) -> dict:
-    """``card.json`` as a dict with this format, items and a config, else ``CorruptCheckpointError``."""
+def read_card(directory: str | Path) -> dict:
+    """The card of the checkpoint in ``directory``, checked without reading the weights (the worker's
+    start-up check): a dict with this format, items and a config. ``FileNotFoundError`` if the folder
+    holds no checkpoint, ``CorruptCheckpointError`` if its card is damaged."""
     from streamrec.model.registry import CorruptCheckpointError
 
+    directory = Path(directory)
+    if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint: expected {WEIGHTS} and {CARD}")
+    path = directory / CARD
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{path} is not valid JSON ({e}); {damaged}") from e
+        raise CorruptCheckpointError(f"{path} is not valid JSON ({e}); {DAMAGED}") from e
     if not isinstance(card, dict):
-        raise CorruptCheckpointError(f"{path} holds a JSON {type(card).__name__}, not a card (an object); {damaged}")
+        raise CorruptCheckpointError(f"{path} holds a JSON {type(card).__name__}, not a card (an object); {DAMAGED}")
     if card.get("format") != FORMAT:
         raise CorruptCheckpointError(f"{path}: unknown format {card.get('format')!r} (expected {FORMAT!r}); "
                                      "not a checkpoint written by `streamrec train`")
     if not isinstance(card.get("items"), list) or not isinstance(card.get("config"), dict):
-        raise CorruptCheckpointError(f"{path} has no items or model configuration; {damaged}")
+        raise CorruptCheckpointError(f"{path} has no items or model configuration; {DAMAGED}")
     return card

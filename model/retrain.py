@@ -54,7 +54,7 @@ import torch
 
 from streamrec.model.config import ModelConfig, TrainConfig
 from streamrec.model.data import Sequences, build_sequences, length_sorted_batches
-from streamrec.model.evaluate import full_ranks, item_counts, model_scorer, popularity_scorer
+from streamrec.model.evaluate import evaluate_histories, full_ranks, item_counts, model_scorer, popularity_scorer
 from streamrec.model.registry import ChampionChangedError, CorruptCheckpointError, Registry, RegistryError
 from streamrec.model.transformer import SequentialTransformer, build_model
 from streamrec.model.vocab import ItemVocab
@@ -245,14 +245,12 @@ def select_training(ev: Ratings, seqs: Sequences, full: list[np.ndarray], body: 
 def popularity_metrics(body: list[np.ndarray], full: list[np.ndarray], gate_idx: np.ndarray, n_items: int) -> dict:
     """Popularity's metrics on the gate (same users, targets and seen-item masking as the models'):
     items ranked by their count in the training sequences ``body``, what a worker serves without a model."""
-    from streamrec.model.metrics import summarize
-
     if len(gate_idx) == 0:
         return {"NDCG@10": 0.0, "users": 0}
     hist = [full[i][:-1] for i in gate_idx]
     targets = np.array([full[i][-1] for i in gate_idx], dtype=np.int64)
-    ranks = full_ranks(popularity_scorer(item_counts(body, n_items))(hist), hist, targets).cpu().numpy()
-    return {**{k: float(v) for k, v in summarize(ranks, ks=(10, 20)).items()}, "users": len(targets)}
+    # (in batches: one [users, items] score matrix for every gate user would not fit at ML-20M scale)
+    return {**evaluate_histories(popularity_scorer(item_counts(body, n_items)), hist, targets), "users": len(targets)}
 
 
 def decide(registry: Registry, version: str, cand: float, ch: float | None, parent: str | None,

@@ -24,9 +24,10 @@ from streamrec.streams.seaweedfs import SeaweedFS, terminate
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now (the system's pick)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

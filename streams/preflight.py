@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -24,6 +23,22 @@ class UserError(Exception):
     """A problem the user can fix (the message says how): one line, exit status 1."""
 
 
+def locked_by(path: str | Path) -> int | None:
+    """Whether another process holds the DuckDB file ``path`` (DuckDB lets one process open it):
+    that process's pid (0 if DuckDB does not say it), or None when this process can open the file.
+    Other errors (e.g. not a database) are raised."""
+    import duckdb
+
+    try:
+        duckdb.connect(str(path)).close()
+    except duckdb.IOException as e:
+        if "lock" not in str(e):
+            raise
+        pid = re.search(r"PID (\d+)", str(e))
+        return int(pid.group(1)) if pid else 0
+    return None
+
+
 def check_db_free(path: str) -> None:
     """Fail now, before joining the consumer group, if another process holds the DuckDB file."""
     import duckdb
@@ -33,15 +48,12 @@ def check_db_free(path: str) -> None:
     if not Path(path).parent.is_dir():
         raise UserError(f"--db {path}: the folder {Path(path).parent} does not exist: create it, or give another path")
     try:
-        duckdb.connect(path).close()
+        pid = locked_by(path)
     except duckdb.IOException as e:
-        text = str(e)
-        if "lock" in text:
-            pid = re.search(r"PID (\d+)", text)
-            holder = f"process {pid.group(1)}" if pid else "another process"
-            raise UserError(f"DuckDB file {path} is locked by {holder}: stop it, or give this worker "
-                            "its own file with --db") from e
-        raise UserError(f"cannot open DuckDB file {path}: {text.splitlines()[0]}") from e
+        raise UserError(f"cannot open DuckDB file {path}: {str(e).splitlines()[0]}") from e
+    if pid is not None:
+        raise UserError(f"DuckDB file {path} is locked by {f'process {pid}' if pid else 'another process'}: stop it, "
+                        "or give this worker its own file with --db")
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
@@ -63,28 +75,15 @@ def check_port_free(host: str, port: int, option: str) -> None:
                             f"--metrics-host or port with {option}") from e
 
 
-def free_port(host: str) -> int:
-    """A port free on ``host`` now (for ``--metrics-port 0``)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def check_checkpoint(directory: str, option: str) -> None:
     """``directory`` holds a checkpoint whose card reads (the weights are read when the worker loads it)."""
-    from streamrec.model.checkpoint import CARD, WEIGHTS
+    from streamrec.model.checkpoint import read_card
+    from streamrec.model.registry import RegistryError
 
-    path = Path(directory)
-    if not all((path / name).is_file() for name in (CARD, WEIGHTS)):
-        raise UserError(f"{directory} is not a checkpoint (expected {CARD} and {WEIGHTS}): give a directory "
-                        f"written by `streamrec train` with {option}")
     try:
-        card = json.loads((path / CARD).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path / CARD} is unreadable or not valid JSON ({e}): the checkpoint is damaged; "
-                        "train it again or give another with " + option) from e
-    if not isinstance(card, dict) or not isinstance(card.get("config"), dict) or "items" not in card:
-        raise UserError(f"{path / CARD} has no model configuration or items: not a card written by `streamrec train`")
+        read_card(directory)
+    except (FileNotFoundError, RegistryError) as e:  # (RegistryError: CorruptCheckpointError's base)
+        raise UserError(f"{e} ({option})") from e
 
 
 def check_registry(root: str) -> None:
@@ -101,8 +100,8 @@ def check_registry(root: str) -> None:
     if champion is None:  # (a new deployment: the retraining job promotes a first model later)
         log.warning("registry %s has no champion yet: serving the baseline until one is promoted", root)
     else:
-        check_checkpoint(str(reg.path(champion)), f"--registry (its champion {champion} is damaged; "
-                                                  "`streamrec rollback` reinstates the previous one)")
+        check_checkpoint(str(reg.path(champion)), f"--registry's champion {champion}; `streamrec rollback` "
+                                                  "reinstates the previous one")
 
 
 def check_export_dir(path: str) -> None:
@@ -125,14 +124,15 @@ def check_worker(settings: Settings) -> Settings:
     becomes a free port (returned settings)."""
     import dataclasses
 
+    from streamrec.streams.broker import free_port
+
     if settings.checkpoint:
         check_checkpoint(settings.checkpoint, "--checkpoint or STREAMREC_CHECKPOINT")
     if settings.registry:
         check_registry(settings.registry)
     check_export_dir(settings.export_dir)
     check_db_free(settings.db)
-    if settings.metrics_port == 0:
-        check_port_free(settings.metrics_host, 0, "--metrics-port")  # (the host is checked)
-        settings = dataclasses.replace(settings, metrics_port=free_port(settings.metrics_host))
     check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port (STREAMREC_METRICS_PORT)")
+    if settings.metrics_port == 0:  # (the host was checked above: port 0 is always free)
+        settings = dataclasses.replace(settings, metrics_port=free_port(settings.metrics_host))
     return settings
