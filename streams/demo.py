@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import _thread
 import logging
-import re
 import shutil
 import sys
 import threading
@@ -48,22 +47,23 @@ DEMO_FILES = ("broker.log", "report.png", "registry", "worker-*", "export-*")
 
 def clear_workdir(work: Path) -> None:
     """Remove an earlier demo's files from its folder; a user's other files there stay. A worker
-    database another process holds open means a demo runs there now: one line, and nothing touched."""
+    database another process holds open means a demo runs there now: one line, and nothing touched
+    (a damaged one, say from a demo killed mid-write, is an earlier demo's: removed)."""
     import duckdb
 
-    from streamrec.streams.preflight import UserError
+    from streamrec.streams.preflight import UserError, locked_by
 
     work.mkdir(parents=True, exist_ok=True)
     ours = sorted({p for pattern in DEMO_FILES for p in work.glob(pattern)})
     for p in ours:
         if p.suffix == ".duckdb":
             try:
-                duckdb.connect(str(p)).close()
-            except duckdb.Error as e:
-                held = re.search(r"PID (\d+)", str(e))
+                pid = locked_by(p)
+            except duckdb.Error:
+                continue  # not a database any more: removed below with the rest
+            if pid is not None:
                 raise UserError(f"--workdir {work} is in use by a running demo ({p.name} is held by "
-                                f"{'pid ' + held.group(1) if held else 'another process'}): stop it or "
-                                "choose another --workdir") from None
+                                f"{f'pid {pid}' if pid else 'another process'}): stop it or choose another --workdir")
     for p in ours:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

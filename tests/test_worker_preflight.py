@@ -169,6 +169,7 @@ def test_demo_clears_only_its_own_files_from_its_workdir(tmp_path, capsys):
         (work / name).write_text("old")
     for folder in ("registry/v1", "export-0", "worker-0.duckdb.faust"):
         (work / folder).mkdir(parents=True)
+    (work / "worker-1.duckdb").write_bytes(b"\x00" * 5000)  # damaged (a demo killed mid-write): not "in use"
     clear_workdir(work)
     assert sorted(p.name for p in work.iterdir()) == ["mydata", "precious.txt"]
     assert (work / "mydata" / "notes.txt").read_text() == "keep"
