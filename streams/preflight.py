@@ -90,9 +90,7 @@ def check_registry(root: str) -> None:
     """A registry the worker can serve from: a directory (it may be new), its champion's card readable."""
     from streamrec.model.registry import Registry, RegistryError
 
-    if Path(root).exists() and not Path(root).is_dir():
-        raise UserError(f"--registry {root} is a file, not a registry directory")
-    try:
+    try:  # (Registry itself refuses a file)
         reg = Registry(root)
         champion = reg.champion()
     except (RegistryError, OSError, ValueError) as e:
